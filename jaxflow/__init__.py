@@ -1,0 +1,20 @@
+"""jaxflow: certify the absence of spurious local minima at infinity, empirically.
+
+Integrates (sub)gradient flows from many random starts at once and classifies where
+they go (Josz & Li, SIAM J. Optim. 2023, Theorem 1.2).
+"""
+
+from ._discrete import descend as descend
+from ._discrete import iteration_checkpoints as iteration_checkpoints
+from ._field import AbstractField as AbstractField
+from ._field import GradientField as GradientField
+from ._flow import FlowResult as FlowResult
+from ._flow import checkpoint_times as checkpoint_times
+from ._flow import default_gtol as default_gtol
+from ._flow import flow as flow
+from ._problem import Normal as Normal
+from ._problem import Problem as Problem
+from ._problem import Uniform as Uniform
+from ._status import Status as Status
+
+__version__ = "0.1.0"

@@ -1,0 +1,17 @@
+"""Built-in problems: the paper's catalogue and beyond.
+
+`names()` lists them, `get(name, **params)` builds a `jaxflow.Problem`, `info(name)`
+gives the docstring (which cites the paper's equation).
+"""
+
+from __future__ import annotations
+
+from ._registry import get as get
+from ._registry import info as info
+from ._registry import names as names
+from ._registry import register as register
+
+# Importing the families registers their problems.
+from . import _paper as _paper  # noqa: E402,F401
+
+__all__ = ["get", "info", "names", "register"]

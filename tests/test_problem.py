@@ -1,0 +1,103 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxflow as jf
+
+
+def quad(x):
+    return jnp.sum(x**2)
+
+
+def test_flat_and_pytree_problems_agree():
+    p1 = jf.Problem(quad, dim=3)
+    p2 = jf.Problem(lambda t: jnp.sum(t["a"] ** 2) + jnp.sum(t["b"] ** 2),
+                    example={"a": jnp.zeros(1), "b": jnp.zeros((2,))})
+    assert p1.dim == p2.dim == 3
+    x = jnp.array([1.0, 2.0, 3.0])
+    assert float(p1.f_flat(x)) == float(p2.f_flat(x)) == 14.0
+    tree = p2.unravel(x)
+    np.testing.assert_array_equal(p2.ravel(tree), x)
+
+
+def test_unravel_keeps_input_dtype():
+    p = jf.Problem(quad, example=jnp.zeros(2, jnp.float32))
+    assert p.unravel(jnp.ones(2, jnp.float64)).dtype == jnp.float64
+
+
+def test_samplers_shapes_and_ranges(getkey):
+    p = jf.Problem(quad, dim=4, sampler=jf.Uniform(-2.0, 3.0))
+    x = p.sample(getkey(), 1000, jnp.float64)
+    assert x.shape == (1000, 4) and x.dtype == jnp.float64
+    assert float(x.min()) >= -2.0 and float(x.max()) <= 3.0
+    p = jf.Problem(quad, dim=2, sampler=jf.Normal(1.0, 0.5))
+    x = p.sample(getkey(), 20000, jnp.float64)
+    np.testing.assert_allclose(np.mean(x, 0), 1.0, atol=0.02)
+    np.testing.assert_allclose(np.std(x, 0), 0.5, atol=0.02)
+    p = jf.Problem(quad, dim=2, sampler=lambda key, n: jax.random.normal(key, (n, 2)))
+    assert p.sample(getkey(), 5).shape == (5, 2)
+
+
+def test_sampler_per_coordinate_bounds(getkey):
+    p = jf.Problem(quad, dim=2, sampler=jf.Uniform([0.0, 10.0], [1.0, 11.0]))
+    x = np.asarray(p.sample(getkey(), 100))
+    assert x[:, 0].max() <= 1.0 and x[:, 1].min() >= 10.0
+
+
+# ---------------------------------------------------------------- bad input, named
+@pytest.mark.parametrize(
+    "make, exc, words",
+    [
+        (lambda: jf.Problem(lambda x: x * 2, dim=3), ValueError, ["scalar", "shape (3,)"]),
+        (lambda: jf.Problem(lambda x: jnp.sum(x) * 1j, dim=3), TypeError, ["complex"]),
+        (lambda: jf.Problem(quad, example=jnp.zeros(3, jnp.int32)), TypeError, ["int32", "float"]),
+        (lambda: jf.Problem(quad, example=jnp.zeros(3, jnp.complex64)), TypeError, ["complex"]),
+        (lambda: jf.Problem(quad, dim=3, sampler=jf.Uniform(float("nan"), 1.0)), ValueError, ["low", "NaN"]),
+        (lambda: jf.Problem(quad, dim=3, sampler=jf.Uniform(-1.0, float("inf"))), ValueError, ["high", "infinity"]),
+        (lambda: jf.Problem(quad, dim=3, sampler=jf.Normal(0.0, float("nan"))), ValueError, ["scale"]),
+        (lambda: jf.Problem(quad, dim=3, sampler=jf.Uniform(1.0, -1.0)), ValueError, ["low < high"]),
+        (lambda: jf.Problem(quad, dim=3, sampler=jf.Uniform([0.0, 0.0], [1.0, 1.0])), ValueError, ["shape (2,)", "3 flat"]),
+        (
+            lambda: jf.Problem(quad, dim=3, sampler=lambda k, n: jax.random.normal(k, (n, 4))),
+            ValueError,
+            ["sampler", "(3, 4)"],
+        ),
+        (lambda: jf.Problem(quad), ValueError, ["example", "dim"]),
+        (lambda: jf.Problem(quad, dim=0), ValueError, ["dim"]),
+        (lambda: jf.Problem(lambda x: x @ jnp.ones(4), dim=3), ValueError, ["failed"]),
+        (lambda: jf.Problem("not a function", dim=3), TypeError, ["callable"]),
+    ],
+)
+def test_bad_problem_definitions_name_the_problem(make, exc, words):
+    with pytest.raises(exc) as info:
+        make()
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_bad_x0_shape_is_named():
+    p = jf.Problem(quad, dim=3)
+    with pytest.raises(ValueError, match=r"\(n, 3\)"):
+        jf.flow(p, jnp.zeros((5, 4)), t1=1.0)
+    with pytest.raises(ValueError, match=r"x0\[None\]"):
+        jf.flow(p, jnp.zeros(3), t1=1.0)
+    with pytest.raises(TypeError, match="floating"):
+        jf.flow(p, jnp.zeros((2, 3), jnp.int32), t1=1.0)
+    with pytest.raises(ValueError, match="t1"):
+        jf.flow(p, jnp.zeros((2, 3)), t1=-1.0)
+
+
+def test_bad_options_are_named():
+    import diffrax
+
+    p = jf.Problem(quad, dim=2)
+    x0 = jnp.ones((2, 2))
+    with pytest.raises(ValueError, match="dt0"):
+        jf.flow(p, x0, t1=1.0, solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSize())
+    with pytest.raises(ValueError, match="error estimate"):
+        jf.flow(p, x0, t1=1.0, solver=diffrax.Euler())
+    with pytest.raises(TypeError, match="diffrax solver"):
+        jf.flow(p, x0, t1=1.0, solver=object())
+    with pytest.raises(ValueError, match="escape_radius"):
+        jf.flow(p, x0, t1=1.0, escape_radius=0.0)
