@@ -15,6 +15,15 @@ from ._flow import flow as flow
 from ._problem import Normal as Normal
 from ._problem import Problem as Problem
 from ._problem import Uniform as Uniform
+from ._scan import ScanError as ScanError
+from ._scan import ScanProgress as ScanProgress
+from ._scan import ScanResult as ScanResult
+from ._scan import load as load
+from ._scan import scan as scan
 from ._status import Status as Status
+from ._store import ChunkCorruptedError as ChunkCorruptedError
+from ._store import ScanLockedError as ScanLockedError
+from ._store import SpecMismatchError as SpecMismatchError
+from ._store import StoreError as StoreError
 
 __version__ = "0.1.0"
