@@ -1,0 +1,457 @@
+r"""Per-trajectory classification from the log-spaced checkpoints of a flow.
+
+The engine (`jaxflow.flow`) stops a trajectory when it is stationary (`CONVERGED`), when
+$\|x\|$ reaches the escape radius (`ESCAPED`), or at the horizon (`HORIZON`). A slow escape
+to infinity, like Example 1.1 ($\|x\| \sim t^{1/4}$) or Example 4.3 ($\|x\| \sim \log t$),
+never reaches any practical radius, and its velocity $\|v\| \to 0$ so it can even meet a
+loose stationarity tolerance. This module decides, from the recorded
+$(t_k, \|x(t_k)\|, f(x(t_k)), \|v(x(t_k))\|)$ on the *tail* of each trajectory, whether the
+evidence shows an escape, a bounded trajectory, or neither.
+
+**The tail.** With $t_c$ the last time of a trajectory (its stop time; the final state is
+appended to the checkpoints), and a half-window ratio $q = 10^{w/2}$ ($w$ =
+`tail_decades`, shrunk to the history available), the three anchor times are
+$t_a = t_c/q^2$, $t_b = t_c/q$, $t_c$. Values there are interpolated linearly in $\log t$.
+
+**Statistics** (all per trajectory):
+
+- growth exponent $\alpha$: least-squares slope of $\log\|x\|$ against $\log t$ on
+  $[t_b, t_c]$ (the fit of $\|x\| \sim t^\alpha$);
+- deceleration $\gamma$: with norm increments $\Delta_1 = \|x(t_b)\| - \|x(t_a)\|$,
+  $\Delta_2 = \|x(t_c)\| - \|x(t_b)\|$, $\gamma = -\log(\Delta_2/\Delta_1)/\log q$, i.e.
+  the increments over equal log-windows scale like $t^{-\gamma}$: $\gamma = -\alpha < 0$
+  for power growth, $\gamma = 0$ for logarithmic growth, $\gamma > 0$ when $\|x\|$
+  converges;
+- velocity exponent $p$: least-squares slope of $-\log\|v\|$ against $\log t$ on
+  $[t_b, t_c]$. The path length $\int^\infty \|v\|\,dt$ converges when $p > 1$;
+- value exponent $\beta$ and limit value: with $f$ decrements $\delta_1, \delta_2$ over
+  the same windows and $\rho = \delta_2/\delta_1 = q^{-\beta}$, the limit
+  $\lim f = f(t_c) - \delta_2\,\rho/(1-\rho)$ (Aitken's extrapolation, exact for
+  $f - c \propto t^{-\beta}$);
+- Malgrange indicator $\|x\|\,\|v(x)\|$ at $t_c$ (it tends to 0 along a sequence when the
+  limit value is an asymptotic critical value, Kurdyka–Orro–Simon).
+
+**Rules** (thresholds in `DetectorOptions`):
+
+- `ESCAPING`: $\|x\|$ non-decreasing at every checkpoint of $[t_a, t_c]$, relative growth
+  $\Delta_2/\|x(t_c)\| \ge$ `escape_growth`, not decelerating ($\gamma \le$
+  `escape_deceleration`), and either $f$ settles ($\beta \ge$ `value_exponent_min` or
+  $f$ already flat) with $\|v\|$ decreasing ($p \ge$ `escape_velocity_exponent`) — the
+  limit is extrapolated — or $f$ decreases at a non-decelerating rate ($\rho \ge 1$),
+  recorded as limit $-\infty$ (evidence that $f$ is unbounded below).
+  `log_growth` is set when the increments do not grow like a power law
+  ($-\gamma < \alpha/2$).
+- `BOUNDED`: the norm has plateaued ($\Delta_2 \le$ `plateau_rtol` $\|x(t_c)\|$, which
+  includes a shrinking norm) or its increments decay ($\gamma \ge$
+  `bounded_deceleration`), the velocity is integrable ($p \ge$
+  `bounded_velocity_exponent`), and $f$ did not increase.
+- `UNDECIDED`: neither, or less than `min_tail_decades` of history.
+
+`CONVERGED` trajectories are re-checked with the same statistics anchored at their stop
+time: a trajectory whose norm was still growing without deceleration when it met the
+stationarity tolerance (float32 Example 4.3 meets $\|v\| \le 10^{-4}$ at $t \approx 10^4$
+while $\|x\| \sim \log t$) becomes `ESCAPING` (or `UNDECIDED` when $f$ or $\|v\|$ do not
+settle). `ESCAPED`, `MAX_STEPS` and `NONFINITE` are kept from the engine.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._flow import FlowResult
+from ._status import Status
+
+__all__ = ["classify", "Classification", "DetectorOptions", "trajectory_table"]
+
+
+class DetectorOptions(eqx.Module):
+    """Thresholds of the detectors (see the module docstring for the rules).
+
+    All fields are traced, so changing a threshold does not recompile.
+
+    - `tail_decades`: length $w$ of the tail window in decades of time (default 2).
+    - `min_tail_decades`: less history than this gives `UNDECIDED` (default 1).
+    - `escape_growth`: least relative growth of $\\|x\\|$ over the last half window for
+      `ESCAPING` (default 0.02).
+    - `escape_deceleration`: largest deceleration $\\gamma$ for `ESCAPING` (default 0.1;
+      logarithmic growth has $\\gamma = 0$).
+    - `escape_velocity_exponent`: least $p$ in $\\|v\\| \\sim t^{-p}$ for `ESCAPING`
+      with a finite limit (default 0.1: the velocity must be decreasing).
+    - `value_exponent_min`: least $\\beta$ in $f - c \\sim t^{-\\beta}$ for the limit to
+      be extrapolated (default 0.1).
+    - `bounded_deceleration`: least $\\gamma$ for a decaying norm increment (default 0.3).
+    - `plateau_rtol`: the norm has plateaued when its growth over the last half window,
+      or the path length still to travel if $\\|v\\| \\sim t^{-p}$ persists
+      ($\\|v(t_c)\\|\\,t_c/(p-1)$), is at most this fraction of $\\max(\\|x\\|, 1)$
+      (default 0.01).
+    - `bounded_velocity_exponent`: least $p$ for `BOUNDED` (default 1.1: the path length
+      $\\int \\|v\\|\\,dt$ converges).
+    """
+
+    tail_decades: float = 2.0
+    min_tail_decades: float = 1.0
+    escape_growth: float = 0.02
+    escape_deceleration: float = 0.1
+    escape_velocity_exponent: float = 0.1
+    value_exponent_min: float = 0.1
+    bounded_deceleration: float = 0.3
+    plateau_rtol: float = 1e-2
+    bounded_velocity_exponent: float = 1.1
+
+    def __check_init__(self):
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not np.isfinite(value):
+                raise ValueError(f"DetectorOptions.{name} must be finite, got {value!r}.")
+        if isinstance(self.tail_decades, (int, float)) and not self.tail_decades > 0:
+            raise ValueError(f"DetectorOptions.tail_decades must be > 0, got {self.tail_decades}.")
+        if isinstance(self.min_tail_decades, (int, float)) and isinstance(
+            self.tail_decades, (int, float)
+        ):
+            if not 0 < self.min_tail_decades <= self.tail_decades:
+                raise ValueError(
+                    "DetectorOptions.min_tail_decades must lie in (0, tail_decades], got "
+                    f"{self.min_tail_decades} with tail_decades={self.tail_decades}."
+                )
+        if isinstance(self.escape_deceleration, (int, float)) and isinstance(
+            self.bounded_deceleration, (int, float)
+        ):
+            if not self.escape_deceleration < self.bounded_deceleration:
+                raise ValueError(
+                    "DetectorOptions: escape_deceleration must be below bounded_deceleration "
+                    f"(got {self.escape_deceleration} and {self.bounded_deceleration}); "
+                    "otherwise one trajectory could be both escaping and bounded."
+                )
+
+
+class Classification(eqx.Module):
+    r"""Per-trajectory verdicts of `jaxflow.classify` (leading axis: trajectories).
+
+    - `status`: refined `jaxflow.Status` (int8);
+    - `growth_exponent`: $\alpha$ in $\|x\| \sim t^\alpha$ on the tail (NaN without
+      enough history); it tends to 0 for logarithmic growth, see `log_growth`;
+    - `log_growth`: the norm grows like $\log t$ rather than a power (escaping only);
+    - `limit_value`: extrapolated $\lim f$ for `ESCAPING`, `ESCAPED` and `BOUNDED`
+      trajectories when $f$ settles ($-\infty$ when $f$ keeps decreasing without
+      deceleration), else the final $f$;
+    - `malgrange`: $\|x\|\,\|v(x)\|$ at the last time;
+    - `deceleration` ($\gamma$), `velocity_exponent` ($p$), `value_exponent` ($\beta$):
+      the tail statistics behind the verdict (NaN where undefined).
+    """
+
+    status: jax.Array
+    growth_exponent: jax.Array
+    log_growth: jax.Array
+    limit_value: jax.Array
+    malgrange: jax.Array
+    deceleration: jax.Array
+    velocity_exponent: jax.Array
+    value_exponent: jax.Array
+
+    def __len__(self):
+        return int(self.status.shape[0])
+
+    def counts(self) -> dict[str, int]:
+        """Number of trajectories per status name."""
+        st = np.asarray(self.status)
+        return {s.name: int(np.sum(st == int(s))) for s in Status if np.any(st == int(s))}
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(getattr(self, k)) for k in self.__dataclass_fields__}
+
+    def __getitem__(self, idx) -> Classification:
+        return jax.tree.map(lambda a: a[idx], self)
+
+
+# --------------------------------------------------------------------------- one trajectory
+def _wslope(x, y, w):
+    """Weighted least-squares slope of y on x (NaN with fewer than 3 points)."""
+    x = jnp.where(w > 0, x, 0.0)  # masked entries may be NaN, and 0 * NaN = NaN
+    y = jnp.where(w > 0, y, 0.0)
+    sw = jnp.sum(w)
+    xm = jnp.sum(w * x) / jnp.maximum(sw, 1)
+    ym = jnp.sum(w * y) / jnp.maximum(sw, 1)
+    sxx = jnp.sum(w * (x - xm) ** 2)
+    sxy = jnp.sum(w * (x - xm) * (y - ym))
+    return jnp.where((sw >= 3) & (sxx > 0), sxy / jnp.where(sxx > 0, sxx, 1.0), jnp.nan)
+
+
+def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
+    dtype = norm.dtype
+    eps = jnp.finfo(dtype).eps
+    tiny = jnp.finfo(dtype).tiny
+    # Checkpoints after t = 0 plus the final state (which may lie between checkpoints).
+    tk = ts[1:]
+    nk, fk, sk = norm[1:], fv[1:], stat[1:]
+    valid = jnp.isfinite(nk) & jnp.isfinite(fk) & jnp.isfinite(sk) & (tk <= t_end)
+    last_cp = jnp.max(jnp.where(valid, tk, 0.0))
+    end_ok = (t_end > 0) & jnp.isfinite(x_norm) & jnp.isfinite(f_end) & jnp.isfinite(s_end)
+    end_new = end_ok & (t_end > last_cp * (1 + 16 * eps))
+    T = jnp.concatenate([tk, t_end[None]])
+    N = jnp.concatenate([nk, x_norm[None]])
+    F = jnp.concatenate([fk, f_end[None]])
+    S = jnp.concatenate([sk, s_end[None]])
+    V = jnp.concatenate([valid, end_new[None]])
+    # Forward fill with the final state so that times are non-decreasing for interp.
+    Tf = jnp.where(V, T, t_end)
+    Nf = jnp.where(V, N, x_norm)
+    Ff = jnp.where(V, F, f_end)
+    logT = jnp.log(jnp.maximum(Tf, tiny))
+
+    t_c = t_end
+    t_min = ts[1]
+    half_max = 10.0 ** (opt.tail_decades / 2)
+    avail = jnp.sqrt(jnp.maximum(t_c / t_min, 1.0))
+    q = jnp.minimum(half_max, avail)
+    logq = jnp.log(q)
+    enough_time = end_ok & (2 * jnp.log10(q) >= opt.min_tail_decades * (1 - 1e-6))
+    lt_c = jnp.log(jnp.maximum(t_c, tiny))
+    lt_b, lt_a = lt_c - logq, lt_c - 2 * logq
+
+    def at(lt, vals):
+        # Linear interpolation on the sorted logT (counting instead of jnp.interp's
+        # searchsorted keeps the compiled program small).
+        m = logT.shape[0]
+        j = jnp.clip(jnp.sum(logT <= lt) - 1, 0, m - 2)
+        x0, x1 = logT[j], logT[j + 1]
+        w = jnp.clip((lt - x0) / jnp.where(x1 > x0, x1 - x0, 1.0), 0.0, 1.0)
+        return vals[j] + w * (vals[j + 1] - vals[j])
+
+    N_a, N_b, N_c = at(lt_a, Nf), at(lt_b, Nf), x_norm
+    F_a, F_b, F_c = at(lt_a, Ff), at(lt_b, Ff), f_end
+    S_c = s_end
+
+    slack = 1e-9
+    in_last = V & (jnp.log(T) >= lt_b - slack) & (T <= t_c)
+    in_tail = V & (jnp.log(T) >= lt_a - slack) & (T <= t_c)
+    enough = enough_time & (jnp.sum(in_last) >= 3)
+
+    logN = jnp.log(jnp.maximum(N, tiny))
+    logS = jnp.log(jnp.maximum(S, tiny))
+    logTv = jnp.log(jnp.maximum(T, tiny))
+    alpha = _wslope(logTv, logN, in_last.astype(dtype))
+    p_vel = -_wslope(logTv, logS, in_last.astype(dtype))
+
+    # Norm increments.
+    n_noise = 16 * eps * jnp.maximum(N_c, 1.0)
+    d1, d2 = N_b - N_a, N_c - N_b
+    ratio_n = d2 / jnp.where(d1 > n_noise, d1, 1.0)
+    gamma = jnp.where(
+        (d1 > n_noise) & (d2 > n_noise), -jnp.log(ratio_n) / logq, jnp.nan
+    )
+    # Every step of the tail non-decreasing (up to rounding).
+    dN = jnp.diff(Nf)
+    both = in_tail[1:] & in_tail[:-1]
+    monotone = jnp.all(jnp.where(both, dN >= -16 * eps * jnp.maximum(Nf[1:], 1.0), True))
+
+    # Value decrements and the extrapolated limit.
+    f_noise = 16 * eps * jnp.maximum(jnp.abs(F_c), 1.0)
+    e1, e2 = F_a - F_b, F_b - F_c
+    f_flat = jnp.abs(e2) <= f_noise
+    f_increased = (e2 < -f_noise) | (e1 < -f_noise)
+    rho = e2 / jnp.where(e1 > f_noise, e1, 1.0)
+    beta = jnp.where((e1 > f_noise) & (e2 > f_noise), -jnp.log(rho) / logq, jnp.nan)
+    settles = f_flat | (beta >= opt.value_exponent_min)
+    extrap = jnp.where(
+        f_flat, F_c, F_c - e2 * rho / jnp.where(rho < 1, 1 - rho, 1.0)
+    )
+    diverges = (e1 > f_noise) & (e2 >= e1)  # f drops at a non-decelerating rate
+
+    # --- escape evidence
+    growing = monotone & (d2 >= opt.escape_growth * N_c) & (d1 > n_noise)
+    not_decel = gamma <= opt.escape_deceleration
+    vel_falls = p_vel >= opt.escape_velocity_exponent
+    # An unbounded trajectory has an infinite path length, so its velocity cannot be
+    # integrable: this separates a slow escape from the transient growth of a trajectory
+    # that then converges exponentially fast.
+    path_diverges = p_vel < opt.bounded_velocity_exponent
+    sustained = enough & growing & not_decel & path_diverges
+    escape_finite = sustained & settles & vel_falls & ~f_increased
+    escape_inf = sustained & diverges & ~escape_finite
+    log_growth = sustained & (-gamma < alpha / 2)
+
+    # --- bounded evidence
+    integrable = p_vel >= opt.bounded_velocity_exponent
+    # If ||v|| keeps decaying like t^-p (p > 1), the path left to travel is at most
+    # int_{t_c}^inf ||v(t_c)|| (t / t_c)^-p dt = ||v(t_c)|| t_c / (p - 1).
+    remaining_path = S_c * t_c / jnp.where(integrable, p_vel - 1, 1.0)
+    scale = jnp.maximum(N_c, 1.0)
+    plateau = (d2 <= opt.plateau_rtol * scale) | (remaining_path <= opt.plateau_rtol * scale)
+    decays = (d1 > n_noise) & (gamma >= opt.bounded_deceleration)
+    bounded = enough & (plateau | decays) & integrable & ~f_increased
+
+    refined_horizon = jnp.where(
+        escape_finite | escape_inf,
+        Status.ESCAPING,
+        jnp.where(bounded, Status.BOUNDED, Status.UNDECIDED),
+    )
+    # CONVERGED kept unless the norm was still growing without deceleration.
+    refined_converged = jnp.where(
+        sustained, jnp.where(escape_finite | escape_inf, Status.ESCAPING, Status.UNDECIDED),
+        Status.CONVERGED,
+    )
+    new_status = jnp.where(
+        status == Status.HORIZON,
+        refined_horizon,
+        jnp.where(status == Status.CONVERGED, refined_converged, status),
+    ).astype(jnp.int8)
+
+    is_esc = new_status == Status.ESCAPING
+    extrapolable = enough & settles & ~f_increased
+    # Only escapes are extrapolated: along them f settles like a power of t. A bounded
+    # trajectory converging exponentially has tail decrements dominated by its
+    # transient, where Aitken's rule overshoots; its final f is the better estimate.
+    limit = jnp.where(
+        is_esc & escape_inf & ~escape_finite,
+        -jnp.inf,
+        jnp.where(is_esc & extrapolable, extrap, f_end),
+    )
+    nan = jnp.asarray(jnp.nan, dtype)
+    return dict(
+        status=new_status,
+        growth_exponent=jnp.where(enough, alpha, nan),
+        log_growth=log_growth & is_esc,
+        limit_value=limit.astype(dtype),
+        malgrange=(x_norm * s_end).astype(dtype),
+        deceleration=jnp.where(enough, gamma, nan),
+        velocity_exponent=jnp.where(enough, p_vel, nan),
+        value_exponent=jnp.where(enough, beta, nan),
+    )
+
+
+@jax.jit
+def _classify_arrays(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt):
+    opt = jax.tree.map(lambda v: jnp.asarray(v, cp_norm.dtype), opt)
+    out = jax.vmap(_classify_one, in_axes=(None, 0, 0, 0, 0, 0, 0, 0, 0, None))(
+        ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt
+    )
+    return out
+
+
+def classify_arrays(
+    ts, cp_norm, cp_f, cp_stat, x_norm, f, stationarity, t, status,
+    options: DetectorOptions | None = None,
+) -> Classification:
+    """`classify` on plain arrays (e.g. columns read back from a stored scan).
+
+    `ts` `(K,)`; `cp_*` `(n, K)`; `x_norm`, `f`, `stationarity`, `t`, `status` `(n,)`.
+    """
+    options = DetectorOptions() if options is None else options
+    cp_norm = jnp.asarray(cp_norm)
+    dtype = cp_norm.dtype if jnp.issubdtype(cp_norm.dtype, jnp.floating) else jnp.float32
+    n, k = cp_norm.shape
+    if jnp.shape(ts) != (k,):
+        raise ValueError(f"classify: ts has shape {jnp.shape(ts)}, expected ({k},) like cp_norm.")
+    for name, a in (("cp_f", cp_f), ("cp_stat", cp_stat)):
+        if jnp.shape(a) != (n, k):
+            raise ValueError(f"classify: {name} has shape {jnp.shape(a)}, expected {(n, k)}.")
+    for name, a in (("x_norm", x_norm), ("f", f), ("stationarity", stationarity), ("t", t),
+                    ("status", status)):
+        if jnp.shape(a) != (n,):
+            raise ValueError(f"classify: {name} has shape {jnp.shape(a)}, expected ({n},).")
+    # Pad the batch to a power of two so that batches of similar size share one compiled
+    # program (padded rows have status RUNNING, which no rule touches).
+    n_pad = max(16, 1 << max(n - 1, 1).bit_length())
+
+    def cast(a, dt=dtype, fill=jnp.nan):
+        a = jnp.asarray(a, dt)
+        pad = [(0, n_pad - n)] + [(0, 0)] * (a.ndim - 1)
+        return jnp.pad(a, pad, constant_values=fill)
+
+    out = _classify_arrays(
+        jnp.asarray(ts, dtype), cast(cp_norm), cast(cp_f), cast(cp_stat), cast(x_norm), cast(f),
+        cast(stationarity), cast(t), cast(status, jnp.int8, 0), options,
+    )
+    return Classification(**{k: v[:n] for k, v in out.items()})
+
+
+def classify(result: FlowResult, *, options: DetectorOptions | None = None, **thresholds) -> Classification:
+    r"""Refines the engine's statuses from the checkpoints (jit-compiled, vectorised).
+
+    `HORIZON` becomes `ESCAPING`, `BOUNDED` or `UNDECIDED`; a `CONVERGED` trajectory whose
+    norm was still growing without deceleration becomes `ESCAPING` or `UNDECIDED`; the
+    other engine statuses are kept. The rules and statistics are in the module docstring
+    of `jaxflow._detect`; Remark 3.3 of Josz & Li (2023) is the prototype of an escape
+    caught without reaching any radius ($\|x\| \sim (8t)^{1/4}$).
+
+    **Arguments:**
+
+    - `result`: a `jaxflow.FlowResult` (from `flow` or `descend`).
+    - `options`: a `DetectorOptions`, or its fields as keywords
+      (`classify(res, tail_decades=1.5)`).
+
+    **Returns:** a `jaxflow.Classification`.
+    """
+    if not isinstance(result, FlowResult):
+        raise TypeError(f"classify: `result` must be a jaxflow.FlowResult, got {type(result).__name__}.")
+    if options is not None and thresholds:
+        raise TypeError("classify: pass either `options=` or threshold keywords, not both.")
+    if options is None:
+        unknown = set(thresholds) - set(DetectorOptions.__dataclass_fields__)
+        if unknown:
+            raise TypeError(
+                f"classify: unknown option(s) {sorted(unknown)}; valid: "
+                f"{sorted(DetectorOptions.__dataclass_fields__)}."
+            )
+        options = DetectorOptions(**{k: float(v) for k, v in thresholds.items()})
+    elif not isinstance(options, DetectorOptions):
+        raise TypeError(f"classify: `options` must be a DetectorOptions, got {type(options).__name__}.")
+    return classify_arrays(
+        result.ts, result.cp_norm, result.cp_f, result.cp_stat, result.norm, result.f,
+        result.stationarity, result.t, result.status, options,
+    )
+
+
+# --------------------------------------------------------------------------- table
+def trajectory_table(result: FlowResult, classification: Classification | None = None) -> dict:
+    """One row per trajectory, numeric numpy columns only (for Parquet and `Report`).
+
+    Columns: `status` (refined when `classification` is given, else the engine's),
+    `engine_status`, `f`, `stationarity`, `t`, `norm`, `steps`, `rejected`,
+    `path_length`, the final point as `x_0 .. x_{d-1}`, the classification fields
+    (`growth_exponent`, `log_growth`, `limit_value`, `malgrange`, `deceleration`,
+    `velocity_exponent`, `value_exponent`; NaN/False without a classification) and the
+    checkpoint series `cp_norm`, `cp_f`, `cp_stat` as `(n, K)` arrays. The checkpoint
+    times are `result.ts` (common to all rows, so not a column).
+    """
+    if not isinstance(result, FlowResult):
+        raise TypeError(
+            f"trajectory_table: `result` must be a jaxflow.FlowResult, got {type(result).__name__}."
+        )
+    r = result.to_numpy()
+    n = r["f"].shape[0]
+    table: dict[str, np.ndarray] = {}
+    engine_status = r["status"].astype(np.int8)
+    if classification is not None:
+        if len(classification) != n:
+            raise ValueError(
+                f"trajectory_table: classification has {len(classification)} rows, "
+                f"result has {n}; classify this result first."
+            )
+        c = classification.to_numpy()
+        table["status"] = c["status"].astype(np.int8)
+    else:
+        c = None
+        table["status"] = engine_status
+    table["engine_status"] = engine_status
+    for key in ("f", "stationarity", "t", "path_length"):
+        table[key] = r[key]
+    table["norm"] = np.linalg.norm(r["x"].astype(np.float64), axis=-1).astype(r["f"].dtype)
+    table["steps"] = r["steps"].astype(np.int32)
+    table["rejected"] = r["rejected"].astype(np.int32)
+    for j in range(r["x"].shape[1]):
+        table[f"x_{j}"] = r["x"][:, j]
+    for key in ("growth_exponent", "limit_value", "malgrange", "deceleration",
+                "velocity_exponent", "value_exponent"):
+        table[key] = c[key] if c is not None else np.full(n, np.nan, r["f"].dtype)
+    if c is not None:
+        table["log_growth"] = c["log_growth"].astype(bool)
+    else:
+        table["log_growth"] = np.zeros(n, bool)
+        table["limit_value"] = r["f"].copy()
+    for key in ("cp_norm", "cp_f", "cp_stat"):
+        table[key] = r[key]
+    return table
