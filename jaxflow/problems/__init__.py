@@ -1,4 +1,4 @@
-"""Built-in problems: the paper's catalogue and beyond.
+"""Built-in problems: the paper's catalogue (`_paper.py`) and beyond (`_ml.py`).
 
 `names()` lists them, `get(name, **params)` builds a `jaxflow.Problem`, `info(name)`
 gives the docstring (which cites the paper's equation).
@@ -12,6 +12,7 @@ from ._registry import names as names
 from ._registry import register as register
 
 # Importing the families registers their problems.
+from . import _ml as _ml  # noqa: E402,F401
 from . import _paper as _paper  # noqa: E402,F401
 
 __all__ = ["get", "info", "names", "register"]

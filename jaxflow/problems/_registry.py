@@ -1,9 +1,12 @@
-"""Name -> problem factory."""
+"""Name -> problem factory, and the parameter checks the factories share."""
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
+
+import numpy as np
 
 from .._problem import Problem
 
@@ -29,7 +32,13 @@ def names() -> list[str]:
 
 
 def get(name: str, **params) -> Problem:
-    """Builds the built-in problem `name` with its parameters (see `info(name)`)."""
+    """Builds the built-in problem `name` with its parameters (see `info(name)`).
+
+    The returned problem records the registry name and every parameter (defaults
+    included) in `problem.facts["registry"]`, so `get(**facts["registry"])` rebuilds it.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"problem name must be a string, got {type(name).__name__}.")
     if name not in _REGISTRY:
         close = [n for n in _REGISTRY if name.split("-")[0] in n]
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -42,7 +51,11 @@ def get(name: str, **params) -> Problem:
             f"problem {name!r} has no parameter(s) {unknown}; it takes "
             f"{list(sig.parameters)}."
         )
-    return factory(**params)
+    problem = factory(**params)
+    bound = sig.bind(**params)
+    bound.apply_defaults()
+    problem.facts["registry"] = {"name": name, **_jsonable_params(bound.arguments)}
+    return problem
 
 
 def info(name: str) -> str:
@@ -50,3 +63,54 @@ def info(name: str) -> str:
     if name not in _REGISTRY:
         get(name)  # raises the helpful KeyError
     return inspect.getdoc(_REGISTRY[name]) or ""
+
+
+def _jsonable_params(arguments: dict) -> dict:
+    out = {}
+    for k, v in arguments.items():
+        if hasattr(v, "__array__") and not isinstance(v, (int, float, bool, str)):
+            v = np.asarray(v).tolist()
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- checks
+def check_int(value, field: str, problem: str, *, minimum: int = 1) -> int:
+    """`value` as an int `>= minimum`, or a `ValueError`/`TypeError` naming `field`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise TypeError(
+                f"{problem}: `{field}` must be an integer, got {value!r} "
+                f"({type(value).__name__})."
+            )
+    if value < minimum:
+        raise ValueError(f"{problem}: `{field}` must be >= {minimum}, got {value}.")
+    return int(value)
+
+
+def check_real(value, field: str, problem: str, *, positive: bool = False) -> float:
+    """`value` as a finite float (positive if asked), or an error naming `field`."""
+    if isinstance(value, bool):
+        raise TypeError(f"{problem}: `{field}` must be a real number, got {value!r}.")
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{problem}: `{field}` must be a real number, got {value!r}.") from e
+    if not math.isfinite(out):
+        raise ValueError(f"{problem}: `{field}` must be finite, got {value!r}.")
+    if positive and not out > 0:
+        raise ValueError(f"{problem}: `{field}` must be positive, got {value!r}.")
+    return out
+
+
+def check_box(low, high, problem: str) -> tuple[float, float]:
+    """Scalar sampler bounds with `low < high`."""
+    low = check_real(low, "low", problem)
+    high = check_real(high, "high", problem)
+    if not low < high:
+        raise ValueError(f"{problem}: need low < high for the uniform sampler, got [{low}, {high}].")
+    return low, high
