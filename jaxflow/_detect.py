@@ -50,8 +50,9 @@ $t_a = t_c/q^2$, $t_b = t_c/q$, $t_c$. Values there are interpolated linearly in
 `CONVERGED` trajectories are re-checked with the same statistics anchored at their stop
 time: a trajectory whose norm was still growing without deceleration when it met the
 stationarity tolerance (float32 Example 4.3 meets $\|v\| \le 10^{-4}$ at $t \approx 10^4$
-while $\|x\| \sim \log t$) becomes `ESCAPING` (or `UNDECIDED` when $f$ or $\|v\|$ do not
-settle). `ESCAPED`, `MAX_STEPS` and `NONFINITE` are kept from the engine.
+while $\|x\| \sim \log t$) becomes `ESCAPING` when its tail meets every `ESCAPING` rule;
+partial evidence does not overturn the stationarity test. `ESCAPED`, `MAX_STEPS` and
+`NONFINITE` are kept from the engine.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class DetectorOptions(eqx.Module):
     - `tail_decades`: length $w$ of the tail window in decades of time (default 2).
     - `min_tail_decades`: less history than this gives `UNDECIDED` (default 1).
     - `escape_growth`: least relative growth of $\\|x\\|$ over the last half window for
-      `ESCAPING` (default 0.02).
+      `ESCAPING` (default 0.05, i.e. $\\alpha \\gtrsim 0.02$ over a decade).
     - `escape_deceleration`: largest deceleration $\\gamma$ for `ESCAPING` (default 0.1;
       logarithmic growth has $\\gamma = 0$).
     - `escape_velocity_exponent`: least $p$ in $\\|v\\| \\sim t^{-p}$ for `ESCAPING`
@@ -93,7 +94,7 @@ class DetectorOptions(eqx.Module):
 
     tail_decades: float = 2.0
     min_tail_decades: float = 1.0
-    escape_growth: float = 0.02
+    escape_growth: float = 0.05
     escape_deceleration: float = 0.1
     escape_velocity_exponent: float = 0.1
     value_exponent_min: float = 0.1
@@ -134,9 +135,9 @@ class Classification(eqx.Module):
     - `growth_exponent`: $\alpha$ in $\|x\| \sim t^\alpha$ on the tail (NaN without
       enough history); it tends to 0 for logarithmic growth, see `log_growth`;
     - `log_growth`: the norm grows like $\log t$ rather than a power (escaping only);
-    - `limit_value`: extrapolated $\lim f$ for `ESCAPING`, `ESCAPED` and `BOUNDED`
-      trajectories when $f$ settles ($-\infty$ when $f$ keeps decreasing without
-      deceleration), else the final $f$;
+    - `limit_value`: extrapolated $\lim f$ for `ESCAPING` and `ESCAPED` trajectories
+      when $f$ settles ($-\infty$ when $f$ keeps decreasing without deceleration),
+      else the final $f$;
     - `malgrange`: $\|x\|\,\|v(x)\|$ at the last time;
     - `deceleration` ($\gamma$), `velocity_exponent` ($p$), `value_exponent` ($\beta$):
       the tail statistics behind the verdict (NaN where undefined).
@@ -242,10 +243,25 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     gamma = jnp.where(
         (d1 > n_noise) & (d2 > n_noise), -jnp.log(ratio_n) / logq, jnp.nan
     )
+    # The same at the finest scale, near the end: the last two quarter windows. A
+    # trajectory moving between two critical points grows, then decelerates; over the
+    # half windows the two phases can average out.
+    lt_m = lt_c - 0.5 * logq
+    N_m, F_m = at(lt_m, Nf), at(lt_m, Ff)
+    d3, d4 = N_m - N_b, N_c - N_m
+    gamma_end = jnp.where(
+        (d3 > n_noise) & (d4 > n_noise),
+        -jnp.log(d4 / jnp.where(d3 > n_noise, d3, 1.0)) / (0.5 * logq),
+        jnp.nan,
+    )
     # Every step of the tail non-decreasing (up to rounding).
     dN = jnp.diff(Nf)
     both = in_tail[1:] & in_tail[:-1]
     monotone = jnp.all(jnp.where(both, dN >= -16 * eps * jnp.maximum(Nf[1:], 1.0), True))
+    # ||v|| non-increasing over the last half window (up to 1 % wiggles).
+    Sf = jnp.where(V, S, s_end)
+    both_last = in_last[1:] & in_last[:-1]
+    vel_monotone = jnp.all(jnp.where(both_last, jnp.diff(Sf) <= 0.01 * Sf[:-1], True))
 
     # Value decrements and the extrapolated limit.
     f_noise = 16 * eps * jnp.maximum(jnp.abs(F_c), 1.0)
@@ -258,19 +274,25 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     extrap = jnp.where(
         f_flat, F_c, F_c - e2 * rho / jnp.where(rho < 1, 1 - rho, 1.0)
     )
-    diverges = (e1 > f_noise) & (e2 >= e1)  # f drops at a non-decelerating rate
+    e3, e4 = F_b - F_m, F_m - F_c
+    f_decel_end = e4 <= e3 + f_noise
+    settles = settles & (f_flat | f_decel_end)
+    # f drops at a non-decelerating rate, at both scales.
+    diverges = (e1 > f_noise) & (e2 >= e1) & (e3 > f_noise) & (e4 >= e3)
 
     # --- escape evidence
     growing = monotone & (d2 >= opt.escape_growth * N_c) & (d1 > n_noise)
-    not_decel = gamma <= opt.escape_deceleration
-    vel_falls = p_vel >= opt.escape_velocity_exponent
+    not_decel = (gamma <= opt.escape_deceleration) & (gamma_end <= opt.escape_deceleration)
+    vel_falls = (p_vel >= opt.escape_velocity_exponent) & vel_monotone
     # An unbounded trajectory has an infinite path length, so its velocity cannot be
     # integrable: this separates a slow escape from the transient growth of a trajectory
     # that then converges exponentially fast.
     path_diverges = p_vel < opt.bounded_velocity_exponent
     sustained = enough & growing & not_decel & path_diverges
     escape_finite = sustained & settles & vel_falls & ~f_increased
-    escape_inf = sustained & diverges & ~escape_finite
+    # f -> -inf needs more: the norm at least doubled over the tail (a trajectory that
+    # accelerates away from a saddle at the horizon looks the same for a while).
+    escape_inf = sustained & diverges & (N_c >= 2 * N_a) & ~escape_finite
     log_growth = sustained & (-gamma < alpha / 2)
 
     # --- bounded evidence
@@ -288,11 +310,9 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
         Status.ESCAPING,
         jnp.where(bounded, Status.BOUNDED, Status.UNDECIDED),
     )
-    # CONVERGED kept unless the norm was still growing without deceleration.
-    refined_converged = jnp.where(
-        sustained, jnp.where(escape_finite | escape_inf, Status.ESCAPING, Status.UNDECIDED),
-        Status.CONVERGED,
-    )
+    # CONVERGED (positive evidence: ||v|| <= gtol) is kept unless the tail is a complete
+    # escape signature; partial evidence does not overturn it.
+    refined_converged = jnp.where(escape_finite | escape_inf, Status.ESCAPING, Status.CONVERGED)
     new_status = jnp.where(
         status == Status.HORIZON,
         refined_horizon,
@@ -304,10 +324,11 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     # Only escapes are extrapolated: along them f settles like a power of t. A bounded
     # trajectory converging exponentially has tail decrements dominated by its
     # transient, where Aitken's rule overshoots; its final f is the better estimate.
+    escaped = new_status == Status.ESCAPED
     limit = jnp.where(
-        is_esc & escape_inf & ~escape_finite,
+        (is_esc & escape_inf & ~escape_finite) | (escaped & enough & diverges),
         -jnp.inf,
-        jnp.where(is_esc & extrapolable, extrap, f_end),
+        jnp.where((is_esc | (escaped & vel_falls)) & extrapolable, extrap, f_end),
     )
     nan = jnp.asarray(jnp.nan, dtype)
     return dict(

@@ -1,0 +1,476 @@
+r"""Critical values and values at infinity, clustered from many trajectories.
+
+**Critical values.** The limit of $f$ along a bounded (sub)gradient trajectory is a
+critical value: its $\omega$-limit set is nonempty, made of critical points, and $f$ is
+constant on it (the argument in the proof of Theorem 1.2). So the final $f$ of
+`CONVERGED` trajectories and of `BOUNDED` ones are clustered together. Each cluster gets
+its value (median), count, fraction of all starts with a 95 % Wilson interval, a
+representative point (the member with the smallest stationarity) and a **type**:
+
+- smooth $f$: eigenvalues of the Hessian (`field.jacobian`, batched over up to
+  `n_probe` members): `saddle` (both signs), `minimum` (all $> \tau$), `maximum`
+  (all $< -\tau$); a semidefinite Hessian with zero eigenvalues (e.g. the curve of
+  minima $C_1$ of Example 1.1) is settled by the perturbation test;
+- nonsmooth $f$ or degenerate Hessian: a **perturbation test**. $f(x + r u) - f(x)$ is
+  evaluated for random unit directions $u$ at radii
+  $r = \max(1, \|x\|)\,10^{-k/2}$, $k = 1, \dots, 6$. At the smallest radius where some
+  change exceeds the value tolerance: a decrease means not a minimum, an increase not a
+  maximum; both make a saddle. No change at any radius gives `degenerate` (e.g. a flat
+  region).
+
+**Clustering.** Sorted values are linked when neighbours differ by at most the larger of
+their tolerances (single linkage in one dimension). The tolerance of a converged value
+is $10\max(\text{gtol}, 64\epsilon)\max(1, |f|)$: near a critical point the error in $f$
+is at most of order $\text{gtol}$ times the distance to it (Łojasiewicz), and rounding
+adds a few $\epsilon|f|$. Bounded members add the decrease still to come,
+$\int_t^\infty \|v\|^2 = \|v(t)\|^2 t / (2p - 1)$ when $\|v\| \sim t^{-p}$.
+
+**Values at infinity.** The limit values of `ESCAPING` and `ESCAPED` trajectories
+(`Classification.limit_value`), clustered the same way with tolerance the larger of the
+above and the size of the extrapolation $|f_{\text{final}} - \lim f|$. Each cluster
+reports the median growth exponent, the share of logarithmic growth and the median
+Malgrange indicator $\|x\|\,\|v(x)\|$, which tends to 0 when the value is an
+asymptotic critical value (Kurdyka–Orro–Simon). Limits $-\infty$ form their own row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._stats import wilson_interval
+from ._status import Status
+
+__all__ = [
+    "CriticalValue",
+    "ValueAtInfinity",
+    "critical_values",
+    "values_at_infinity",
+    "cluster_values",
+    "value_tolerance",
+    "critical_point_type",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class CriticalValue:
+    """One cluster of limit values of converged or bounded trajectories."""
+
+    value: float
+    count: int
+    fraction: float
+    interval: tuple[float, float]
+    spread: tuple[float, float]
+    converged: int
+    bounded: int
+    tolerance: float
+    type: str  # minimum | saddle | maximum | degenerate | unknown
+    method: str  # hessian | perturbation | hessian+perturbation | none
+    eigenvalues: tuple[float, float] | None  # (smallest, largest) at the representative
+    point: list[float]
+    types_seen: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueAtInfinity:
+    """One cluster of limit values along escaping trajectories."""
+
+    value: float
+    count: int
+    fraction: float
+    interval: tuple[float, float]
+    spread: tuple[float, float]
+    escaping: int
+    escaped: int
+    tolerance: float
+    growth_exponent: float  # median alpha
+    log_growth: float  # share of members with logarithmic growth
+    malgrange: float  # median ||x|| ||v|| at the last time
+    final_value: float  # median final f (before extrapolation)
+    norm: float  # median final ||x||
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        if math.isnan(v):
+            return None
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return v
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- clustering
+def value_tolerance(dtype, gtol: float | None = None) -> float:
+    r"""Relative tolerance for clustering values: $10\max(\text{gtol}, 64\epsilon)$.
+
+    `gtol` defaults to `jaxflow.default_gtol(dtype)`.
+    """
+    from ._flow import default_gtol
+
+    eps = float(np.finfo(np.dtype(dtype)).eps)
+    gtol = default_gtol(dtype) if gtol is None else float(gtol)
+    return 10.0 * max(gtol, 64 * eps)
+
+
+def cluster_values(values, tolerances) -> np.ndarray:
+    """Single-linkage clustering of real numbers; returns a label per value.
+
+    Neighbours in sorted order are linked when they differ by at most the larger of
+    their tolerances. Labels are 0, 1, ... in increasing order of value; NaN values get
+    label -1; $\\pm\\infty$ each form their own cluster.
+    """
+    v = np.asarray(values, np.float64)
+    tol = np.broadcast_to(np.asarray(tolerances, np.float64), v.shape)
+    labels = np.full(v.shape, -1, np.int64)
+    ok = ~np.isnan(v)
+    idx = np.nonzero(ok)[0]
+    if idx.size == 0:
+        return labels
+    order = idx[np.argsort(v[idx], kind="stable")]
+    vs, ts = v[order], tol[order]
+    with np.errstate(invalid="ignore"):
+        gap = np.diff(vs)
+    link = (gap <= np.maximum(ts[1:], ts[:-1])) & np.isfinite(vs[1:]) & np.isfinite(vs[:-1])
+    link |= (vs[1:] == vs[:-1])  # equal infinities
+    lab = np.concatenate([[0], np.cumsum(~link)])
+    labels[order] = lab
+    return labels
+
+
+# --------------------------------------------------------------------------- typing
+def _field_or_none(problem):
+    try:
+        from ._field import field_for
+
+        return field_for(problem)
+    except (ImportError, AttributeError, NotImplementedError):
+        return None
+
+
+@eqx.filter_jit
+def _eigs_jit(field, points):
+    hs = jax.vmap(field.jacobian)(points)
+    hs = 0.5 * (hs + jnp.swapaxes(hs, -1, -2))
+    return jnp.linalg.eigvalsh(hs)
+
+
+@eqx.filter_jit
+def _values_jit(field, points):
+    return jax.vmap(field.value)(points)
+
+
+def _field_for_values(problem):
+    """The problem's field (cached on the problem, so jit caches hit) or a plain one."""
+    field = _field_or_none(problem)
+    if field is None:
+        from ._field import GradientField
+
+        field = GradientField(problem.f_flat)
+    return field
+
+
+def _hessian_eigs(problem, points, field=None):
+    field = _field_for_values(problem) if field is None else field
+    return np.asarray(_eigs_jit(field, jnp.asarray(points)), np.float64)
+
+
+def _perturbation_tests(problem, points, values, tol_f, key, n_dirs=128):
+    """Batched perturbation test: `(descent, ascent)` per point, at its smallest
+    informative radius (see the module docstring)."""
+    x = jnp.asarray(points)
+    m, d = x.shape
+    scale = jnp.maximum(1.0, jnp.linalg.norm(x, axis=1))
+    steps = jnp.asarray(10.0 ** (-np.arange(6, 0, -1) / 2), x.dtype)  # smallest first
+    u = jax.random.normal(key, (m, n_dirs, d), x.dtype)
+    u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
+    pts = x[:, None, None, :] + (scale[:, None, None, None] * steps[None, :, None, None]) * u[
+        :, None, :, :
+    ]
+    fv = _values_jit(_field_for_values(problem), pts.reshape(-1, d))
+    fv = fv.reshape(m, steps.shape[0], n_dirs)
+    diff = np.asarray(fv, np.float64) - np.asarray(values, np.float64)[:, None, None]
+    tol = np.asarray(tol_f, np.float64)[:, None, None]
+    finite = np.isfinite(diff)
+    desc = np.any(finite & (diff < -tol), axis=2)  # (m, radii)
+    asc = np.any(finite & (diff > tol), axis=2)
+    informative = desc | asc
+    first = np.argmax(informative, axis=1)
+    any_info = np.any(informative, axis=1)
+    rows = np.arange(m)
+    # The smallest informative radius and the next one: a degenerate saddle such as
+    # Remark 3.2's x = 2k, seen from a nearly stationary point on its rising side, shows
+    # its falling side only one radius further out.
+    nxt = np.minimum(first + 1, desc.shape[1] - 1)
+    descent = any_info & (desc[rows, first] | desc[rows, nxt])
+    ascent = any_info & (asc[rows, first] | asc[rows, nxt])
+    # Share of directions that rise (fall) one radius out: a strict-looking minimum rises
+    # in most directions; a flat side (half the directions in 1-D) makes it degenerate.
+    finite_n = np.maximum(np.sum(finite[rows, nxt], axis=-1), 1)
+    rise = np.sum(finite[rows, nxt] & (diff[rows, nxt] > tol[:, 0]), axis=-1) / finite_n
+    fall = np.sum(finite[rows, nxt] & (diff[rows, nxt] < -tol[:, 0]), axis=-1) / finite_n
+    return descent, ascent, rise, fall
+
+
+def _type_from_perturbation(descent, ascent, rise=1.0, fall=1.0, share=0.75):
+    if descent and ascent:
+        return "saddle"
+    if ascent and rise >= share:
+        return "minimum"
+    if descent and fall >= share:
+        return "maximum"
+    return "degenerate"
+
+
+def critical_point_type(problem, points, values, tol_f, *, key=None, eig_tol=None):
+    """Types `minimum | saddle | maximum | degenerate` for each row of `points`.
+
+    Returns `(types, methods, eig_ranges)`. Smooth problems use the Hessian's eigenvalues
+    (with relative tolerance `eig_tol`, default from the dtype), falling back on the
+    perturbation test when the Hessian is semidefinite with zero eigenvalues;
+    nonsmooth problems use the perturbation test only.
+    """
+    points = np.asarray(points)
+    values = np.broadcast_to(np.asarray(values, np.float64), (points.shape[0],))
+    tol_f = np.broadcast_to(np.asarray(tol_f, np.float64), (points.shape[0],))
+    key = jax.random.key(0) if key is None else key
+    field = _field_or_none(problem)
+    smooth = not getattr(problem, "nonsmooth", False)
+    if field is not None:
+        smooth = smooth and bool(getattr(field, "smooth", True))
+    eps = float(np.finfo(points.dtype).eps)
+    types, methods, eig_ranges = [], [], []
+    eigs = None
+    if smooth and points.shape[1] <= 512:
+        try:
+            eigs = _hessian_eigs(problem, points, field)
+        except NotImplementedError:
+            eigs = None
+    for i in range(points.shape[0]):
+        t = None
+        method = "perturbation"
+        rng = None
+        if eigs is not None and np.all(np.isfinite(eigs[i])):
+            ev = eigs[i]
+            big = max(1.0, float(np.max(np.abs(ev))))
+            tau = (eig_tol if eig_tol is not None else 10 * max(math.sqrt(eps), float(tol_f[i]))) * big
+            neg, pos = np.any(ev < -tau), np.any(ev > tau)
+            zero = np.any(np.abs(ev) <= tau)
+            rng = (float(ev.min()), float(ev.max()))
+            method = "hessian+perturbation"
+            if neg and pos:
+                t = "saddle"
+                method = "hessian"
+            # Definite Hessians are still cross-checked by the perturbation test below.
+        types.append(t)
+        methods.append(method)
+        eig_ranges.append(rng)
+    todo = [i for i, t in enumerate(types) if t is None]
+    if todo:
+        descent, ascent, rise, fall = _perturbation_tests(
+            problem, points[todo], values[todo], tol_f[todo], key
+        )
+        for j, i in enumerate(todo):
+            t = _type_from_perturbation(
+                bool(descent[j]), bool(ascent[j]), float(rise[j]), float(fall[j])
+            )
+            rng = eig_ranges[i]
+            if rng is not None:
+                # The Hessian has no negative (positive) eigenvalue below -tau (above tau):
+                # the perturbation test may only confirm the side the Hessian allows;
+                # disagreement means higher-order terms decide, i.e. a degenerate point.
+                ev = eigs[i]
+                big = max(1.0, float(np.max(np.abs(ev))))
+                tau = (eig_tol if eig_tol is not None else 10 * max(math.sqrt(eps), float(tol_f[i]))) * big
+                psd, nsd = bool(np.all(ev >= -tau)), bool(np.all(ev <= tau))
+                if (t == "maximum" and not nsd) or (t == "minimum" and not psd):
+                    t = "degenerate"
+            types[i] = t
+    return types, methods, eig_ranges
+
+
+# --------------------------------------------------------------------------- tables
+def _col(table, name, default=None):
+    if name in table:
+        return np.asarray(table[name])
+    if default is not None:
+        return default
+    raise KeyError(f"trajectory table has no column {name!r}; build it with jaxflow.trajectory_table.")
+
+
+def _points(table, rows):
+    d = 0
+    while f"x_{d}" in table:
+        d += 1
+    if d == 0:
+        return None
+    return np.stack([np.asarray(table[f"x_{j}"])[rows] for j in range(d)], axis=-1)
+
+
+def _dtype_of(table):
+    f = np.asarray(table["f"])
+    return f.dtype if np.issubdtype(f.dtype, np.floating) else np.dtype(np.float64)
+
+
+def critical_values(
+    problem,
+    table: dict,
+    *,
+    gtol: float | None = None,
+    n_total: int | None = None,
+    n_probe: int = 4,
+    classify_types: bool = True,
+    key=None,
+) -> list[CriticalValue]:
+    """Clusters of the limit values of `CONVERGED` and `BOUNDED` trajectories.
+
+    **Arguments:**
+
+    - `problem`: the `jaxflow.Problem` (for typing; `None` skips it).
+    - `table`: `jaxflow.trajectory_table(result, classification)` or the same columns
+      read back from a scan.
+    - `gtol`: the stationarity tolerance of the run (default from the dtype).
+    - `n_total`: number of starts for the fractions (default: rows of `table`).
+    - `n_probe`: members per cluster whose type is checked (smallest stationarity first).
+    - `classify_types`: compute the type (Hessian / perturbation test).
+
+    **Returns:** a list of `CriticalValue`, by increasing value.
+    """
+    status = _col(table, "status")
+    f = _col(table, "f").astype(np.float64)
+    n_total = int(status.shape[0]) if n_total is None else int(n_total)
+    dtype = _dtype_of(table)
+    rtol = value_tolerance(dtype, gtol)
+    conv = status == Status.CONVERGED
+    bnd = status == Status.BOUNDED
+    rows = np.nonzero((conv | bnd) & np.isfinite(f))[0]
+    if rows.size == 0:
+        return []
+    vals = f[rows]
+    tol = rtol * np.maximum(1.0, np.abs(vals))
+    stat = _col(table, "stationarity").astype(np.float64)[rows]
+    t = _col(table, "t").astype(np.float64)[rows]
+    p = _col(table, "velocity_exponent", np.full(status.shape, np.nan)).astype(np.float64)[rows]
+    # Bounded members: add the decrease of f still to come if ||v|| ~ t^-p persists.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rest = np.where(p > 0.5, stat**2 * t / (2 * p - 1), np.inf)
+    tol = np.where(bnd[rows], np.maximum(tol, np.where(np.isfinite(rest), rest, 0.0)), tol)
+    labels = cluster_values(vals, tol)
+    pts = _points(table, rows)
+    n_clusters = int(labels.max()) + 1
+    reps = []
+    for lab in range(n_clusters):
+        members = np.nonzero(labels == lab)[0]
+        reps.append(members[np.argsort(stat[members], kind="stable")][: max(1, n_probe)])
+    ctol = [float(np.max(tol[labels == lab])) for lab in range(n_clusters)]
+    typing = None
+    if classify_types and problem is not None and pts is not None:
+        allrep = np.concatenate(reps)
+        owner = np.concatenate([np.full(r.size, lab) for lab, r in enumerate(reps)])
+        typing = critical_point_type(
+            problem, pts[allrep], vals[allrep],
+            np.maximum(tol[allrep], np.asarray(ctol)[owner]),
+            key=jax.random.key(0) if key is None else key,
+        )
+    out = []
+    for lab in range(n_clusters):
+        m = labels == lab
+        value = float(np.median(vals[m]))
+        k = int(m.sum())
+        rep = reps[lab]
+        point = pts[rep[0]].astype(np.float64).tolist() if pts is not None else []
+        ctype, method, eig, types_seen = "unknown", "none", None, {}
+        if typing is not None:
+            sel = np.nonzero(owner == lab)[0]
+            types = [typing[0][i] for i in sel]
+            methods = [typing[1][i] for i in sel]
+            for ty in types:
+                types_seen[ty] = types_seen.get(ty, 0) + 1
+            # The most frequent type; ties favour the less committal answer.
+            order = ["saddle", "degenerate", "maximum", "minimum"]
+            ctype = max(types_seen, key=lambda s: (types_seen[s], -order.index(s)))
+            method = methods[types.index(ctype)]
+            eig = typing[2][sel[0]]
+        out.append(
+            CriticalValue(
+                value=value, count=k, fraction=k / n_total, interval=wilson_interval(k, n_total),
+                spread=(float(vals[m].min()), float(vals[m].max())),
+                converged=int(np.sum(conv[rows][m])), bounded=int(np.sum(bnd[rows][m])),
+                tolerance=ctol[lab], type=ctype, method=method, eigenvalues=eig, point=point,
+                types_seen=types_seen,
+            )
+        )
+    return out
+
+
+def values_at_infinity(
+    table: dict, *, gtol: float | None = None, n_total: int | None = None
+) -> list[ValueAtInfinity]:
+    """Clusters of the limit values of `ESCAPING` and `ESCAPED` trajectories.
+
+    **Returns:** a list of `ValueAtInfinity` by increasing value (a limit $-\\infty$,
+    i.e. $f$ decreasing without bound, comes first).
+    """
+    status = _col(table, "status")
+    n_total = int(status.shape[0]) if n_total is None else int(n_total)
+    esc = (status == Status.ESCAPING) | (status == Status.ESCAPED)
+    rows = np.nonzero(esc)[0]
+    if rows.size == 0:
+        return []
+    f = _col(table, "f").astype(np.float64)[rows]
+    lim = _col(table, "limit_value", np.asarray(table["f"])).astype(np.float64)[rows]
+    lim = np.where(np.isnan(lim), f, lim)
+    rtol = value_tolerance(_dtype_of(table), gtol)
+    with np.errstate(invalid="ignore"):
+        corr = np.where(np.isfinite(lim), np.abs(f - lim), 0.0)
+    tol = np.maximum(rtol * np.maximum(1.0, np.abs(np.where(np.isfinite(lim), lim, 0.0))), corr)
+    labels = cluster_values(lim, tol)
+    nan = np.full(status.shape, np.nan)
+    alpha = _col(table, "growth_exponent", nan).astype(np.float64)[rows]
+    logg = _col(table, "log_growth", np.zeros(status.shape, bool)).astype(bool)[rows]
+    malg = _col(table, "malgrange", nan).astype(np.float64)[rows]
+    norm = _col(table, "norm", nan).astype(np.float64)[rows]
+    st = status[rows]
+
+    def med(a):
+        a = a[np.isfinite(a)]
+        return float(np.median(a)) if a.size else float("nan")
+
+    out = []
+    for lab in range(labels.max() + 1):
+        m = labels == lab
+        k = int(m.sum())
+        out.append(
+            ValueAtInfinity(
+                value=float(np.median(lim[m])), count=k, fraction=k / n_total,
+                interval=wilson_interval(k, n_total),
+                spread=(float(lim[m].min()), float(lim[m].max())),
+                escaping=int(np.sum(st[m] == Status.ESCAPING)),
+                escaped=int(np.sum(st[m] == Status.ESCAPED)),
+                tolerance=float(np.max(tol[m])), growth_exponent=med(alpha[m]),
+                log_growth=float(np.mean(logg[m])), malgrange=med(malg[m]),
+                final_value=med(f[m]), norm=med(norm[m]),
+            )
+        )
+    return out
