@@ -53,7 +53,11 @@ class FlowResult(eqx.Module):
     - `ts` `(K,)`: checkpoint times (`ts[0] = 0`, log-spaced after);
     - `cp_norm`, `cp_f`, `cp_stat` `(n, K)`: $\|x\|$, $f$, $\|v\|$ at the checkpoints,
       NaN after the trajectory stopped;
-    - `iterations`, `lanes`: loop iterations and lane count (for lockstep efficiency).
+    - `iterations`, `lanes`: loop iterations and lane count (for lockstep efficiency);
+    - `cp_x` `(S, K, d)` or `None`: the flat states of the first `S = save_states`
+      trajectories at the checkpoints (NaN after the trajectory stopped), to check
+      conserved quantities and bounds along trajectories. Selecting trajectories
+      (`res[mask]`) drops it.
     """
 
     x: jax.Array
@@ -71,6 +75,7 @@ class FlowResult(eqx.Module):
     iterations: jax.Array
     lanes: int = eqx.field(static=True)
     meta: dict = eqx.field(static=True, default_factory=dict)
+    cp_x: jax.Array | None = None
 
     def __len__(self):
         return int(self.f.shape[0])
@@ -249,6 +254,8 @@ class _Engine(eqx.Module):
     lanes: int = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
     stop_at_convergence: bool = eqx.field(static=True, default=True)
+    # States recorded at the checkpoints for trajectories 0 .. save_states - 1.
+    save_states: int = eqx.field(static=True, default=0)
     # Discrete mode: an optax GradientTransformation drives x_{k+1} = x_k + update_k,
     # one iteration per loop step; checkpoints sit at given iteration counts.
     optimizer: Any = eqx.field(static=True, default=None)
@@ -296,6 +303,9 @@ def _run(engine: _Engine, x0, ts, gtol, radius, cp_iters=None, dt=None):
         cp_f=nan_nk.at[:, 0].set(f0),
         cp_stat=nan_nk.at[:, 0].set(s0),
     )
+    S = engine.save_states
+    if S:
+        out["cp_x"] = jnp.full((S, K, d), jnp.nan, dtype).at[:, 0].set(x0[:S])
     # Queue of the starts that need integrating (stable: original order kept).
     todo = status0 == 0
     queue = jnp.argsort(~todo, stable=True).astype(jnp.int32)
@@ -400,6 +410,9 @@ def _run(engine: _Engine, x0, ts, gtol, radius, cp_iters=None, dt=None):
         out["cp_norm"] = out["cp_norm"].at[rec_idx, k_new].set(norm_new, mode="drop")
         out["cp_f"] = out["cp_f"].at[rec_idx, k_new].set(f_new, mode="drop")
         out["cp_stat"] = out["cp_stat"].at[rec_idx, k_new].set(stat_new, mode="drop")
+        if S:
+            save_idx = jnp.where(rec_idx < S, rec_idx, S)
+            out["cp_x"] = out["cp_x"].at[save_idx, k_new].set(x_new, mode="drop")
 
         # Decide which trajectories are finished (first matching rule wins).
         status = jnp.zeros((W,), jnp.int8)
@@ -472,6 +485,7 @@ def flow(
     t_first: float | None = None,
     lanes: int | None = None,
     stop_at_convergence: bool = True,
+    save_states: int = 0,
 ) -> FlowResult:
     r"""Integrates $x'(t) = -v(x(t))$ from every row of `x0` up to time `t1`.
 
@@ -493,6 +507,8 @@ def flow(
     - `lanes`: trajectories advanced per loop iteration (default from `n`).
     - `stop_at_convergence`: stop a trajectory once `CONVERGED` (default). When
       `False`, trajectories run to `t1` and the status is decided at the end.
+    - `save_states`: also record the full state at every checkpoint for the first this
+      many trajectories (`FlowResult.cp_x`, memory `save_states * K * d`).
 
     **Returns:** a `jaxflow.FlowResult`.
     """
@@ -530,6 +546,8 @@ def flow(
     if lanes < 1:
         raise ValueError(f"flow: lanes must be >= 1, got {lanes}.")
     lanes = min(lanes, n)
+    if not (isinstance(save_states, (int, np.integer)) and save_states >= 0):
+        raise ValueError(f"flow: save_states must be an integer >= 0, got {save_states!r}.")
     engine = _Engine(
         field=field_for(problem),
         stepper=stepper,
@@ -537,6 +555,7 @@ def flow(
         lanes=lanes,
         max_steps=int(max_steps),
         stop_at_convergence=bool(stop_at_convergence),
+        save_states=min(int(save_states), n),
     )
     out, iterations = _run_jit(
         engine, xs, jnp.asarray(ts, dtype), jnp.asarray(gtol, dtype),
@@ -565,6 +584,7 @@ def flow(
         steps=out["steps"], rejected=out["rejected"], path_length=out["path"],
         ts=jnp.asarray(ts, dtype), cp_norm=out["cp_norm"], cp_f=out["cp_f"],
         cp_stat=out["cp_stat"], iterations=iterations, lanes=lanes, meta=meta,
+        cp_x=out.get("cp_x"),
     )
 
 
