@@ -4,6 +4,10 @@ Integrates (sub)gradient flows from many random starts at once and classifies wh
 they go (Josz & Li, SIAM J. Optim. 2023, Theorem 1.2).
 """
 
+from ._detect import Classification as Classification
+from ._detect import DetectorOptions as DetectorOptions
+from ._detect import classify as classify
+from ._detect import trajectory_table as trajectory_table
 from ._discrete import descend as descend
 from ._discrete import iteration_checkpoints as iteration_checkpoints
 from ._field import AbstractField as AbstractField
@@ -15,6 +19,7 @@ from ._flow import flow as flow
 from ._problem import Normal as Normal
 from ._problem import Problem as Problem
 from ._problem import Uniform as Uniform
+from ._report import Report as Report
 from ._scan import ScanError as ScanError
 from ._scan import ScanProgress as ScanProgress
 from ._scan import ScanResult as ScanResult
@@ -25,5 +30,9 @@ from ._store import ChunkCorruptedError as ChunkCorruptedError
 from ._store import ScanLockedError as ScanLockedError
 from ._store import SpecMismatchError as SpecMismatchError
 from ._store import StoreError as StoreError
+from ._values import CriticalValue as CriticalValue
+from ._values import ValueAtInfinity as ValueAtInfinity
+from ._values import critical_values as critical_values
+from ._values import values_at_infinity as values_at_infinity
 
 __version__ = "0.1.0"
