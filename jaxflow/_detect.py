@@ -93,10 +93,10 @@ class DetectorOptions(eqx.Module):
     """
 
     tail_decades: float = 2.0
-    min_tail_decades: float = 1.0
+    min_tail_decades: float = 2.0
     escape_growth: float = 0.05
     escape_deceleration: float = 0.1
-    escape_velocity_exponent: float = 0.1
+    escape_velocity_exponent: float = 0.5
     value_exponent_min: float = 0.1
     bounded_deceleration: float = 0.3
     plateau_rtol: float = 1e-2
@@ -283,7 +283,7 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     # --- escape evidence
     growing = monotone & (d2 >= opt.escape_growth * N_c) & (d1 > n_noise)
     not_decel = (gamma <= opt.escape_deceleration) & (gamma_end <= opt.escape_deceleration)
-    vel_falls = (p_vel >= opt.escape_velocity_exponent) & vel_monotone
+    vel_falls = (p_vel > opt.escape_velocity_exponent) & vel_monotone
     # An unbounded trajectory has an infinite path length, so its velocity cannot be
     # integrable: this separates a slow escape from the transient growth of a trajectory
     # that then converges exponentially fast.
@@ -292,7 +292,11 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     escape_finite = sustained & settles & vel_falls & ~f_increased
     # f -> -inf needs more: the norm at least doubled over the tail (a trajectory that
     # accelerates away from a saddle at the horizon looks the same for a while).
-    escape_inf = sustained & diverges & (N_c >= 2 * N_a) & ~escape_finite
+    # And ||v|| ~ t^-p with p <= 1/2: otherwise int ||v||^2 dt = f(0) - lim f converges.
+    escape_inf = (
+        sustained & diverges & (N_c >= 2 * N_a) & (p_vel <= opt.escape_velocity_exponent)
+        & ~escape_finite
+    )
     log_growth = sustained & (-gamma < alpha / 2)
 
     # --- bounded evidence
