@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import equinox as eqx
 import numpy as np
 
 from ._problem import Problem, Uniform
@@ -168,14 +169,17 @@ def resolve_problem(problem, params: Mapping | None = None) -> tuple[Problem, di
             raise ValueError("params= applies to a problem given by name; this one is an object.")
         return problem, {"kind": "object", "name": problem.name}
     if isinstance(problem, str):
-        try:
-            canonical_json(params)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"params must be JSON-able numbers/strings/lists, got {params!r}.") from e
         if ":" in problem:
             source = {"kind": "reference", "target": problem, "params": params}
         else:
             source = {"kind": "builtin", "name": problem, "params": params}
+        try:
+            canonical_json(params)
+        except ValueError:
+            _build_from_source(source)  # NaN/inf: the problem's own check names the field
+            raise ValueError(f"params must be finite numbers to be recorded, got {params!r}.")
+        except TypeError as e:
+            raise TypeError(f"params must be JSON-able numbers/strings/lists, got {params!r}.") from e
         return _cached_problem(source), source
     raise TypeError(
         "problem must be a jaxflow.Problem, a built-in name (see jaxflow.problems.names()) or "
@@ -282,7 +286,7 @@ def _controller_from_spec(spec: Mapping):
     return diffrax.PIDController(**kw)
 
 
-def _environment(classifier: str) -> dict:
+def _environment() -> dict:
     import jax
     import jaxlib
 
@@ -292,19 +296,35 @@ def _environment(classifier: str) -> dict:
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
         "jaxflow": __version__,
+        "jaxflow_source": source_fingerprint(),
         "x64": bool(jax.config.jax_enable_x64),
         "prng_impl": str(jax.config.jax_default_prng_impl),
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
-        "classifier": classifier,
     }
 
 
-def _classifier_name() -> str:
-    import jaxflow
+# Modules that only read, store or render results: editing them cannot change a row.
+_PRESENTATION = {"cli.py", "_plots.py", "_report.py", "_values.py", "_store.py", "_cache.py",
+                 "_stats.py", "__init__.py"}
+_SOURCE_HASH: list[str] = []
 
-    if hasattr(jaxflow, "classify") and hasattr(jaxflow, "trajectory_table"):
-        return "jaxflow.classify"
-    return "engine-status"
+
+def source_fingerprint() -> str:
+    """SHA-256 of jaxflow's computing modules (engine, detectors, problems, scan).
+
+    The version number does not change while a development install is edited; this
+    does, so a resumed scan or a worker running other code is caught.
+    """
+    if not _SOURCE_HASH:
+        root = Path(__file__).resolve().parent
+        h = hashlib.sha256()
+        for path in sorted(root.rglob("*.py")):
+            if path.name in _PRESENTATION and path.parent == root:
+                continue
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+        _SOURCE_HASH.append(h.hexdigest())
+    return _SOURCE_HASH[0]
 
 
 # --------------------------------------------------------------------------- workers
@@ -338,29 +358,11 @@ def _device_label(device) -> str:
 
 
 def _trajectory_columns(result, classify_options: Mapping) -> dict[str, np.ndarray]:
-    """Per-trajectory columns: the detectors' `trajectory_table` when available."""
-    import jaxflow
+    """Per-trajectory columns: `jaxflow.trajectory_table` of the classified result."""
+    from ._detect import classify, trajectory_table
 
-    if hasattr(jaxflow, "classify") and hasattr(jaxflow, "trajectory_table"):
-        cls = jaxflow.classify(result, **classify_options)
-        return {k: np.asarray(v) for k, v in jaxflow.trajectory_table(result, cls).items()}
-    # Until the detectors land: the same column layout from the engine alone
-    # (HORIZON is left unrefined, no growth exponents).
-    r = result.to_numpy()
-    n = r["f"].shape[0]
-    cols = {
-        "status": r["status"].astype(np.int8), "f": r["f"], "stationarity": r["stationarity"],
-        "t": r["t"], "steps": r["steps"], "rejected": r["rejected"],
-        "path_length": r["path_length"],
-        "growth_exponent": np.full(n, np.nan, r["f"].dtype),
-        "log_growth": np.zeros(n, bool),
-        "limit_value": r["f"],
-        "malgrange": np.full(n, np.nan, r["f"].dtype),
-    }
-    for j in range(r["x"].shape[1]):
-        cols[f"x_{j}"] = r["x"][:, j]
-    cols.update(cp_norm=r["cp_norm"], cp_f=r["cp_f"], cp_stat=r["cp_stat"])
-    return cols
+    table = trajectory_table(result, classify(result, **classify_options))
+    return {k: np.asarray(v) for k, v in table.items()}
 
 
 def _run_chunk(job: _ChunkJob) -> _ChunkOutput:
@@ -378,13 +380,44 @@ def _run_chunk(job: _ChunkJob) -> _ChunkOutput:
     problem = job.problem if job.problem is not None else _cached_problem(job.source)
     device = getattr(_THREAD, "device", None)
     t0 = time.perf_counter()
-    ctx = jax.default_device(device) if device is not None else contextlib.nullcontext()
+    # The default device needs no context (a `default_device` context is part of JAX's
+    # trace-cache key: the same chunk program would be traced and compiled again).
+    default = jax.config.jax_default_device or jax.devices()[0]
+    on_default = device is None or device == default
+    ctx = contextlib.nullcontext() if on_default else jax.default_device(device)
     with ctx:
-        columns, trajectories = _compute_chunk(problem, job.spec, job.chunk, device)
+        columns, trajectories = _first_run_serialised(
+            (id(problem), _program_key(job.spec), None if device is None else device.id),
+            lambda: _compute_chunk(problem, job.spec, job.chunk, device),
+        )
     if device is None:
         device = jax.devices()[0]
     return _ChunkOutput(job.chunk, columns, trajectories, _device_label(device),
                         time.perf_counter() - t0)
+
+
+_WARM: set = set()
+_WARM_LOCKS: dict = {}
+_WARM_GUARD = threading.Lock()
+
+
+def _program_key(spec: Mapping) -> str:
+    keep = {k: spec[k] for k in ("dtype", "chunk_size", "flow", "classify")}
+    return canonical_json(keep)
+
+
+def _first_run_serialised(key, compute):
+    """Threads sharing a device wait for the first one to compile the chunk program
+    instead of compiling it concurrently (twice the CPU for the same executable)."""
+    if key not in _WARM:
+        with _WARM_GUARD:
+            lock = _WARM_LOCKS.setdefault(key, threading.Lock())
+        with lock:
+            if key not in _WARM:
+                out = compute()
+                _WARM.add(key)
+                return out
+    return compute()
 
 
 def _check_worker_versions(env: Mapping) -> None:
@@ -393,7 +426,8 @@ def _check_worker_versions(env: Mapping) -> None:
 
     from . import __version__
 
-    mine = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "jaxflow": __version__}
+    mine = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "jaxflow": __version__,
+            "jaxflow_source": source_fingerprint()}
     bad = {k: (env[k], v) for k, v in mine.items() if env.get(k) != v}
     if bad:
         raise ScanError(
@@ -417,13 +451,10 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
         )
     cs = int(spec["chunk_size"])
     valid = min(cs, int(spec["n"]) - chunk * cs)
+    # Placement: the caller's `jax.default_device(device)`; arrays stay uncommitted, so
+    # the programs are the ones a plain `jaxflow.flow` call compiles.
     key = jax.random.fold_in(jax.random.key(int(spec["seed"])), chunk)
-    if device is not None:
-        key = jax.device_put(key, device)
-    x0 = problem.sample(key, cs, dtype)
-    if valid < cs:
-        rows = jnp.arange(cs)[:, None]
-        x0 = jnp.where(rows < valid, x0, jnp.nan)
+    x0 = _sample_padded(problem, key, jnp.asarray(valid, jnp.int32), cs, dtype)
     fs = spec["flow"]
     res = flow(
         problem, x0, t1=float(fs["t1"]), solver=_solver_instance(fs["solver"]),
@@ -432,6 +463,7 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
         max_steps=int(fs["max_steps"]), checkpoints_per_decade=int(fs["checkpoints_per_decade"]),
         t_first=_unjf(fs["t_first"]), lanes=int(fs["lanes"]),
         stop_at_convergence=bool(fs["stop_at_convergence"]),
+        save_states=int(spec["save_states"]),
     )
     cols = _trajectory_columns(res, spec["classify"])
     x0_np = np.asarray(x0)[:valid]
@@ -449,7 +481,23 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
         trajectories = {"index": index[keep], "status": main["status"][keep]}
         trajectories.update({k: v[keep] for k, v in series.items()})
         trajectories.update({f"start_{j}": main[f"start_{j}"][keep] for j in range(problem.dim)})
+        if res.cp_x is not None:
+            # Saved rows are the chunk's first ones (global index < save_trajectories),
+            # all within the engine's first `save_states` rows.
+            cp_x = np.asarray(res.cp_x)[: int(keep.sum())]
+            for j in range(problem.dim):
+                trajectories[f"cp_x_{j}"] = cp_x[:, :, j]
     return main, trajectories
+
+
+@eqx.filter_jit
+def _sample_padded(problem: Problem, key, valid, size: int, dtype):
+    """`size` starts from `key`; rows from `valid` on are NaN (the padding of the last
+    chunk: the engine marks them NONFINITE at t = 0 and never integrates them)."""
+    import jax.numpy as jnp
+
+    x0 = problem.sample(key, size, dtype)
+    return jnp.where(jnp.arange(size)[:, None] < valid, x0, jnp.nan)
 
 
 def _solver_instance(name: str):
@@ -547,85 +595,36 @@ class ScanResult:
                 f"complete={self.complete}, out={str(self.out)!r})")
 
 
-class _BasicReport:
-    """Status counts with Wilson intervals, used until `jaxflow.Report` exists."""
-
-    def __init__(self, problem_info: Mapping, table: Mapping[str, np.ndarray], meta: Mapping):
-        from ._stats import wilson_interval
-
-        self.problem = dict(problem_info)
-        self.meta = dict(meta)
-        st = np.asarray(table.get("status", np.zeros(0, np.int8)))
-        f = np.asarray(table.get("f", np.zeros(0)), np.float64)
-        n = int(st.size)
-        self.n = n
-        self.rows = []
-        for s in Status:
-            sel = st == int(s)
-            k = int(sel.sum())
-            if k:
-                lo, hi = wilson_interval(k, n)
-                self.rows.append({"status": s.name, "count": k, "fraction": k / n,
-                                  "interval": [lo, hi], "median_f": float(np.median(f[sel]))})
-
-    def to_dict(self) -> dict:
-        return {"problem": self.problem, "meta": self.meta, "n": self.n, "statuses": self.rows}
-
-    def to_json(self) -> str:
-        import json
-
-        return json.dumps(self.to_dict(), indent=2, default=str)
-
-    def title(self) -> str:
-        m = self.meta
-        return (f"{self.problem.get('name')}: {self.n} starts ~ {m.get('sampler')}, flow to "
-                f"t = {m.get('t1'):g} ({m.get('solver')}, {m.get('dtype')})")
-
-    def to_markdown(self) -> str:
-        lines = [f"## {self.title()}", "", "| status | count | fraction | 95% interval | median f |",
-                 "|---|---:|---:|---:|---:|"]
-        for r in self.rows:
-            lo, hi = r["interval"]
-            lines.append(f"| {r['status']} | {r['count']} | {r['fraction']:.2%} | "
-                         f"[{lo:.2%}, {hi:.2%}] | {r['median_f']:.4g} |")
-        return "\n".join(lines) + "\n"
-
-    def to_rich(self):
-        from rich.table import Table
-
-        t = Table(title=self.title())
-        for col in ("status", "count", "fraction", "95% interval", "median f"):
-            t.add_column(col, justify="left" if col == "status" else "right")
-        for r in self.rows:
-            lo, hi = r["interval"]
-            t.add_row(r["status"], str(r["count"]), f"{r['fraction']:.2%}",
-                      f"[{lo:.2%}, {hi:.2%}]", f"{r['median_f']:.4g}")
-        return t
-
-
 def _report_meta(manifest: Mapping, complete: bool, devices: Mapping) -> dict:
     sp = manifest["spec"]
     fs = sp["flow"]
+    ctrl = fs["stepsize_controller"]
     return {
-        "n": sp["n"], "seed": sp["seed"], "t1": _unjf(fs["t1"]), "dtype": sp["dtype"],
-        "solver": fs["solver"], "sampler": manifest.get("problem", {}).get("sampler"),
-        "chunk_size": sp["chunk_size"], "complete": complete,
+        "kind": "scan", "n": sp["n"], "seed": sp["seed"], "t1": _unjf(fs["t1"]),
+        "dtype": sp["dtype"], "solver": fs["solver"], "controller": ctrl["kind"],
+        "rtol": _unjf(ctrl.get("rtol")), "atol": _unjf(ctrl.get("atol")),
+        "gtol": _unjf(fs["gtol"]), "escape_radius": _unjf(fs["escape_radius"]),
+        "max_steps": fs["max_steps"], "chunk_size": sp["chunk_size"], "complete": complete,
         "devices": dict(devices), "spec_sha256": manifest["spec_sha256"],
-        "environment": manifest.get("environment"), "kind": "scan",
     }
 
 
 def build_report(problem: Problem | None, manifest: Mapping, table: Mapping[str, np.ndarray],
                  *, complete: bool, devices: Mapping):
-    """The report of a scan's table (`jaxflow.Report` when available)."""
-    import jaxflow
+    """`jaxflow.Report.from_table` on a scan's table (None for an empty table).
 
+    Without the `Problem` (a scan of a `Problem` object, loaded elsewhere), critical
+    points are not typed and the problem's description comes from the manifest.
+    """
+    from ._report import Report
+
+    if len(table.get("status", ())) == 0:
+        return None
     meta = _report_meta(manifest, complete, devices)
-    report_cls = getattr(jaxflow, "Report", None)
-    if report_cls is not None and hasattr(report_cls, "from_table") and problem is not None:
-        return report_cls.from_table(problem, dict(table), meta=meta)
-    return _BasicReport(manifest.get("problem", {"name": manifest["spec"]["problem"]["name"]}),
-                        table, meta)
+    report = Report.from_table(problem, dict(table), meta=meta)
+    if problem is None and manifest.get("problem"):
+        report = dataclasses.replace(report, problem=dict(manifest["problem"]))
+    return report
 
 
 def _devices_summary(entries: Mapping[int, Mapping]) -> dict[str, int]:
@@ -759,6 +758,7 @@ def scan(
     stop_at_convergence: bool = True,
     classify_options: Mapping | None = None,
     save_trajectories: int = 256,
+    save_states: bool | None = None,
     executor=None,
     devices=None,
     resume: bool = True,
@@ -785,8 +785,12 @@ def scan(
       `checkpoints_per_decade`, `t_first`, `lanes`, `stop_at_convergence`: as in
       `jaxflow.flow`; the solver is recorded by name.
     - `classify_options`: keyword options of `jaxflow.classify`.
-    - `save_trajectories`: keep the checkpoint series of the first this many starts (a
-      uniform random subsample, since starts are i.i.d.) for plots; 0 for none.
+    - `save_trajectories`: keep the checkpoint series ($\|x\|$, $f$, $\|v\|$) of the
+      first this many starts (a uniform random subsample, since starts are i.i.d.) for
+      plots; 0 for none.
+    - `save_states`: also keep their positions $x(t_k)$ (for phase portraits); default
+      for problems of dimension at most 3 (every chunk then records its first
+      `min(save_trajectories, chunk_size)` states, so all chunks run one program).
     - `executor`: a `concurrent.futures`-style executor (thread pool, spawn process
       pool, Dask `client.get_executor()`); default: the local device pool.
     - `devices`: the devices of the pool (a list of `jax.Device`, or a count; default all
@@ -845,6 +849,8 @@ def scan(
     max_steps = _positive_int(max_steps, "max_steps")
     lanes_val = _default_lanes(chunk_size) if lanes is None else _positive_int(lanes, "lanes")
     classify_options = dict(classify_options or {})
+    if save_states is not None and not isinstance(save_states, bool):
+        raise TypeError(f"scan: `save_states` must be True, False or None, got {save_states!r}.")
     Store.check_writable(out)
 
     prob, source = resolve_problem(problem, params)
@@ -852,6 +858,9 @@ def scan(
     if executor is not None:
         _check_executor(executor, problem_obj)
     solver_name = _solver_spec(solver, prob)
+    if save_states is None:
+        save_states = prob.dim <= 3
+    save_states_val = min(int(save_trajectories), chunk_size) if save_states else 0
     from ._flow import _Controller
     from ._solver import make_stepper
 
@@ -902,12 +911,13 @@ def scan(
         },
         "classify": classify_options,
         "save_trajectories": int(save_trajectories),
+        "save_states": save_states_val,
     }
     try:
         canonical_json(spec)
     except (TypeError, ValueError) as e:
         raise TypeError(f"scan: classify_options must be JSON-able, got {classify_options!r}.") from e
-    environment = _environment(_classifier_name())
+    environment = _environment()
     extra = {"problem": prob.describe(), "checkpoint_times": [float(t) for t in ts]}
 
     # -- the store: refuse a different scan before touching anything ------------------------

@@ -1,21 +1,48 @@
-"""Command line: `jaxflow problems | flow | ...`.
+"""Command line: `jaxflow problems | flow | scan | report`.
 
-Exit codes: 0 success, 2 bad usage or bad input (message on stderr), 1 unexpected error.
+Exit codes (stable; messages go to stderr, prefixed `jaxflow: error:`):
+
+| code | meaning |
+|---|---|
+| 0 | success |
+| 1 | unexpected internal error (a traceback follows) |
+| 2 | bad usage or bad input (unknown problem, n <= 0, NaN bounds, unwritable out/, ...) |
+| 3 | out/ holds a different scan; refused, nothing modified (the differing fields are listed) |
+| 4 | out/ is being written by another process (lock held) |
+| 5 | out/ is not a readable scan, or a stored chunk is corrupted (`report`) |
+| 6 | a chunk failed on a worker; finished chunks are stored, rerun to resume |
+| 130 | interrupted (Ctrl-C); finished chunks are stored, rerun the same command to resume |
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_SPEC_MISMATCH = 3
+EXIT_LOCKED = 4
+EXIT_STORE = 5
+EXIT_CHUNK_FAILED = 6
+EXIT_INTERRUPTED = 130
+
+# `jaxflow scan PROBLEM` with no options: sized to take about a minute on a 2-core laptop
+# CPU for Example 1.1 (see README, "Scans"), enough for a +-0.15 pp interval on the
+# escaping fraction.
+SCAN_N_DEFAULT = 200_000
+SCAN_CHUNK_DEFAULT = 10_000
 
 
 def _common_flow_args(p: argparse.ArgumentParser, *, n_default: int, t1_default: float):
-    p.add_argument("problem", help="built-in problem name (see `jaxflow problems`)")
+    p.add_argument(
+        "problem",
+        help="built-in problem name (see `jaxflow problems`) or package.module:function "
+        "(a Problem, a factory returning one, or an objective f(x) with --param dim=D)",
+    )
     p.add_argument("--n", type=int, default=n_default, help="number of random starts")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed for the starts")
     p.add_argument("--t1", type=float, default=t1_default, help="horizon of the flow")
@@ -149,6 +176,182 @@ def cmd_flow(args) -> int:
     return EXIT_OK
 
 
+def _select_device(device: str | None):
+    """`--device cpu|gpu`: must run before JAX initialises a backend."""
+    import jax
+
+    if device is None:
+        return None
+    if device == "cpu":
+        jax.config.update("jax_platforms", "cpu")
+        return jax.devices("cpu")
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError as e:
+        raise ValueError(
+            f"--device gpu: JAX sees no GPU ({e}). Install a GPU build of JAX "
+            "(pip install 'jax[cuda12]') or use --device cpu."
+        ) from None
+    return gpus
+
+
+def _default_out(args, params: dict) -> str:
+    import hashlib
+    import json
+
+    key = json.dumps(
+        [args.problem, params, args.n, args.seed, args.t1, args.dtype, args.chunk_size,
+         args.solver, args.rtol, args.atol, args.gtol, args.escape_radius],
+        sort_keys=True,
+    )
+    tag = hashlib.sha256(key.encode()).hexdigest()[:8]
+    name = args.problem.replace(":", "_").replace("/", "_").replace(".", "_")
+    return os.path.join("jaxflow-out", f"{name}-n{args.n}-seed{args.seed}-{tag}")
+
+
+class _ScanProgressBar:
+    """A rich progress bar on stderr: chunks, trajectories, trajectories/s, ETA."""
+
+    def __init__(self, console, enabled: bool):
+        from rich.progress import (
+            BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+        )
+
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(),
+            TextColumn("{task.fields[chunks]} chunks"),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} traj"),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=console, disable=not enabled,
+        )
+        self.task = None
+        self.t_first = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def __call__(self, p):
+        chunks = f"{p.chunks_done}/{p.chunks_total}"
+        if self.task is None:
+            desc = "compiling" if p.chunks_done < p.chunks_total else "stored"
+            self.task = self.progress.add_task(
+                desc, total=p.trajectories_total, completed=p.trajectories_done,
+                chunks=chunks, rate="",
+            )
+            self.t0 = time.perf_counter()
+            return
+        rate = p.trajectories_now / max(time.perf_counter() - self.t0, 1e-9)
+        self.progress.update(
+            self.task, completed=p.trajectories_done, chunks=chunks, rate=f"{rate:,.0f} traj/s",
+            description="scanning",
+        )
+
+
+def cmd_scan(args) -> int:
+    devices = _select_device(args.device)
+    _enable_dtype(args.dtype)
+    import diffrax
+    from rich.console import Console
+
+    from ._scan import scan
+
+    if ":" in args.problem and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: user modules in the cwd
+    params = _parse_params(args.param)
+    for name in ("n", "chunk_size"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    out = args.out = args.out or _default_out(args, params)
+    cache = False if args.no_compilation_cache else (args.compilation_cache or None)
+    executor = client = None
+    if args.dask:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ValueError("--dask needs Dask: pip install 'jaxflow[dask]'") from None
+        client = Client(args.dask)
+        executor = client.get_executor()
+        devices = None
+    console = Console()
+    err_console = Console(stderr=True)
+    try:
+        with _ScanProgressBar(err_console, enabled=not args.quiet) as bar:
+            res = scan(
+                args.problem, args.n, out=out, t1=args.t1, seed=args.seed,
+                chunk_size=args.chunk_size, params=params, dtype=args.dtype,
+                solver=args.solver,
+                stepsize_controller=diffrax.PIDController(rtol=args.rtol, atol=args.atol),
+                gtol=args.gtol, escape_radius=args.escape_radius,
+                save_trajectories=args.save_trajectories, executor=executor, devices=devices,
+                progress=bar, compilation_cache=cache,
+            )
+    finally:
+        if client is not None:
+            client.close()
+    if args.json:
+        print(res.report.to_json())
+        return EXIT_OK
+    console.print(res.report.to_rich())
+    done = len(res.computed_chunks)
+    console.print(
+        f"{len(res):,} trajectories in {out} ({done} chunks computed, "
+        f"{len(res.skipped_chunks)} already stored; {res.wall_s:.1f} s). "
+        f"Plots and Markdown/JSON: jaxflow report {out}"
+    )
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    import json
+
+    from rich.console import Console
+
+    from ._store import Store
+
+    manifest = Store(args.out).read_manifest()
+    if manifest is None:
+        raise FileNotFoundError(f"{args.out} is not a jaxflow scan (no manifest.json)")
+    if manifest.get("environment", {}).get("x64"):
+        _enable_dtype("float64")
+    from ._plots import write_plots
+    from ._scan import _problem_for_report, load
+
+    problem = _problem_for_report(manifest)
+    res = load(args.out, problem=problem)
+    console = Console()
+    if args.json:
+        print(res.report.to_json())
+    else:
+        console.print(res.report.to_rich())
+        if not res.complete:
+            console.print(
+                f"[yellow]partial scan:[/] {len(res):,} of {res.spec['n']:,} trajectories stored; "
+                "rerun the scan command to finish it."
+            )
+    target = args.to or os.path.join(args.out, "report")
+    os.makedirs(target, exist_ok=True)
+    written = []
+    md = os.path.join(target, "report.md")
+    with open(md, "w") as fh:
+        fh.write(res.report.to_markdown())
+    written.append(md)
+    js = os.path.join(target, "report.json")
+    with open(js, "w") as fh:
+        fh.write(json.dumps(json.loads(res.report.to_json()), indent=2) + "\n")
+    written.append(js)
+    if not args.no_plots:
+        written += [str(p) for p in write_plots(res, target, problem=problem)]
+    (Console(stderr=True) if args.json else console).print(
+        "wrote " + ", ".join(written)
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxflow",
@@ -161,18 +364,77 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flow", help="integrate the flow from random starts, print outcomes")
     _common_flow_args(p, n_default=10000, t1_default=2e4)
     p.set_defaults(func=cmd_flow)
+
+    p = sub.add_parser(
+        "scan",
+        help="chunked, resumable scan from many starts into OUT/, then the report",
+        description="Integrate and classify the flow from N random starts, chunk by chunk, "
+        "into a crash-safe store (rerun the same command to resume), then print the report.",
+    )
+    _common_flow_args(p, n_default=SCAN_N_DEFAULT, t1_default=2e4)
+    p.add_argument("--out", default=None,
+                   help="store directory (default: jaxflow-out/<problem>-n<N>-seed<S>-<hash>)")
+    p.add_argument("--chunk-size", type=int, default=SCAN_CHUNK_DEFAULT,
+                   help="starts per chunk (part of the spec: changing it changes the starts)")
+    p.add_argument("--device", choices=["cpu", "gpu"], default=None,
+                   help="run on the CPU or on every local GPU (default: JAX's default backend)")
+    p.add_argument("--save-trajectories", type=int, default=1000,
+                   help="keep the checkpoint series of this many starts for plots")
+    p.add_argument("--dask", metavar="ADDRESS", default=None,
+                   help="run chunks on a Dask cluster (scheduler address, e.g. tcp://host:8786)")
+    p.add_argument("--compilation-cache", metavar="DIR", default=None,
+                   help="persistent compilation cache directory (default: user cache dir, "
+                   "or $JAXFLOW_COMPILATION_CACHE)")
+    p.add_argument("--no-compilation-cache", action="store_true",
+                   help="do not use the persistent compilation cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser(
+        "report",
+        help="re-print a scan's report; write Markdown, JSON and PNG plots",
+        description="Read the store OUT (verifying every chunk's hash), print the report and "
+        "write report.md, report.json and PNG figures into OUT/report (or --to DIR).",
+    )
+    p.add_argument("out", help="the scan directory")
+    p.add_argument("--to", default=None, help="output directory (default OUT/report)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ._scan import ScanError
+    from ._store import ScanLockedError, SpecMismatchError, StoreError
+
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    def fail(code: int, msg: str) -> int:
+        print(f"jaxflow: error: {msg}", file=sys.stderr)
+        return code
+
     try:
         return args.func(args)
-    except (ValueError, TypeError, KeyError) as e:
+    except SpecMismatchError as e:
+        return fail(EXIT_SPEC_MISMATCH, str(e))
+    except ScanLockedError as e:
+        return fail(EXIT_LOCKED, str(e))
+    except StoreError as e:
+        return fail(EXIT_STORE, str(e))
+    except ScanError as e:
+        return fail(EXIT_CHUNK_FAILED, str(e))
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        where = f" in {out}" if out else ""
+        return fail(EXIT_INTERRUPTED, f"interrupted; finished chunks are stored{where}. Rerun "
+                    "the same command to resume.")
+    except (ValueError, TypeError, KeyError, PermissionError, FileNotFoundError,
+            NotADirectoryError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"jaxflow: error: {msg}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(EXIT_USAGE, msg)
 
 
 if __name__ == "__main__":  # pragma: no cover
