@@ -51,6 +51,10 @@ def descend(
     with the flow's time), `steps` counts iterations, and the checkpoints sit at
     log-spaced iteration counts. For a nonsmooth problem the optimizer receives the
     minimal-norm subgradient.
+
+    The optimizer is part of the compiled program: reuse the same object across calls
+    (`opt = optax.sgd(0.01)` once), since a fresh `optax.sgd(0.01)` is a new function
+    and recompiles.
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"descend: `problem` must be a jaxflow.Problem, got {type(problem).__name__}.")

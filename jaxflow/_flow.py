@@ -289,19 +289,18 @@ def _run(engine: _Engine, x0, ts, gtol, radius, cp_iters=None, dt=None):
     ).astype(jnp.int8)
     h0 = ctrl.initial_step(x0, v0)
 
-    nan_nk = jnp.full((n, K), jnp.nan, dtype)
+    # Outputs are packed into few arrays so that each loop iteration does one scatter per
+    # array: on CPU every XLA op has a fixed cost, and bookkeeping otherwise rivals the
+    # integration itself. Float part: [x (d), f, ||v||, t, path length]; int part:
+    # [status, steps, rejected]; checkpoints: (n, K, 3) with (||x||, f, ||v||).
+    zeros_n = jnp.zeros((n, 1), dtype)
     out = dict(
-        x=x0,
-        f=f0,
-        stat=s0,
-        status=status0,
-        t=jnp.zeros((n,), dtype),
-        steps=jnp.zeros((n,), jnp.int32),
-        rejected=jnp.zeros((n,), jnp.int32),
-        path=jnp.zeros((n,), dtype),
-        cp_norm=nan_nk.at[:, 0].set(n0),
-        cp_f=nan_nk.at[:, 0].set(f0),
-        cp_stat=nan_nk.at[:, 0].set(s0),
+        real=jnp.concatenate([x0, f0[:, None], s0[:, None], zeros_n, zeros_n], axis=1),
+        int=jnp.stack(
+            [status0.astype(jnp.int32), jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32)],
+            axis=1,
+        ),
+        cp=jnp.full((n, K, 3), jnp.nan, dtype).at[:, 0].set(jnp.stack([n0, f0, s0], axis=1)),
     )
     S = engine.save_states
     if S:
@@ -310,22 +309,25 @@ def _run(engine: _Engine, x0, ts, gtol, radius, cp_iters=None, dt=None):
     todo = status0 == 0
     queue = jnp.argsort(~todo, stable=True).astype(jnp.int32)
     m = jnp.sum(todo, dtype=jnp.int32)
+    start_pack = jnp.concatenate([x0, f0[:, None], v0, h0[:, None]], axis=1)
 
     def load(idx):
         """Lane state for trajectory indices `idx` (idx == n: idle lane)."""
         safe = jnp.minimum(idx, n - 1)
+        row = start_pack[safe]  # one gather for everything a fresh lane needs
+        x_s, f_s, v_s, h_s = row[:, :d], row[:, d], row[:, d + 1 : 2 * d + 1], row[:, 2 * d + 1]
         extra = {}
         if discrete:
-            extra["opt"] = jax.vmap(engine.optimizer.init)(x0[safe])
+            extra["opt"] = jax.vmap(engine.optimizer.init)(x_s)
         return dict(
             **extra,
             idx=idx,
-            x=x0[safe],
-            f=f0[safe],
-            v=v0[safe],
+            x=x_s,
+            f=f_s,
+            v=v_s,
             k=jnp.zeros(idx.shape, jnp.int32),  # current segment [ts[k], ts[k+1]]
             tau=jnp.zeros(idx.shape, dtype),  # offset in the segment
-            h=h0[safe],
+            h=h_s,
             prev_inv=jnp.ones(idx.shape, dtype),
             steps=jnp.zeros(idx.shape, jnp.int32),
             rejected=jnp.zeros(idx.shape, jnp.int32),
@@ -407,9 +409,8 @@ def _run(engine: _Engine, x0, ts, gtol, radius, cp_iters=None, dt=None):
 
         # Record checkpoints reached on this step.
         rec_idx = jnp.where(reached, lanes["idx"], n)
-        out["cp_norm"] = out["cp_norm"].at[rec_idx, k_new].set(norm_new, mode="drop")
-        out["cp_f"] = out["cp_f"].at[rec_idx, k_new].set(f_new, mode="drop")
-        out["cp_stat"] = out["cp_stat"].at[rec_idx, k_new].set(stat_new, mode="drop")
+        cp_val = jnp.stack([norm_new, f_new, stat_new], axis=1)
+        out["cp"] = out["cp"].at[rec_idx, k_new].set(cp_val, mode="drop")
         if S:
             save_idx = jnp.where(rec_idx < S, rec_idx, S)
             out["cp_x"] = out["cp_x"].at[save_idx, k_new].set(x_new, mode="drop")
@@ -430,11 +431,12 @@ def _run(engine: _Engine, x0, ts, gtol, radius, cp_iters=None, dt=None):
         # Write finished trajectories out.
         w_idx = jnp.where(done, lanes["idx"], n)
         t_now = ts[jnp.minimum(k_new, K - 1)] + tau_new
-        for key, val in (
-            ("x", x_new), ("f", f_new), ("stat", stat_new), ("status", status),
-            ("t", t_now), ("steps", steps), ("rejected", rejected), ("path", path),
-        ):
-            out[key] = out[key].at[w_idx].set(val.astype(out[key].dtype), mode="drop")
+        real = jnp.concatenate(
+            [x_new, f_new[:, None], stat_new[:, None], t_now[:, None], path[:, None]], axis=1
+        )
+        ints = jnp.stack([status.astype(jnp.int32), steps, rejected], axis=1)
+        out["real"] = out["real"].at[w_idx].set(real, mode="drop")
+        out["int"] = out["int"].at[w_idx].set(ints, mode="drop")
 
         # Refill finished lanes from the queue.
         rank = jnp.cumsum(done.astype(jnp.int32), dtype=jnp.int32) - 1
@@ -458,6 +460,12 @@ def _run(engine: _Engine, x0, ts, gtol, radius, cp_iters=None, dt=None):
     next_ptr = jnp.minimum(m, W).astype(jnp.int32)
     carry = (lanes, out, next_ptr, jnp.zeros((), jnp.int32), None)
     _, out, _, iterations, _ = jax.lax.while_loop(cond, body, carry)
+    real, ints, cp = out.pop("real"), out.pop("int"), out.pop("cp")
+    out.update(
+        x=real[:, :d], f=real[:, d], stat=real[:, d + 1], t=real[:, d + 2], path=real[:, d + 3],
+        status=ints[:, 0].astype(jnp.int8), steps=ints[:, 1], rejected=ints[:, 2],
+        cp_norm=cp[:, :, 0], cp_f=cp[:, :, 1], cp_stat=cp[:, :, 2],
+    )
     return out, iterations
 
 
