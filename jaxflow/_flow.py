@@ -597,7 +597,12 @@ def flow(
 
 
 def default_solver(problem: Problem):
-    """`Kvaerno5` for small smooth problems (stiff escapes), `Tsit5` otherwise."""
+    """`Kvaerno5` for small smooth problems (stiff escapes), `Tsit5` otherwise;
+    `jaxflow.ProxLinear` for nonsmooth problems (slides along kinks, no chattering)."""
+    if getattr(problem, "nonsmooth", False):
+        from ._prox import ProxLinear  # noqa: PLC0415
+
+        return ProxLinear()
     if problem.dim <= 32:
         return diffrax.Kvaerno5()
     return diffrax.Tsit5()
