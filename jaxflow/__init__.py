@@ -16,9 +16,16 @@ from ._flow import FlowResult as FlowResult
 from ._flow import checkpoint_times as checkpoint_times
 from ._flow import default_gtol as default_gtol
 from ._flow import flow as flow
+from ._minnorm import Exactness as Exactness
+from ._minnorm import MinNormField as MinNormField
+from ._minnorm import MinNormOptions as MinNormOptions
+from ._minnorm import MinNormResult as MinNormResult
+from ._minnorm import UnsupportedKinkError as UnsupportedKinkError
+from ._minnorm import minnorm_subgradient as minnorm_subgradient
 from ._problem import Normal as Normal
 from ._problem import Problem as Problem
 from ._problem import Uniform as Uniform
+from ._prox import ProxLinear as ProxLinear
 from ._report import Report as Report
 from ._scan import ScanError as ScanError
 from ._scan import ScanProgress as ScanProgress
