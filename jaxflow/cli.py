@@ -301,7 +301,8 @@ def cmd_scan(args) -> int:
     console.print(
         f"{len(res):,} trajectories in {out} ({done} chunks computed, "
         f"{len(res.skipped_chunks)} already stored; {res.wall_s:.1f} s). "
-        f"Plots and Markdown/JSON: jaxflow report {out}"
+        f"Plots and Markdown/JSON: jaxflow report {out}",
+        soft_wrap=True, highlight=False,
     )
     return EXIT_OK
 
@@ -331,7 +332,7 @@ def cmd_report(args) -> int:
         if not res.complete:
             console.print(
                 f"[yellow]partial scan:[/] {len(res):,} of {res.spec['n']:,} trajectories stored; "
-                "rerun the scan command to finish it."
+                "rerun the scan command to finish it.", soft_wrap=True,
             )
     target = args.to or os.path.join(args.out, "report")
     os.makedirs(target, exist_ok=True)
@@ -347,7 +348,7 @@ def cmd_report(args) -> int:
     if not args.no_plots:
         written += [str(p) for p in write_plots(res, target, problem=problem)]
     (Console(stderr=True) if args.json else console).print(
-        "wrote " + ", ".join(written)
+        "wrote " + ", ".join(written), soft_wrap=True, highlight=False
     )
     return EXIT_OK
 
