@@ -393,20 +393,29 @@ def classify_arrays(
     return Classification(**{k: v[:n] for k, v in out.items()})
 
 
-def classify(result: FlowResult, *, options: DetectorOptions | None = None, **thresholds) -> Classification:
+def classify(
+    result: FlowResult,
+    *,
+    options: DetectorOptions | None = None,
+    horizon: float | None = None,
+    **thresholds,
+) -> Classification:
     r"""Refines the engine's statuses from the checkpoints (jit-compiled, vectorised).
 
     `HORIZON` becomes `ESCAPING`, `BOUNDED` or `UNDECIDED`; a `CONVERGED` trajectory whose
-    norm was still growing without deceleration becomes `ESCAPING` or `UNDECIDED`; the
-    other engine statuses are kept. The rules and statistics are in the module docstring
-    of `jaxflow._detect`; Remark 3.3 of Josz & Li (2023) is the prototype of an escape
-    caught without reaching any radius ($\|x\| \sim (8t)^{1/4}$).
+    tail is a complete escape signature becomes `ESCAPING`; the other engine statuses are
+    kept. The rules and statistics are in the module docstring of `jaxflow._detect`;
+    Remark 3.3 of Josz & Li (2023) is the prototype of an escape caught without reaching
+    any radius ($\|x\| \sim (8t)^{1/4}$).
 
     **Arguments:**
 
     - `result`: a `jaxflow.FlowResult` (from `flow` or `descend`).
     - `options`: a `DetectorOptions`, or its fields as keywords
       (`classify(res, tail_decades=1.5)`).
+    - `horizon`: classify as if the run had stopped at the last checkpoint time
+      $\le$ `horizon` (trajectories still running then count as `HORIZON` there). Shows
+      when a verdict was first reached, without integrating again.
 
     **Returns:** a `jaxflow.Classification`.
     """
@@ -424,9 +433,32 @@ def classify(result: FlowResult, *, options: DetectorOptions | None = None, **th
         options = DetectorOptions(**{k: float(v) for k, v in thresholds.items()})
     elif not isinstance(options, DetectorOptions):
         raise TypeError(f"classify: `options` must be a DetectorOptions, got {type(options).__name__}.")
-    return classify_arrays(
-        result.ts, result.cp_norm, result.cp_f, result.cp_stat, result.norm, result.f,
-        result.stationarity, result.t, result.status, options,
+    cols = (result.cp_norm, result.cp_f, result.cp_stat, result.norm, result.f,
+            result.stationarity, result.t, result.status)
+    if horizon is not None:
+        cols = _truncate(result.ts, *cols, horizon=horizon)
+    return classify_arrays(result.ts, *cols, options)
+
+
+def _truncate(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, *, horizon):
+    """The columns as they would be had the run stopped at checkpoint `ts[k] <= horizon`."""
+    ts_np = np.asarray(ts, np.float64)
+    if not (np.isfinite(horizon) and horizon > 0):
+        raise ValueError(f"classify: horizon must be a positive time, got {horizon!r}.")
+    k = int(np.searchsorted(ts_np, horizon * (1 + 1e-9), side="right")) - 1
+    if k < 1:
+        raise ValueError(
+            f"classify: horizon={horizon!r} is before the first checkpoint {ts_np[1]:g}."
+        )
+    t_k = jnp.asarray(ts)[k]
+    running = jnp.asarray(t) > t_k * (1 + 1e-6)
+    keep = jnp.arange(ts_np.shape[0]) <= k
+    mask = lambda a: jnp.where(keep[None, :], a, jnp.nan)  # noqa: E731
+    pick = lambda late, a: jnp.where(running, late, a)  # noqa: E731
+    return (
+        mask(cp_norm), mask(cp_f), mask(cp_stat),
+        pick(cp_norm[:, k], x_norm), pick(cp_f[:, k], f), pick(cp_stat[:, k], stat),
+        pick(t_k, t), pick(jnp.int8(Status.HORIZON), jnp.asarray(status)).astype(jnp.int8),
     )
 
 
