@@ -173,7 +173,7 @@ def _field_or_none(problem):
 def _eigs_jit(field, points):
     hs = jax.vmap(field.jacobian)(points)
     hs = 0.5 * (hs + jnp.swapaxes(hs, -1, -2))
-    return jnp.linalg.eigvalsh(hs)
+    return jnp.linalg.eigh(hs)
 
 
 @eqx.filter_jit
@@ -192,19 +192,31 @@ def _field_for_values(problem):
 
 
 def _hessian_eigs(problem, points, field=None):
+    """Eigenvalues `(m, d)` and eigenvectors `(m, d, d)` of the Hessians at `points`."""
     field = _field_for_values(problem) if field is None else field
-    return np.asarray(_eigs_jit(field, jnp.asarray(points)), np.float64)
+    w, v = _eigs_jit(field, jnp.asarray(points))
+    return np.asarray(w, np.float64), np.asarray(v)
 
 
-def _perturbation_tests(problem, points, values, tol_f, key, n_dirs=128):
-    """Batched perturbation test: `(descent, ascent)` per point, at its smallest
-    informative radius (see the module docstring)."""
+def _perturbation_tests(problem, points, values, tol_f, key, n_dirs=128, directions=None):
+    r"""Batched perturbation test at radii $\max(1, \|x\|)\,10^{-k/2}$, $k = 6..1$.
+
+    Returns per point `(descent, ascent, rise, fall, descent_any, ascent_any)`: whether
+    some direction decreases / increases $f$ by more than the tolerance at the smallest
+    informative radius or the next one, the shares of rising / falling directions at
+    that next radius, and whether a decrease / increase occurs at any radius.
+    `directions` `(m, n_dirs, d)` replaces the random unit directions.
+    """
     x = jnp.asarray(points)
     m, d = x.shape
     scale = jnp.maximum(1.0, jnp.linalg.norm(x, axis=1))
     steps = jnp.asarray(10.0 ** (-np.arange(6, 0, -1) / 2), x.dtype)  # smallest first
-    u = jax.random.normal(key, (m, n_dirs, d), x.dtype)
+    if directions is None:
+        u = jax.random.normal(key, (m, n_dirs, d), x.dtype)
+    else:
+        u = jnp.asarray(directions, x.dtype)
     u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
+    n_dirs = u.shape[1]
     pts = x[:, None, None, :] + (scale[:, None, None, None] * steps[None, :, None, None]) * u[
         :, None, :, :
     ]
@@ -230,7 +242,7 @@ def _perturbation_tests(problem, points, values, tol_f, key, n_dirs=128):
     finite_n = np.maximum(np.sum(finite[rows, nxt], axis=-1), 1)
     rise = np.sum(finite[rows, nxt] & (diff[rows, nxt] > tol[:, 0]), axis=-1) / finite_n
     fall = np.sum(finite[rows, nxt] & (diff[rows, nxt] < -tol[:, 0]), axis=-1) / finite_n
-    return descent, ascent, rise, fall
+    return descent, ascent, rise, fall, np.any(desc, axis=1), np.any(asc, axis=1)
 
 
 def _type_from_perturbation(descent, ascent, rise=1.0, fall=1.0, share=0.75):
@@ -244,69 +256,87 @@ def _type_from_perturbation(descent, ascent, rise=1.0, fall=1.0, share=0.75):
 
 
 def critical_point_type(problem, points, values, tol_f, *, key=None, eig_tol=None):
-    """Types `minimum | saddle | maximum | degenerate` for each row of `points`.
+    r"""Types `minimum | saddle | maximum | degenerate` for each row of `points`.
 
-    Returns `(types, methods, eig_ranges)`. Smooth problems use the Hessian's eigenvalues
-    (with relative tolerance `eig_tol`, default from the dtype), falling back on the
-    perturbation test when the Hessian is semidefinite with zero eigenvalues;
-    nonsmooth problems use the perturbation test only.
+    Returns `(types, methods, eig_ranges)`.
+
+    - Smooth problems: Hessian eigenvalues $\lambda$ with tolerance
+      $\tau = 10\max(\sqrt\epsilon, \text{tol})\max(1, \max|\lambda|)$ (or
+      `eig_tol` times the same scale). Both signs: `saddle`. Otherwise the null space
+      ($|\lambda| \le \tau$) decides, by evaluating $f$ along random directions in it at
+      every radius: a decrease there makes a positive semidefinite Hessian a `saddle`
+      (e.g. $x^3 + y^2$), an increase makes a negative semidefinite one a `saddle`, no
+      change leaves it `degenerate`. A definite Hessian is cross-checked by the random
+      perturbation test (a decrease near a positive definite point means the representative
+      is not at the critical point: `degenerate`).
+    - Nonsmooth problems: the random perturbation test only (see the module docstring).
     """
     points = np.asarray(points)
-    values = np.broadcast_to(np.asarray(values, np.float64), (points.shape[0],))
-    tol_f = np.broadcast_to(np.asarray(tol_f, np.float64), (points.shape[0],))
+    m = points.shape[0]
+    values = np.broadcast_to(np.asarray(values, np.float64), (m,))
+    tol_f = np.broadcast_to(np.asarray(tol_f, np.float64), (m,))
     key = jax.random.key(0) if key is None else key
     field = _field_or_none(problem)
     smooth = not getattr(problem, "nonsmooth", False)
     if field is not None:
         smooth = smooth and bool(getattr(field, "smooth", True))
     eps = float(np.finfo(points.dtype).eps)
-    types, methods, eig_ranges = [], [], []
-    eigs = None
+    eigs = vecs = None
     if smooth and points.shape[1] <= 512:
         try:
-            eigs = _hessian_eigs(problem, points, field)
+            eigs, vecs = _hessian_eigs(problem, points, field)
         except NotImplementedError:
-            eigs = None
-    for i in range(points.shape[0]):
-        t = None
-        method = "perturbation"
-        rng = None
-        if eigs is not None and np.all(np.isfinite(eigs[i])):
-            ev = eigs[i]
-            big = max(1.0, float(np.max(np.abs(ev))))
-            tau = (eig_tol if eig_tol is not None else 10 * max(math.sqrt(eps), float(tol_f[i]))) * big
-            neg, pos = np.any(ev < -tau), np.any(ev > tau)
-            zero = np.any(np.abs(ev) <= tau)
-            rng = (float(ev.min()), float(ev.max()))
-            method = "hessian+perturbation"
-            if neg and pos:
-                t = "saddle"
-                method = "hessian"
-            # Definite Hessians are still cross-checked by the perturbation test below.
-        types.append(t)
-        methods.append(method)
-        eig_ranges.append(rng)
-    todo = [i for i, t in enumerate(types) if t is None]
-    if todo:
-        descent, ascent, rise, fall = _perturbation_tests(
-            problem, points[todo], values[todo], tol_f[todo], key
+            eigs = vecs = None
+    # The random perturbation test, for every point (cheap, one batched evaluation).
+    k_rand, k_null = jax.random.split(key)
+    descent, ascent, rise, fall, _, _ = _perturbation_tests(problem, points, values, tol_f, k_rand)
+    types = [
+        _type_from_perturbation(bool(descent[i]), bool(ascent[i]), float(rise[i]), float(fall[i]))
+        for i in range(m)
+    ]
+    methods = ["perturbation"] * m
+    eig_ranges: list = [None] * m
+    if eigs is None:
+        return types, methods, eig_ranges
+    null_rows, null_dirs = [], []
+    for i in range(m):
+        ev = eigs[i]
+        if not np.all(np.isfinite(ev)):
+            continue
+        big = max(1.0, float(np.max(np.abs(ev))))
+        tau = (eig_tol if eig_tol is not None else 10 * max(math.sqrt(eps), float(tol_f[i]))) * big
+        neg, pos = bool(np.any(ev < -tau)), bool(np.any(ev > tau))
+        null = np.abs(ev) <= tau
+        eig_ranges[i] = (float(ev.min()), float(ev.max()))
+        methods[i] = "hessian"
+        if neg and pos:
+            types[i] = "saddle"
+        elif not null.any():
+            # Definite: the random test may only confirm it.
+            want = "minimum" if pos else "maximum"
+            types[i] = want if types[i] == want else "degenerate"
+            methods[i] = "hessian+perturbation"
+        else:
+            basis = vecs[i][:, null]  # (d, k)
+            g = np.asarray(jax.random.normal(jax.random.fold_in(k_null, i), (64, basis.shape[1])))
+            null_rows.append((i, pos, neg))
+            null_dirs.append(g @ basis.T)
+            methods[i] = "hessian+perturbation"
+    if null_rows:
+        idx = [r[0] for r in null_rows]
+        _, _, _, _, dn_any, up_any = _perturbation_tests(
+            problem, points[idx], values[idx], tol_f[idx], k_null, directions=np.stack(null_dirs)
         )
-        for j, i in enumerate(todo):
-            t = _type_from_perturbation(
-                bool(descent[j]), bool(ascent[j]), float(rise[j]), float(fall[j])
-            )
-            rng = eig_ranges[i]
-            if rng is not None:
-                # The Hessian has no negative (positive) eigenvalue below -tau (above tau):
-                # the perturbation test may only confirm the side the Hessian allows;
-                # disagreement means higher-order terms decide, i.e. a degenerate point.
-                ev = eigs[i]
-                big = max(1.0, float(np.max(np.abs(ev))))
-                tau = (eig_tol if eig_tol is not None else 10 * max(math.sqrt(eps), float(tol_f[i]))) * big
-                psd, nsd = bool(np.all(ev >= -tau)), bool(np.all(ev <= tau))
-                if (t == "maximum" and not nsd) or (t == "minimum" and not psd):
-                    t = "degenerate"
-            types[i] = t
+        for j, (i, pos, neg) in enumerate(null_rows):
+            down, up = bool(dn_any[j]), bool(up_any[j])
+            if (down and up) or (pos and down) or (neg and up):
+                types[i] = "saddle"
+            elif up:
+                types[i] = "minimum"
+            elif down:
+                types[i] = "maximum"
+            else:
+                types[i] = "degenerate"
     return types, methods, eig_ranges
 
 

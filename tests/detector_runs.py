@@ -34,9 +34,9 @@ def example_4_3(dtype=jnp.float64, t1=1e4):
 
 @functools.cache
 def figure_3():
-    """Figure 3: 96 uniform starts in [-4, 4]^2, float32, t1 = 1e4."""
+    """Figure 3: 96 uniform starts in [-4, 4]^2, float64, t1 = 1e4."""
     p = problems.get("sigmoid-two-points")
-    x0 = p.sample(jax.random.key(3), 96, jnp.float32)
+    x0 = p.sample(jax.random.key(3), 96, jnp.float64)
     return p, x0, jf.flow(p, x0, t1=1e4)
 
 
@@ -54,3 +54,19 @@ def remark_3_3():
     p = problems.get("unbounded-trajectory")
     x0 = jnp.array([[2.0], [-2.0], [1.4], [-1.4], [0.5], [-1.0], [1.49]])
     return p, x0, jf.flow(p, x0, t1=1e4, solver=diffrax.Tsit5())
+
+
+SECTION_4 = {
+    "deep-linear": (dict(depth=2, widths=(2, 2, 2), n_samples=4, rank_x=1), 32),
+    "deep-sigmoid-1d": (dict(depth=3), 32),
+    "matrix-sensing": (dict(n1=3, n2=3, r=1, m=12), 24),
+}
+
+
+@functools.cache
+def section_4(name):
+    """Section 4's smooth problems (Propositions 4.1, 4.2, 4.4), float64, t1 = 1000."""
+    params, n = SECTION_4[name]
+    p = problems.get(name, **params)
+    x0 = p.sample(jax.random.key(2), n, jnp.float64)
+    return p, x0, jf.flow(p, x0, t1=1e3)

@@ -232,19 +232,10 @@ def test_short_history_is_undecided(quartic):
 
 
 # --------------------------------------------------------------------------- Section 4
-@pytest.mark.parametrize(
-    "name, params, n",
-    [
-        ("deep-linear", dict(depth=2, widths=(2, 2, 2), n_samples=4, rank_x=1), 32),
-        ("deep-sigmoid-1d", dict(depth=3), 32),
-        ("matrix-sensing", dict(n1=3, n2=3, r=1, m=12), 24),
-    ],
-)
-def test_section_4_problems_never_escape(name, params, n):
-    # Propositions 4.1, 4.2, 4.4: bounded gradient trajectories.
-    p = problems.get(name, **params)
-    x0 = p.sample(jax.random.key(2), n, jnp.float64)
-    res = jf.flow(p, x0, t1=1e3)
+@pytest.mark.parametrize("name", sorted(runs.SECTION_4))
+def test_section_4_problems_never_escape(name):
+    # Propositions 4.1 (deep linear, rank-deficient X), 4.2, 4.4: bounded trajectories.
+    _, _, res = runs.section_4(name)
     c = jf.classify(res)
     st = _status(c)
     assert np.all((st == S.CONVERGED) | (st == S.BOUNDED)), c.counts()
