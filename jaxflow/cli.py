@@ -31,9 +31,9 @@ EXIT_CHUNK_FAILED = 6
 EXIT_INTERRUPTED = 130
 
 # `jaxflow scan PROBLEM` with no options: sized to take about a minute on a 2-core laptop
-# CPU for Example 1.1 (see README, "Scans"), enough for a +-0.15 pp interval on the
-# escaping fraction.
-SCAN_N_DEFAULT = 200_000
+# CPU for Example 1.1 (benchmarks/scan_cli.py: 42 s of CPU time), enough for a 95 % interval of
+# +-0.08 percentage points on its escaping fraction.
+SCAN_N_DEFAULT = 500_000
 SCAN_CHUNK_DEFAULT = 10_000
 
 

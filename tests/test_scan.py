@@ -42,10 +42,26 @@ def assert_tables_equal(a, b):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def xla_cache(tmp_path_factory):
+    """A private persistent compilation cache: worker processes (Dask, process pools)
+    load the reference's compiled engine from it instead of compiling it again."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    path = tmp_path_factory.mktemp("xla-cache")
+    previous = (jax.config.jax_compilation_cache_dir,
+                jax.config.jax_persistent_cache_min_compile_time_secs)
+    yield str(path)
+    jax.config.update("jax_compilation_cache_dir", previous[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
+    cc.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, xla_cache):
     """An uninterrupted serial scan on one device."""
     out = tmp_path_factory.mktemp("ref") / "scan"
-    return jf.scan(PROBLEM, N, out=out, devices=jax.local_devices()[:1], **SPEC)
+    spec = {**SPEC, "compilation_cache": xla_cache}
+    return jf.scan(PROBLEM, N, out=out, devices=jax.local_devices()[:1], **spec)
 
 
 def test_starts_come_from_two_level_keys_and_flow_matches(reference):
@@ -191,7 +207,7 @@ def test_four_devices_kill9_resume_lock_and_compile_cache(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_dask_local_cluster_with_a_killed_worker(reference, tmp_path):
+def test_dask_local_cluster_with_a_killed_worker(reference, tmp_path, xla_cache):
     distributed = pytest.importorskip("distributed")
     order = list(range(5))
     random.Random(11).shuffle(order)
@@ -208,14 +224,14 @@ def test_dask_local_cluster_with_a_killed_worker(reference, tmp_path):
                 killed.append(pid)
 
         res = jf.scan(PROBLEM, N, out=tmp_path / "dask", executor=client.get_executor(),
-                      chunks=order, progress=progress, **SPEC)
+                      chunks=order, progress=progress, **{**SPEC, "compilation_cache": xla_cache})
     assert killed
     assert res.complete and res.computed_chunks != sorted(res.computed_chunks)
     assert_tables_equal(res.table, reference.table)
 
 
 @pytest.mark.slow
-def test_broken_process_pool_is_rebuilt(reference, tmp_path):
+def test_broken_process_pool_is_rebuilt(reference, tmp_path, xla_cache):
     import multiprocessing
 
     ex = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
@@ -228,7 +244,8 @@ def test_broken_process_pool_is_rebuilt(reference, tmp_path):
                 killed.append(proc.pid)
 
     try:
-        res = jf.scan(PROBLEM, N, out=tmp_path / "pool", executor=ex, progress=progress, **SPEC)
+        res = jf.scan(PROBLEM, N, out=tmp_path / "pool", executor=ex, progress=progress,
+                      **{**SPEC, "compilation_cache": xla_cache})
     finally:
         ex.shutdown(wait=False, cancel_futures=True)
     assert killed and res.complete
