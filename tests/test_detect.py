@@ -133,6 +133,7 @@ def test_example_4_3_log_escape_float64():
         assert np.all((st_T == S.ESCAPING) | (st_T == S.UNDECIDED)), (T, st_T)
 
 
+@pytest.mark.slow
 def test_example_4_3_float32_gtol_guard():
     # float32, gtol 1e-4: ||v|| ~ 1/t meets the tolerance at t ~ 1e4 while ||x|| ~ log t.
     p, x0, res = runs.example_4_3(jnp.float32, 3e4)
@@ -232,6 +233,7 @@ def test_short_history_is_undecided(quartic):
 
 
 # --------------------------------------------------------------------------- Section 4
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(runs.SECTION_4))
 def test_section_4_problems_never_escape(name):
     # Propositions 4.1 (deep linear, rank-deficient X), 4.2, 4.4: bounded trajectories.
