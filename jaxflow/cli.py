@@ -169,10 +169,10 @@ def cmd_flow(args) -> int:
         f"{wall:.2f} s including compilation; lockstep efficiency "
         f"{res.lockstep_efficiency:.0%} ({res.lanes} lanes)."
     )
-    console.print(
-        "HORIZON = reached t1 without converging or escaping; run `jaxflow scan` for the "
-        "classification of these (escaping to infinity / bounded) and the Theorem 1.2 report."
-    )
+    from ._report import Report
+
+    report = Report.from_flow(problem, res)  # classify (jaxflow.classify), then report
+    console.print(report.to_rich())
     return EXIT_OK
 
 
