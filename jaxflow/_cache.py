@@ -77,6 +77,9 @@ def enable_compilation_cache(setting=None, *, min_compile_time_s: float = 0.5) -
     path = resolve_cache_dir(setting)
     if path is None:
         return None
+    if (jax.config.jax_compilation_cache_dir == path
+            and jax.config.jax_persistent_cache_min_compile_time_secs == min_compile_time_s):
+        return path  # already on (called again for every chunk by the workers)
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError:

@@ -78,7 +78,7 @@ def final_values(table: Mapping[str, np.ndarray], meta: Mapping, ax=None):
         ax.plot([], [], " ", label=f"{n_nonfinite:,} non-finite f not shown")
     ax.set_yscale("log")
     ax.set_ylim(bottom=0.7)
-    ax.set_xlabel("final value f(x(t1))")
+    ax.set_xlabel("f at the end of the trajectory (converged, escaped or at t1)")
     ax.set_ylabel("number of trajectories")
     ax.set_title("Final loss by status\n" + _title(meta), fontsize=10)
     ax.legend(frameon=False, fontsize=9)
@@ -89,14 +89,15 @@ def final_values(table: Mapping[str, np.ndarray], meta: Mapping, ax=None):
 def _escape_statuses(st: np.ndarray) -> tuple[np.ndarray, str]:
     sel = np.isin(st, [int(s) for s in _ESCAPE_LIKE])
     if sel.any():
-        return sel, "escaping / escaped"
-    # Without the detectors, trajectories still running at t1 are the candidates.
-    return st == int(Status.HORIZON), "reached t1 unconverged (HORIZON)"
+        return sel, f"‖x(t)‖ of the {int(sel.sum())} escaping trajectories"
+    # No escape: show every saved trajectory, which is the evidence of boundedness.
+    return np.ones_like(st, bool), f"‖x(t)‖ of all {st.size} saved trajectories (none escaping)"
 
 
 def escaping_norms(trajectories: Mapping[str, np.ndarray], ts: np.ndarray, meta: Mapping,
                    table: Mapping[str, np.ndarray] | None = None, ax=None, max_lines: int = 200):
-    r"""$\|x(t)\|$ against $t$ (log–log) for the escaping trajectories of the subsample."""
+    r"""$\|x(t)\|$ against $t$ (log–log) for the escaping trajectories of the subsample
+    (all saved trajectories when none escapes)."""
     plt = _plt()
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -114,34 +115,30 @@ def escaping_norms(trajectories: Mapping[str, np.ndarray], ts: np.ndarray, meta:
         ax.plot(t[pos][ok], y[ok], color=STATUS_COLOURS.get(s, "grey"), alpha=0.35,
                 linewidth=0.8, label=None if s in seen else s.name)
         seen.add(s)
-    if len(idx):
+    escaping = bool(np.isin(st, [int(s) for s in _ESCAPE_LIKE]).any())
+    if len(idx) and escaping:
+        # Escaping trajectories all run to t1, so their pointwise median is a trajectory-
+        # like summary (for stopped ones it would be a median of survivors only).
         tp = t[pos]
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             med = np.nanmedian(np.where(norms[idx][:, pos] > 0, norms[idx][:, pos], np.nan), axis=0)
         ax.plot(tp, med, color="black", linewidth=2.0, label="median")
         alpha = _median_growth_exponent(table)
-        label = r"median fitted growth exponent $\alpha$"
-        if alpha is None:
-            # No detector output: the slope of the median over its last decade.
-            tail = np.isfinite(med) & (tp >= tp[-1] / 10)
-            if tail.sum() >= 2:
-                alpha = float(np.polyfit(np.log(tp[tail]), np.log(med[tail]), 1)[0])
-                label = "log-log slope of the median over the last decade"
         if alpha is not None and np.isfinite(med[-1]):
             ref = med[-1] * (tp / tp[-1]) ** alpha
             ax.plot(tp, ref, "--", color="black", linewidth=1.2,
-                    label=rf"$\propto t^{{{alpha:.3f}}}$ ({label})")
-        ax.legend(frameon=False, fontsize=9, loc="upper left")
+                    label=rf"$\propto t^{{{alpha:.3f}}}$ (median fitted growth exponent $\alpha$)")
+    if len(idx):
+        ax.legend(frameon=True, framealpha=0.85, fontsize=9, loc="best")
     else:
-        ax.text(0.5, 0.5, "no escaping trajectory in the saved subsample", ha="center",
-                transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no saved trajectory", ha="center", transform=ax.transAxes)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("t")
     ax.set_ylabel("‖x(t)‖")
-    ax.set_title(f"‖x(t)‖ of {len(idx)} {what} trajectories (of {len(st)} saved)\n"
-                 + _title(meta), fontsize=10)
+    shown = f", {len(idx)} drawn" if len(idx) < int(sel.sum()) else ""
+    ax.set_title(f"{what}{shown}\n" + _title(meta), fontsize=10)
     ax.grid(alpha=0.3, which="both")
     return ax
 

@@ -227,18 +227,44 @@ def _unjf(x):
     return None if x is None else float(x)
 
 
-def _solver_spec(solver, problem) -> str:
+def _solver_spec(solver, problem):
+    """The solver as recorded in the spec: a diffrax solver's class name (`"Kvaerno5"`),
+    or `"jaxflow.<Stepper>"` for jaxflow's own steppers, with `params` if not default."""
+    import dataclasses as dc
+
     import diffrax
 
+    import jaxflow
+
     from ._flow import default_solver
+    from ._solver import AbstractStepper
 
     if isinstance(solver, str):
         if solver == "auto":
-            return type(default_solver(problem)).__name__
+            return _solver_spec(default_solver(problem), problem)
+        if solver.startswith("jaxflow."):
+            cls = getattr(jaxflow, solver.split(".", 1)[1], None)
+            if isinstance(cls, type) and issubclass(cls, AbstractStepper):
+                return solver
+            raise ValueError(f"solver: jaxflow has no stepper {solver!r}.")
         cls = getattr(diffrax, solver, None)
         if not (isinstance(cls, type) and issubclass(cls, diffrax.AbstractSolver)):
             raise ValueError(f"solver: unknown diffrax solver {solver!r} (try Kvaerno5, Tsit5).")
         return solver
+    if isinstance(solver, AbstractStepper):
+        name = type(solver).__name__
+        if getattr(jaxflow, name, None) is not type(solver):
+            raise ValueError(f"solver: {name} is not a stepper exported by jaxflow.")
+        params = {f.name: getattr(solver, f.name) for f in dc.fields(solver)}
+        default = {f.name: getattr(type(solver)(), f.name) for f in dc.fields(solver)}
+        changed = {k: v for k, v in params.items() if v != default[k]}
+        if not changed:
+            return f"jaxflow.{name}"
+        try:
+            canonical_json(changed)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"solver: {name} parameters {changed} cannot be recorded.") from e
+        return {"class": f"jaxflow.{name}", "params": changed}
     if isinstance(solver, diffrax.AbstractSolver):
         name = type(solver).__name__
         if getattr(diffrax, name, None) is not type(solver) or solver != type(solver)():
@@ -247,7 +273,14 @@ def _solver_spec(solver, problem) -> str:
                 f"without arguments (e.g. diffrax.{name}()) or its name, got {solver!r}."
             )
         return name
-    raise TypeError(f"solver must be 'auto', a diffrax solver name or instance, got {solver!r}.")
+    raise TypeError(
+        f"solver must be 'auto', a diffrax solver (name or instance) or a jaxflow stepper, "
+        f"got {solver!r}."
+    )
+
+
+def _solver_name(spec) -> str:
+    return spec if isinstance(spec, str) else spec["class"]
 
 
 def _controller_spec(ctrl, dt0) -> dict:
@@ -500,10 +533,15 @@ def _sample_padded(problem: Problem, key, valid, size: int, dtype):
     return jnp.where(jnp.arange(size)[:, None] < valid, x0, jnp.nan)
 
 
-def _solver_instance(name: str):
+def _solver_instance(spec):
     import diffrax
 
-    return getattr(diffrax, name)()
+    import jaxflow
+
+    name, params = (spec, {}) if isinstance(spec, str) else (spec["class"], spec["params"])
+    if name.startswith("jaxflow."):
+        return getattr(jaxflow, name.split(".", 1)[1])(**params)
+    return getattr(diffrax, name)(**params)
 
 
 def _set_thread_device(devices: deque, lock: threading.Lock) -> None:
@@ -601,7 +639,7 @@ def _report_meta(manifest: Mapping, complete: bool, devices: Mapping) -> dict:
     ctrl = fs["stepsize_controller"]
     return {
         "kind": "scan", "n": sp["n"], "seed": sp["seed"], "t1": _unjf(fs["t1"]),
-        "dtype": sp["dtype"], "solver": fs["solver"], "controller": ctrl["kind"],
+        "dtype": sp["dtype"], "solver": _solver_name(fs["solver"]), "controller": ctrl["kind"],
         "rtol": _unjf(ctrl.get("rtol")), "atol": _unjf(ctrl.get("atol")),
         "gtol": _unjf(fs["gtol"]), "escape_radius": _unjf(fs["escape_radius"]),
         "max_steps": fs["max_steps"], "chunk_size": sp["chunk_size"], "complete": complete,
@@ -646,8 +684,10 @@ def _read_result(store: Store, manifest: Mapping, entries: Mapping[int, Mapping]
     trajectories = store.read_trajectories(entries)
     complete = len(chunks) == manifest["spec"]["n_chunks"]
     devices = _devices_summary(entries)
-    report = build_report(problem, manifest, _table_columns(table), complete=complete,
-                          devices=devices)
+    report = None
+    if columns is None:
+        report = build_report(problem, manifest, _table_columns(table), complete=complete,
+                              devices=devices)
     if len(devices) > 1 and len({d.split(":")[0] for d in devices}) > 1:
         warnings.warn(
             f"chunks of {store.path} were computed on different device kinds {sorted(devices)}; "
@@ -868,7 +908,8 @@ def scan(
     ctrl = _Controller.from_diffrax(_controller_from_spec(ctrl_spec), dt0)
     stepper = make_stepper(_solver_instance(solver_name), rtol=ctrl.rtol, atol=ctrl.atol)
     if ctrl.adaptive and not stepper.adaptive:
-        raise ValueError(f"scan: {solver_name} has no error estimate; use ConstantStepSize + dt0.")
+        raise ValueError(f"scan: {_solver_name(solver_name)} has no error estimate; use "
+                         "ConstantStepSize + dt0.")
 
     if executor is None:
         if devices is None:
@@ -1060,7 +1101,8 @@ def load(out, *, verify: bool = True, columns: Sequence[str] | None = None,
     - `out`: the scan directory.
     - `verify`: check every chunk file against the journal's SHA-256 (raises
       `ChunkCorruptedError` naming the bad chunks; rerun the scan to recompute them).
-    - `columns`: read only these columns of the table.
+    - `columns`: read only these columns of the table (then `report` is `None`: the
+      report needs the full table).
     - `problem`: the `Problem` for the report when the scan was given a `Problem` object
       (built-in and `module:function` problems are rebuilt from the manifest).
 
@@ -1079,7 +1121,7 @@ def load(out, *, verify: bool = True, columns: Sequence[str] | None = None,
             raise ChunkCorruptedError(out, bad)
     else:
         entries = {c: e for c, e in store.read_journal().items() if 0 <= c < n_chunks}
-    if problem is None:
+    if problem is None and columns is None:
         problem = _problem_for_report(manifest)
     return _read_result(store, manifest, entries, problem,
                         columns=list(columns) if columns is not None else None)

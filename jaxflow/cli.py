@@ -185,6 +185,11 @@ def _select_device(device: str | None):
     if device == "cpu":
         jax.config.update("jax_platforms", "cpu")
         return jax.devices("cpu")
+    # Deterministic GPU kernels (reductions, scatters, no autotuning), so that a scan is
+    # bit-reproducible on one GPU model; must be set before the backend starts.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_gpu_deterministic_ops" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_gpu_deterministic_ops=true").strip()
     try:
         gpus = jax.devices("gpu")
     except RuntimeError as e:
