@@ -31,28 +31,40 @@ $t_a = t_c/q^2$, $t_b = t_c/q$, $t_c$. Values there are interpolated linearly in
 - Malgrange indicator $\|x\|\,\|v(x)\|$ at $t_c$ (it tends to 0 along a sequence when the
   limit value is an asymptotic critical value, Kurdyka–Orro–Simon).
 
-**Rules** (thresholds in `DetectorOptions`):
+**Rules** (thresholds in `DetectorOptions`, defaults in brackets). A verdict needs
+`min_tail_decades` [2] of history ($t_c \ge 100\,t_1$ with the default checkpoints) and
+three checkpoints in $[t_b, t_c]$; otherwise `UNDECIDED`.
 
-- `ESCAPING`: $\|x\|$ non-decreasing at every checkpoint of $[t_a, t_c]$, relative growth
-  $\Delta_2/\|x(t_c)\| \ge$ `escape_growth`, not decelerating ($\gamma \le$
-  `escape_deceleration`), and either $f$ settles ($\beta \ge$ `value_exponent_min` or
-  $f$ already flat) with $\|v\|$ decreasing ($p \ge$ `escape_velocity_exponent`) — the
-  limit is extrapolated — or $f$ decreases at a non-decelerating rate ($\rho \ge 1$),
-  recorded as limit $-\infty$ (evidence that $f$ is unbounded below).
-  `log_growth` is set when the increments do not grow like a power law
-  ($-\gamma < \alpha/2$).
-- `BOUNDED`: the norm has plateaued ($\Delta_2 \le$ `plateau_rtol` $\|x(t_c)\|$, which
-  includes a shrinking norm) or its increments decay ($\gamma \ge$
-  `bounded_deceleration`), the velocity is integrable ($p \ge$
-  `bounded_velocity_exponent`), and $f$ did not increase.
-- `UNDECIDED`: neither, or less than `min_tail_decades` of history.
+- `ESCAPING` with a finite limit, all of:
+  $\|x\|$ non-decreasing at every checkpoint of $[t_a, t_c]$; growth
+  $\Delta_2 \ge$ `escape_growth` [0.05] $\|x(t_c)\|$; no deceleration, $\gamma \le$
+  `escape_deceleration` [0.1] over the half windows and over the last two quarter
+  windows; a divergent path length, $p <$ `bounded_velocity_exponent` [1.1] (an unbounded
+  trajectory has infinite length); $\|v\|$ non-increasing on $[t_b, t_c]$ with
+  $p >$ `escape_velocity_exponent` [1/2], so $\int^\infty \|v\|^2 = f - \lim f$ is
+  finite; $f$ settling: flat to rounding, or $\beta \ge$ `value_exponent_min` [0.1] with
+  its last quarter-window decrement no larger than the previous one.
+- `ESCAPING` with limit $-\infty$ (evidence that $f$ is unbounded below): the same growth
+  conditions, $f$ decrements non-decelerating at both scales, $\|x\|$ at least doubled
+  over the tail, and $p \le 1/2$ (otherwise $\int \|v\|^2$, the total decrease, would be
+  finite).
+- `log_growth`: an escape whose norm increments do not grow like a power,
+  $-\gamma < \alpha/2$ (power growth has $-\gamma = \alpha$, logarithmic growth 0).
+- `BOUNDED`: an integrable velocity, $p \ge$ `bounded_velocity_exponent` [1.1], $f$
+  never increased, and either the norm grew by at most `plateau_rtol` [1 %] of
+  $\max(\|x\|, 1)$ over the last half window (a shrinking norm included), or the path
+  still to travel if $\|v\| \sim t^{-p}$ persists, $\|v(t_c)\|\,t_c/(p-1)$, is that
+  small, or the norm increments decay, $\gamma \ge$ `bounded_deceleration` [0.3].
+- `UNDECIDED`: everything else. Between the escape and bounded thresholds
+  ($0.1 < \gamma < 0.3$, or $p$ near 1) the tail cannot tell a slow escape from a slow
+  convergence, and the rule says so.
 
 `CONVERGED` trajectories are re-checked with the same statistics anchored at their stop
-time: a trajectory whose norm was still growing without deceleration when it met the
-stationarity tolerance (float32 Example 4.3 meets $\|v\| \le 10^{-4}$ at $t \approx 10^4$
-while $\|x\| \sim \log t$) becomes `ESCAPING` when its tail meets every `ESCAPING` rule;
-partial evidence does not overturn the stationarity test. `ESCAPED`, `MAX_STEPS` and
-`NONFINITE` are kept from the engine.
+time: one whose tail meets every `ESCAPING` rule becomes `ESCAPING` (float32 Example 4.3
+meets $\|v\| \le 10^{-4}$ at $t \approx 10^4$ while $\|x\| \sim \log t$; Example 1.1 with
+`gtol=5e-3` at $t \approx 600$). Partial evidence does not overturn the stationarity test.
+`ESCAPED`, `MAX_STEPS` and `NONFINITE` are kept from the engine; `ESCAPED` trajectories get
+an extrapolated limit when their tail allows one.
 """
 
 from __future__ import annotations
@@ -69,27 +81,29 @@ __all__ = ["classify", "Classification", "DetectorOptions", "trajectory_table"]
 
 
 class DetectorOptions(eqx.Module):
-    """Thresholds of the detectors (see the module docstring for the rules).
+    r"""Thresholds of the detectors (see the module docstring for the rules).
 
     All fields are traced, so changing a threshold does not recompile.
 
     - `tail_decades`: length $w$ of the tail window in decades of time (default 2).
-    - `min_tail_decades`: less history than this gives `UNDECIDED` (default 1).
-    - `escape_growth`: least relative growth of $\\|x\\|$ over the last half window for
-      `ESCAPING` (default 0.05, i.e. $\\alpha \\gtrsim 0.02$ over a decade).
-    - `escape_deceleration`: largest deceleration $\\gamma$ for `ESCAPING` (default 0.1;
-      logarithmic growth has $\\gamma = 0$).
-    - `escape_velocity_exponent`: least $p$ in $\\|v\\| \\sim t^{-p}$ for `ESCAPING`
-      with a finite limit (default 0.1: the velocity must be decreasing).
-    - `value_exponent_min`: least $\\beta$ in $f - c \\sim t^{-\\beta}$ for the limit to
+    - `min_tail_decades`: less history than this gives `UNDECIDED` (default 2).
+    - `escape_growth`: least relative growth of $\|x\|$ over the last half window for
+      `ESCAPING` (default 0.05, i.e. $\alpha \gtrsim 0.02$ over a decade).
+    - `escape_deceleration`: largest deceleration $\gamma$ for `ESCAPING` (default 0.1;
+      logarithmic growth has $\gamma = 0$).
+    - `escape_velocity_exponent`: the $p$ in $\|v\| \sim t^{-p}$ separating an escape
+      with a finite limit ($p >$ it) from one with $f \to -\infty$ ($p \le$ it);
+      default 1/2, where $\int \|v\|^2\,dt$ starts to converge.
+    - `value_exponent_min`: least $\beta$ in $f - c \sim t^{-\beta}$ for the limit to
       be extrapolated (default 0.1).
-    - `bounded_deceleration`: least $\\gamma$ for a decaying norm increment (default 0.3).
+    - `bounded_deceleration`: least $\gamma$ for decaying norm increments (default 0.3).
     - `plateau_rtol`: the norm has plateaued when its growth over the last half window,
-      or the path length still to travel if $\\|v\\| \\sim t^{-p}$ persists
-      ($\\|v(t_c)\\|\\,t_c/(p-1)$), is at most this fraction of $\\max(\\|x\\|, 1)$
+      or the path length still to travel if $\|v\| \sim t^{-p}$ persists
+      ($\|v(t_c)\|\,t_c/(p-1)$), is at most this fraction of $\max(\|x\|, 1)$
       (default 0.01).
-    - `bounded_velocity_exponent`: least $p$ for `BOUNDED` (default 1.1: the path length
-      $\\int \\|v\\|\\,dt$ converges).
+    - `bounded_velocity_exponent`: least $p$ for `BOUNDED`, and the bound below which
+      the path length of an escape must diverge (default 1.1: $\int \|v\|\,dt$
+      converges for $p > 1$).
     """
 
     tail_decades: float = 2.0
