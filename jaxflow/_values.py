@@ -265,10 +265,12 @@ def critical_point_type(problem, points, values, tol_f, *, key=None, eig_tol=Non
       `eig_tol` times the same scale). Both signs: `saddle`. Otherwise the null space
       ($|\lambda| \le \tau$) decides, by evaluating $f$ along random directions in it at
       every radius: a decrease there makes a positive semidefinite Hessian a `saddle`
-      (e.g. $x^3 + y^2$), an increase makes a negative semidefinite one a `saddle`, no
-      change leaves it `degenerate`. A definite Hessian is cross-checked by the random
-      perturbation test (a decrease near a positive definite point means the representative
-      is not at the critical point: `degenerate`).
+      (e.g. $x^3 + y^2$), otherwise a `minimum` (e.g. a curve of minima); symmetrically
+      for negative semidefinite ones. A vanishing Hessian takes the side $f$ moves to
+      along the null space, and is `degenerate` when $f$ does not move at any radius. A
+      definite Hessian is cross-checked by the random perturbation test (a decrease near a
+      positive definite point means the representative is not at the critical point:
+      `degenerate`).
     - Nonsmooth problems: the random perturbation test only (see the module docstring).
     """
     points = np.asarray(points)
@@ -331,12 +333,14 @@ def critical_point_type(problem, points, values, tol_f, *, key=None, eig_tol=Non
             down, up = bool(dn_any[j]), bool(up_any[j])
             if (down and up) or (pos and down) or (neg and up):
                 types[i] = "saddle"
-            elif up:
+            elif pos or (up and not neg):
+                # Curvature up off the null space (or f rises along it), no decrease
+                # anywhere along it: e.g. a curve or surface of minima.
                 types[i] = "minimum"
-            elif down:
+            elif neg or down:
                 types[i] = "maximum"
             else:
-                types[i] = "degenerate"
+                types[i] = "degenerate"  # flat to every tested radius
     return types, methods, eig_ranges
 
 
