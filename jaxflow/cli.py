@@ -206,7 +206,8 @@ def _default_out(args, params: dict) -> str:
 
     key = json.dumps(
         [args.problem, params, args.n, args.seed, args.t1, args.dtype, args.chunk_size,
-         args.solver, args.rtol, args.atol, args.gtol, args.escape_radius],
+         args.solver, args.rtol, args.atol, args.gtol, args.escape_radius,
+         args.save_trajectories],
         sort_keys=True,
     )
     tag = hashlib.sha256(key.encode()).hexdigest()[:8]
