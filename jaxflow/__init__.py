@@ -32,6 +32,7 @@ from ._scan import ScanProgress as ScanProgress
 from ._scan import ScanResult as ScanResult
 from ._scan import load as load
 from ._scan import scan as scan
+from ._solver import Rodas4 as Rodas4
 from ._status import Status as Status
 from ._store import ChunkCorruptedError as ChunkCorruptedError
 from ._store import ScanLockedError as ScanLockedError

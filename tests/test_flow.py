@@ -17,7 +17,9 @@ from jaxflow._flow import TRACE_COUNT
 TIGHT = diffrax.PIDController(rtol=1e-11, atol=1e-13)
 
 
-@pytest.mark.parametrize("solver", [diffrax.Kvaerno5(), diffrax.Tsit5(), diffrax.Dopri8()])
+@pytest.mark.parametrize(
+    "solver", [diffrax.Kvaerno5(), diffrax.Kvaerno3(), diffrax.Tsit5(), diffrax.Dopri8(), jf.Rodas4()]
+)
 def test_linear_flow_matches_matrix_exponential(solver):
     rng = np.random.default_rng(0)
     d = 5

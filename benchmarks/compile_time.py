@@ -1,0 +1,83 @@
+"""Compile time of a new scan, and of a repeated one with the persistent cache.
+
+Each measurement runs in a fresh Python process (nothing cached in memory). JAX's own
+monitoring events give the time spent tracing, lowering and compiling; the wall time of
+the whole `jaxflow.scan` call is reported too. The first process starts from an empty
+compilation-cache directory (a new scan); the second reuses that directory (a repeated
+scan of the same problem with another seed and output directory).
+
+    python benchmarks/compile_time.py
+    python benchmarks/compile_time.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import json, sys, time
+from collections import defaultdict
+import jax
+events = defaultdict(float)
+jax.monitoring.register_event_duration_secs_listener(lambda name, secs, **kw: events.__setitem__(name, events[name] + secs))
+import jaxflow as jf
+cache, out, n, seed, problem, t1 = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], float(sys.argv[6])
+t0 = time.perf_counter()
+res = jf.scan(problem, n, out=out, seed=seed, t1=t1, chunk_size=n, compilation_cache=cache, progress=None)
+wall = time.perf_counter() - t0
+keys = ["/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration"]
+print(json.dumps({"wall_s": wall, "events": dict(events),
+                  "trace_lower_compile_s": sum(events.get(k, 0.0) for k in keys),
+                  "backend_compile_s": events.get(keys[2], 0.0)}))
+"""
+
+
+def run_child(cache, out, n, seed, problem, t1):
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, cache, out, str(n), str(seed), problem, str(t1)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--t1", type=float, default=2e4)
+    ap.add_argument("--problems", default="matrix-completion,deep-linear")
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    if args.smoke:
+        args.n, args.t1, args.problems = 200, 20.0, "matrix-completion"
+
+    from _common import markdown_table, write_results
+
+    rows = []
+    for problem in args.problems.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = str(Path(tmp) / "xla-cache")
+            cold = run_child(cache, str(Path(tmp) / "a"), args.n, 0, problem, args.t1)
+            warm = run_child(cache, str(Path(tmp) / "b"), args.n, 1, problem, args.t1)
+        rows.append({
+            "problem": problem, "n": args.n, "t1": args.t1,
+            "new scan: trace+lower+compile s": cold["trace_lower_compile_s"],
+            "new scan: XLA compile s": cold["backend_compile_s"],
+            "new scan: wall s": cold["wall_s"],
+            "cached: trace+lower+compile s": warm["trace_lower_compile_s"],
+            "cached: XLA compile s": warm["backend_compile_s"],
+            "cached: wall s": warm["wall_s"],
+            "events_cold": cold["events"], "events_warm": warm["events"],
+        })
+    cols = [c for c in rows[0] if not c.startswith("events")]
+    write_results("compile_time", {"args": vars(args), "rows": rows},
+                  "fresh process per measurement; float32\n\n" + markdown_table(rows, cols), smoke=args.smoke)
+
+
+if __name__ == "__main__":
+    main()
