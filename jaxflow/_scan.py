@@ -474,7 +474,7 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
     import jax
     import jax.numpy as jnp
 
-    from ._flow import flow
+    from ._flow import _default_lanes, flow
 
     dtype = jnp.dtype(spec["dtype"])
     if spec["problem"]["fingerprint"] != _cached_fingerprint(problem, dtype):
@@ -494,7 +494,7 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
         stepsize_controller=_controller_from_spec(fs["stepsize_controller"]),
         dt0=_unjf(fs["dt0"]), gtol=float(fs["gtol"]), escape_radius=float(fs["escape_radius"]),
         max_steps=int(fs["max_steps"]), checkpoints_per_decade=int(fs["checkpoints_per_decade"]),
-        t_first=_unjf(fs["t_first"]), lanes=int(fs["lanes"]),
+        t_first=_unjf(fs["t_first"]), lanes=fs["lanes"] or _default_lanes(cs, _backend(device)),
         stop_at_convergence=bool(fs["stop_at_convergence"]),
         save_states=int(spec["save_states"]),
     )
@@ -521,6 +521,12 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
             for j in range(problem.dim):
                 trajectories[f"cp_x_{j}"] = cp_x[:, :, j]
     return main, trajectories
+
+
+def _backend(device) -> str:
+    import jax
+
+    return device.platform if device is not None else jax.default_backend()
 
 
 @eqx.filter_jit
@@ -854,7 +860,7 @@ def scan(
     import jax.numpy as jnp
 
     from ._cache import enable_compilation_cache
-    from ._flow import _default_lanes, checkpoint_times, default_gtol
+    from ._flow import checkpoint_times, default_gtol
 
     t_start = time.perf_counter()
     # -- validation, before any compute ----------------------------------------------------
@@ -887,7 +893,9 @@ def scan(
     if not gtol_val >= 0:
         raise ValueError(f"scan: `gtol` must be >= 0, got {gtol!r}.")
     max_steps = _positive_int(max_steps, "max_steps")
-    lanes_val = _default_lanes(chunk_size) if lanes is None else _positive_int(lanes, "lanes")
+    # Default lanes are left to each worker's backend (1024 on CPU, up to 2^18 on GPU):
+    # a trajectory's result does not depend on the lane count.
+    lanes_val = None if lanes is None else _positive_int(lanes, "lanes")
     classify_options = dict(classify_options or {})
     if save_states is not None and not isinstance(save_states, bool):
         raise TypeError(f"scan: `save_states` must be True, False or None, got {save_states!r}.")
@@ -1032,11 +1040,25 @@ def _execute(store: Store, todo: list[int], *, spec, environment, source, proble
 
     try:
         while pending or inflight:
+            broken = False
             while pending and len(inflight) < window:
                 c = pending.popleft()
-                inflight[ex.submit(_run_chunk, job(c))] = c
-            finished, _ = cf.wait(list(inflight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
-            broken = False
+                try:
+                    inflight[ex.submit(_run_chunk, job(c))] = c
+                except BrokenProcessPool:  # the pool broke since the last round
+                    attempts[c] = attempts.get(c, 0) + 1
+                    if attempts[c] > max_retries:
+                        raise ScanError(
+                            f"the process pool kept breaking when chunk {c} was submitted; "
+                            "giving up (finished chunks are stored; rerun to resume)."
+                        ) from None
+                    pending.appendleft(c)
+                    broken = True
+                    break
+            finished = set()
+            if inflight and not broken:
+                finished, _ = cf.wait(list(inflight), timeout=1.0,
+                                      return_when=cf.FIRST_COMPLETED)
             for fut in finished:
                 c = inflight.pop(fut)
                 try:
