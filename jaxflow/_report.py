@@ -410,21 +410,20 @@ def _assumptions(*, n, n_esc, n_open, counts, cvs, vis, best, acc, horizon, prob
     elif math.isfinite(best):
         out["lower_bounded"] = Verdict(
             "supported",
-            f"lowest value seen {_fmt(best)}; no trajectory with f decreasing without bound "
-            "(sampling cannot establish a lower bound).",
+            f"lowest value seen {_fmt(best)}; no trajectory with f → −∞ (sampling cannot show a "
+            "lower bound).",
         )
     else:
         out["lower_bounded"] = Verdict("inconclusive", "no finite value seen.")
     nonsmooth = bool(getattr(problem, "nonsmooth", False)) if problem is not None else False
     out["locally_lipschitz"] = Verdict(
         "not assessed",
-        "not testable by sampling; holds for C¹ losses and for compositions of locally "
-        "Lipschitz pieces" + (" (the flow uses the minimal-norm Clarke subgradient)" if nonsmooth else ""),
+        "not testable by sampling (holds for C¹ losses and compositions of Lipschitz pieces)"
+        + ("; the flow uses the minimal-norm Clarke subgradient." if nonsmooth else "."),
     )
     out["chain_rule"] = Verdict(
         "not assessed",
-        "not testable by sampling; holds for C¹ losses and for definable (e.g. semialgebraic) "
-        "ones (Bolte & Pauwels 2020, Prop. 2(iv), as the paper notes after Theorem 1.2).",
+        "not testable by sampling (holds for C¹ and for definable, e.g. semialgebraic, losses).",
     )
     # (d) finitely many critical values.
     n_lim = sum(cv.count for cv in cvs)
@@ -442,7 +441,7 @@ def _assumptions(*, n, n_esc, n_open, counts, cvs, vis, best, acc, horizon, prob
         out["finitely_many_critical_values"] = Verdict(
             "supported",
             f"{len(cvs)} distinct critical value{'s' if len(cvs) != 1 else ''} among {n_lim} "
-            "limits of converged or bounded trajectories (a finite sample cannot establish finiteness).",
+            "limits of converged or bounded trajectories (sampling cannot show finiteness).",
         )
     # (e) bounded trajectories.
     if n_esc:
