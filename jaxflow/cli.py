@@ -219,16 +219,15 @@ class _ScanProgressBar:
     """A rich progress bar on stderr: chunks, trajectories, trajectories/s, ETA."""
 
     def __init__(self, console, enabled: bool):
-        from rich.progress import (
-            BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.enabled = enabled
+        # Fits 80 columns: "scan ━━━━━━ 20/50 chunks 200,000/500,000 6,012 traj/s ETA 0:00:49".
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=12),
             TextColumn("{task.fields[chunks]} chunks"),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f} traj"),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+            TextColumn("{task.fields[rate]}"), TextColumn("ETA"),
             TimeRemainingColumn(), console=console, disable=not enabled,
         )
         self.task = None
@@ -244,17 +243,23 @@ class _ScanProgressBar:
     def __call__(self, p):
         chunks = f"{p.chunks_done}/{p.chunks_total}"
         if self.task is None:
-            desc = "compiling" if p.chunks_done < p.chunks_total else "stored"
+            desc = "compile" if p.chunks_done < p.chunks_total else "stored"
             self.task = self.progress.add_task(
                 desc, total=p.trajectories_total, completed=p.trajectories_done,
                 chunks=chunks, rate="",
             )
-            self.t0 = time.perf_counter()
             return
-        rate = p.trajectories_now / max(time.perf_counter() - self.t0, 1e-9)
+        now = time.perf_counter()
+        if self.t_first is None:
+            # The first chunk includes compilation: measure the rate from its end on.
+            self.t_first, self.rows_first = now, p.trajectories_now
+            rate = ""
+        else:
+            rows = p.trajectories_now - self.rows_first
+            rate = f"{rows / max(now - self.t_first, 1e-9):,.0f} traj/s"
         self.progress.update(
-            self.task, completed=p.trajectories_done, chunks=chunks, rate=f"{rate:,.0f} traj/s",
-            description="scanning",
+            self.task, completed=p.trajectories_done, chunks=chunks, rate=rate,
+            description="scan",
         )
 
 
