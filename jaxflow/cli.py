@@ -381,7 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
         "scan",
         help="chunked, resumable scan from many starts into OUT/, then the report",
         description="Integrate and classify the flow from N random starts, chunk by chunk, "
-        "into a crash-safe store (rerun the same command to resume), then print the report.",
+        "into a crash-safe store (rerun the same command to resume), then print the report. "
+        f"Defaults: --n {SCAN_N_DEFAULT}, --t1 2e4, --chunk-size {SCAN_CHUNK_DEFAULT}, --seed 0.",
+        epilog="exit codes: 0 done; 1 internal error; 2 bad input; 3 OUT holds a different "
+        "scan (nothing modified); 4 OUT locked by another process; 6 a chunk failed (finished "
+        "chunks kept, rerun to resume); 130 interrupted (rerun to resume).",
     )
     _common_flow_args(p, n_default=SCAN_N_DEFAULT, t1_default=2e4)
     p.add_argument("--out", default=None,
@@ -408,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-print a scan's report; write Markdown, JSON and PNG plots",
         description="Read the store OUT (verifying every chunk's hash), print the report and "
         "write report.md, report.json and PNG figures into OUT/report (or --to DIR).",
+        epilog="exit codes: 0 done; 1 internal error; 2 no such store; 5 corrupted chunk file "
+        "(rerun the scan to recompute it).",
     )
     p.add_argument("out", help="the scan directory")
     p.add_argument("--to", default=None, help="output directory (default OUT/report)")
