@@ -59,20 +59,34 @@ def run_case(name, params, n, t1, check, *, seed=0, x0_fn=None, twice=False):
     d = report.to_dict()
     st = np.asarray(c.status)
     out = dict(
-        case=name, params=params, n=n, t1=t1, dtype="float32", solver=res.meta["solver"],
-        engine_counts=res.counts(), counts=c.counts(),
-        statuses=d["statuses"], critical_values=d["critical_values"],
-        values_at_infinity=d["values_at_infinity"], best_value=d["best_value"],
+        case=name,
+        params=params,
+        n=n,
+        t1=t1,
+        dtype="float32",
+        solver=res.meta["solver"],
+        engine_counts=res.counts(),
+        counts=c.counts(),
+        statuses=d["statuses"],
+        critical_values=d["critical_values"],
+        values_at_infinity=d["values_at_infinity"],
+        best_value=d["best_value"],
         spurious_minima=d["spurious_minima"],
         suspected_spurious_minima_at_infinity=d["suspected_spurious_minima_at_infinity"],
         assumptions={k: v["verdict"] for k, v in d["assumptions"].items()},
         conclusion=d["conclusion"],
-        first_call_s=first_s, flow_s=flow_s, classify_s=classify_s, report_s=report_s,
+        first_call_s=first_s,
+        flow_s=flow_s,
+        classify_s=classify_s,
+        report_s=report_s,
     )
     out["check"], out["check_detail"] = check(problem, x0, res, c, report, st)
-    print(f"{name}: {out['counts']} check={out['check']} ({out['check_detail']}); flow "
-          f"{first_s:.2f} s first call, {_fmt(flow_s)} s compiled; classify {classify_s:.3f} s, "
-          f"report {report_s:.2f} s", flush=True)
+    print(
+        f"{name}: {out['counts']} check={out['check']} ({out['check_detail']}); flow "
+        f"{first_s:.2f} s first call, {_fmt(flow_s)} s compiled; classify {classify_s:.3f} s, "
+        f"report {report_s:.2f} s",
+        flush=True,
+    )
     return out
 
 
@@ -91,8 +105,12 @@ def check_example_1_1(problem, x0, res, c, report, st):
     zero = [cv for cv in report.critical_values if abs(cv.value) < 1e-3]
     others = [cv for cv in report.critical_values if abs(cv.value) >= 1e-3]
     ok = (
-        abs(k / n - 0.086) <= 0.003 and len(vi) == 1 and abs(vi[0].value - 1) < 1e-3
-        and zero and zero[0].type == "minimum" and all(cv.count <= 5 for cv in others)
+        abs(k / n - 0.086) <= 0.003
+        and len(vi) == 1
+        and abs(vi[0].value - 1) < 1e-3
+        and zero
+        and zero[0].type == "minimum"
+        and all(cv.count <= 5 for cv in others)
         and [round(v.value, 3) for v in report.spurious_at_infinity] == [1.0]
     )
     return ok, (
@@ -111,13 +129,20 @@ def check_example_4_3(problem, x0, res, c, report, st):
 
     below = np.asarray(jax.vmap(problem.f_flat)(x0)) < 1
     esc_below = float(np.mean(st[below] == Status.ESCAPING))
-    never = not np.any((st == Status.BOUNDED) | ((st == Status.CONVERGED) & ~(np.asarray(res.t) == 0)))
+    never = not np.any(
+        (st == Status.BOUNDED) | ((st == Status.CONVERGED) & ~(np.asarray(res.t) == 0))
+    )
     vi = report.values_at_infinity
     logg = float(np.mean(np.asarray(c.log_growth)[st == Status.ESCAPING]))
     cv = report.critical_values
-    ok = esc_below == 1.0 and never and len(vi) == 1 and abs(vi[0].value - 0.5) < 1e-3 and (
-        not report.spurious_at_infinity
-    ) and all(x.type == "saddle" and abs(x.value - 1) < 1e-6 for x in cv)
+    ok = (
+        esc_below == 1.0
+        and never
+        and len(vi) == 1
+        and abs(vi[0].value - 0.5) < 1e-3
+        and (not report.spurious_at_infinity)
+        and all(x.type == "saddle" and abs(x.value - 1) < 1e-6 for x in cv)
+    )
     return ok, (
         f"{below.sum()} starts with f(x0) < 1, {esc_below:.1%} ESCAPING; value at infinity "
         f"{vi[0].value:.5f}; log growth {logg:.1%}; critical values "
@@ -139,13 +164,17 @@ def check_remark_3_2(problem, x0, res, c, report, st):
     truth = [-8.0] + [-3 * (1 - 2.0**-k) for k in range(1, 6)]
     cvs = report.critical_values
     matched = [min(truth, key=lambda t: abs(t - cv.value)) for cv in cvs]
-    ok = len(set(matched)) == len(matched) and all(
-        abs(cv.value - m) <= cv.tolerance for cv, m in zip(cvs, matched)
-    ) and report.accumulation is not None and abs(report.accumulation + 3) < 0.05
+    ok = (
+        len(set(matched)) == len(matched)
+        and all(abs(cv.value - m) <= cv.tolerance for cv, m in zip(cvs, matched, strict=True))
+        and report.accumulation is not None
+        and abs(report.accumulation + 3) < 0.05
+    )
     return ok, (
         f"clusters {[(round(cv.value, 4), cv.count, cv.type) for cv in cvs]}; accumulation "
-        f"{_fmt(report.accumulation)}; (d) {report.assumptions['finitely_many_critical_values'].verdict}; "
-        f"statuses {dict(zip(*np.unique(st, return_counts=True)))}"
+        f"{_fmt(report.accumulation)}; (d) "
+        f"{report.assumptions['finitely_many_critical_values'].verdict}; statuses "
+        f"{ {int(k): int(v) for k, v in zip(*np.unique(st, return_counts=True), strict=True)} }"
     )
 
 
@@ -192,7 +221,6 @@ def main():
     scale = 20 if args.smoke else 1
 
     import jax.numpy as jnp
-
     from _common import markdown_table, write_results
 
     def with_origin(x0):
@@ -218,31 +246,57 @@ def main():
         try:
             out = run_case(name, params, n, t1, check, x0_fn=x0_fn, twice=twice)
         except Exception as e:  # noqa: BLE001 - one failing case is reported, not fatal
-            out = dict(case=name, params=params, n=n, t1=t1, check=False,
-                       check_detail=f"error: {type(e).__name__}: {e}")
+            out = dict(
+                case=name,
+                params=params,
+                n=n,
+                t1=t1,
+                check=False,
+                check_detail=f"error: {type(e).__name__}: {e}",
+            )
             print(f"{name}: {out['check_detail']}", flush=True)
         results.append(out)
-        rows.append(dict(
-            case=name + (f" {params}" if params else ""), N=n, T=f"{t1:g}",
-            statuses=", ".join(f"{k} {v}" for k, v in out.get("counts", {}).items()),
-            check="pass" if out["check"] else "FAIL", detail=out["check_detail"],
-            flow_first_s=out.get("first_call_s", float("nan")),
-            flow_s=out.get("flow_s") or float("nan"),
-            classify_s=out.get("classify_s", float("nan")),
-            report_s=out.get("report_s", float("nan")),
-        ))
+        rows.append(
+            dict(
+                case=name + (f" {params}" if params else ""),
+                N=n,
+                T=f"{t1:g}",
+                statuses=", ".join(f"{k} {v}" for k, v in out.get("counts", {}).items()),
+                check="pass" if out["check"] else "FAIL",
+                detail=out["check_detail"],
+                flow_first_s=out.get("first_call_s", float("nan")),
+                flow_s=out.get("flow_s") or float("nan"),
+                classify_s=out.get("classify_s", float("nan")),
+                report_s=out.get("report_s", float("nan")),
+            )
+        )
     del jnp
     table = markdown_table(
-        rows, ["case", "N", "T", "statuses", "check", "detail", "flow_first_s", "flow_s",
-               "classify_s", "report_s"]
+        rows,
+        [
+            "case",
+            "N",
+            "T",
+            "statuses",
+            "check",
+            "detail",
+            "flow_first_s",
+            "flow_s",
+            "classify_s",
+            "report_s",
+        ],
     )
     note = (
         "Wall seconds on a shared 2-core machine (other jobs running): flow_first_s includes "
         "compilation, flow_s is a second compiled call; classify_s and report_s include their "
         "compilation. float32, default flow settings."
     )
-    write_results("paper_acceptance", {"cases": results, "note": note}, note + "\n\n" + table,
-                  smoke=args.smoke)
+    write_results(
+        "paper_acceptance",
+        {"cases": results, "note": note},
+        note + "\n\n" + table,
+        smoke=args.smoke,
+    )
 
 
 if __name__ == "__main__":

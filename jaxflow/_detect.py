@@ -254,9 +254,7 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     n_noise = 16 * eps * jnp.maximum(N_c, 1.0)
     d1, d2 = N_b - N_a, N_c - N_b
     ratio_n = d2 / jnp.where(d1 > n_noise, d1, 1.0)
-    gamma = jnp.where(
-        (d1 > n_noise) & (d2 > n_noise), -jnp.log(ratio_n) / logq, jnp.nan
-    )
+    gamma = jnp.where((d1 > n_noise) & (d2 > n_noise), -jnp.log(ratio_n) / logq, jnp.nan)
     # The same at the finest scale, near the end: the last two quarter windows. A
     # trajectory moving between two critical points grows, then decelerates; over the
     # half windows the two phases can average out.
@@ -285,9 +283,7 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     rho = e2 / jnp.where(e1 > f_noise, e1, 1.0)
     beta = jnp.where((e1 > f_noise) & (e2 > f_noise), -jnp.log(rho) / logq, jnp.nan)
     settles = f_flat | (beta >= opt.value_exponent_min)
-    extrap = jnp.where(
-        f_flat, F_c, F_c - e2 * rho / jnp.where(rho < 1, 1 - rho, 1.0)
-    )
+    extrap = jnp.where(f_flat, F_c, F_c - e2 * rho / jnp.where(rho < 1, 1 - rho, 1.0))
     e3, e4 = F_b - F_m, F_m - F_c
     f_decel_end = e4 <= e3 + f_noise
     settles = settles & (f_flat | f_decel_end)
@@ -308,7 +304,10 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     # accelerates away from a saddle at the horizon looks the same for a while).
     # And ||v|| ~ t^-p with p <= 1/2: otherwise int ||v||^2 dt = f(0) - lim f converges.
     escape_inf = (
-        sustained & diverges & (N_c >= 2 * N_a) & (p_vel <= opt.escape_velocity_exponent)
+        sustained
+        & diverges
+        & (N_c >= 2 * N_a)
+        & (p_vel <= opt.escape_velocity_exponent)
         & ~escape_finite
     )
     log_growth = sustained & (-gamma < alpha / 2)
@@ -371,7 +370,15 @@ def _classify_arrays(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt
 
 
 def classify_arrays(
-    ts, cp_norm, cp_f, cp_stat, x_norm, f, stationarity, t, status,
+    ts,
+    cp_norm,
+    cp_f,
+    cp_stat,
+    x_norm,
+    f,
+    stationarity,
+    t,
+    status,
     options: DetectorOptions | None = None,
 ) -> Classification:
     """`classify` on plain arrays (e.g. columns read back from a stored scan).
@@ -387,8 +394,13 @@ def classify_arrays(
     for name, a in (("cp_f", cp_f), ("cp_stat", cp_stat)):
         if jnp.shape(a) != (n, k):
             raise ValueError(f"classify: {name} has shape {jnp.shape(a)}, expected {(n, k)}.")
-    for name, a in (("x_norm", x_norm), ("f", f), ("stationarity", stationarity), ("t", t),
-                    ("status", status)):
+    for name, a in (
+        ("x_norm", x_norm),
+        ("f", f),
+        ("stationarity", stationarity),
+        ("t", t),
+        ("status", status),
+    ):
         if jnp.shape(a) != (n,):
             raise ValueError(f"classify: {name} has shape {jnp.shape(a)}, expected ({n},).")
     # Pad the batch to a power of two so that batches of similar size share one compiled
@@ -401,8 +413,16 @@ def classify_arrays(
         return jnp.pad(a, pad, constant_values=fill)
 
     out = _classify_arrays(
-        jnp.asarray(ts, dtype), cast(cp_norm), cast(cp_f), cast(cp_stat), cast(x_norm), cast(f),
-        cast(stationarity), cast(t), cast(status, jnp.int8, 0), options,
+        jnp.asarray(ts, dtype),
+        cast(cp_norm),
+        cast(cp_f),
+        cast(cp_stat),
+        cast(x_norm),
+        cast(f),
+        cast(stationarity),
+        cast(t),
+        cast(status, jnp.int8, 0),
+        options,
     )
     return Classification(**{k: v[:n] for k, v in out.items()})
 
@@ -434,7 +454,9 @@ def classify(
     **Returns:** a `jaxflow.Classification`.
     """
     if not isinstance(result, FlowResult):
-        raise TypeError(f"classify: `result` must be a jaxflow.FlowResult, got {type(result).__name__}.")
+        raise TypeError(
+            f"classify: `result` must be a jaxflow.FlowResult, got {type(result).__name__}."
+        )
     if options is not None and thresholds:
         raise TypeError("classify: pass either `options=` or threshold keywords, not both.")
     if options is None:
@@ -446,9 +468,19 @@ def classify(
             )
         options = DetectorOptions(**{k: float(v) for k, v in thresholds.items()})
     elif not isinstance(options, DetectorOptions):
-        raise TypeError(f"classify: `options` must be a DetectorOptions, got {type(options).__name__}.")
-    cols = (result.cp_norm, result.cp_f, result.cp_stat, result.norm, result.f,
-            result.stationarity, result.t, result.status)
+        raise TypeError(
+            f"classify: `options` must be a DetectorOptions, got {type(options).__name__}."
+        )
+    cols = (
+        result.cp_norm,
+        result.cp_f,
+        result.cp_stat,
+        result.norm,
+        result.f,
+        result.stationarity,
+        result.t,
+        result.status,
+    )
     if horizon is not None:
         cols = _truncate(result.ts, *cols, horizon=horizon)
     return classify_arrays(result.ts, *cols, options)
@@ -470,9 +502,14 @@ def _truncate(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, *, horizon
     mask = lambda a: jnp.where(keep[None, :], a, jnp.nan)  # noqa: E731
     pick = lambda late, a: jnp.where(running, late, a)  # noqa: E731
     return (
-        mask(cp_norm), mask(cp_f), mask(cp_stat),
-        pick(cp_norm[:, k], x_norm), pick(cp_f[:, k], f), pick(cp_stat[:, k], stat),
-        pick(t_k, t), pick(jnp.int8(Status.HORIZON), jnp.asarray(status)).astype(jnp.int8),
+        mask(cp_norm),
+        mask(cp_f),
+        mask(cp_stat),
+        pick(cp_norm[:, k], x_norm),
+        pick(cp_f[:, k], f),
+        pick(cp_stat[:, k], stat),
+        pick(t_k, t),
+        pick(jnp.int8(Status.HORIZON), jnp.asarray(status)).astype(jnp.int8),
     )
 
 
@@ -515,8 +552,14 @@ def trajectory_table(result: FlowResult, classification: Classification | None =
     table["rejected"] = r["rejected"].astype(np.int32)
     for j in range(r["x"].shape[1]):
         table[f"x_{j}"] = r["x"][:, j]
-    for key in ("growth_exponent", "limit_value", "malgrange", "deceleration",
-                "velocity_exponent", "value_exponent"):
+    for key in (
+        "growth_exponent",
+        "limit_value",
+        "malgrange",
+        "deceleration",
+        "velocity_exponent",
+        "value_exponent",
+    ):
         table[key] = c[key] if c is not None else np.full(n, np.nan, r["f"].dtype)
     if c is not None:
         table["log_growth"] = c["log_growth"].astype(bool)

@@ -93,7 +93,9 @@ def _accumulation(values: list[float]) -> float | None:
                 r = g[1:] / g[:-1]
                 if np.all((r > 0.05) & (r < 0.9)) and r.max() <= 2 * r.min():
                     rr = float(np.exp(np.mean(np.log(r))))
-                    return float(seq[end] + math.copysign(1, seq[end] - seq[end - 1]) * g[-1] * rr / (1 - rr))
+                    return float(
+                        seq[end] + math.copysign(1, seq[end] - seq[end - 1]) * g[-1] * rr / (1 - rr)
+                    )
     return None
 
 
@@ -131,12 +133,16 @@ class Report:
         if classification is None:
             classification = classify(result, **classify_options)
         elif classify_options:
-            raise TypeError("Report.from_flow: pass classify options or a classification, not both.")
+            raise TypeError(
+                "Report.from_flow: pass classify options or a classification, not both."
+            )
         table = trajectory_table(result, classification)
         return cls.from_table(problem, table, meta=dict(result.meta))
 
     @classmethod
-    def from_table(cls, problem, table: dict, *, meta: dict | None = None, n_probe: int = 4) -> Report:
+    def from_table(
+        cls, problem, table: dict, *, meta: dict | None = None, n_probe: int = 4
+    ) -> Report:
         """Builds the report from per-trajectory columns (`jaxflow.trajectory_table`).
 
         **Arguments:**
@@ -178,19 +184,25 @@ class Report:
 
         # Best value seen: lowest final f of any trajectory, or lowest finite limit along
         # an escape (extrapolated), or -inf when f decreases without bound.
-        candidates = [(float(np.min(f[np.isfinite(f)])), "final value of a trajectory")] if np.any(
-            np.isfinite(f)
-        ) else []
+        candidates = (
+            [(float(np.min(f[np.isfinite(f)])), "final value of a trajectory")]
+            if np.any(np.isfinite(f))
+            else []
+        )
         for vi in vis:
             candidates.append((vi.value, "value at infinity"))
-        best, best_source = min(candidates, key=lambda c: c[0]) if candidates else (math.nan, "none")
+        best, best_source = (
+            min(candidates, key=lambda c: c[0]) if candidates else (math.nan, "none")
+        )
 
         def above(value, tol):
             return math.isfinite(best) and value > best + max(tol, rtol * max(1.0, abs(best)))
 
         spurious = [cv for cv in cvs if cv.type == "minimum" and above(cv.value, cv.tolerance)]
         possibly = [cv for cv in cvs if cv.type == "degenerate" and above(cv.value, cv.tolerance)]
-        spurious_inf = [vi for vi in vis if math.isfinite(vi.value) and above(vi.value, vi.tolerance)]
+        spurious_inf = [
+            vi for vi in vis if math.isfinite(vi.value) and above(vi.value, vi.tolerance)
+        ]
         acc = _accumulation([cv.value for cv in cvs])
 
         counts = {s["status"]: s["count"] for s in statuses}
@@ -198,20 +210,45 @@ class Report:
         n_ok = counts.get("CONVERGED", 0) + counts.get("BOUNDED", 0)
         n_open = n - n_esc - n_ok
         assumptions = _assumptions(
-            n=n, n_esc=n_esc, n_open=n_open, counts=counts, cvs=cvs, vis=vis, best=best,
-            acc=acc, horizon=horizon, problem=problem,
+            n=n,
+            n_esc=n_esc,
+            n_open=n_open,
+            counts=counts,
+            cvs=cvs,
+            vis=vis,
+            best=best,
+            acc=acc,
+            horizon=horizon,
+            problem=problem,
         )
         prob = problem.describe() if problem is not None and hasattr(problem, "describe") else {}
         evidence = _evidence_phrase(n, horizon, meta)
         conclusion = _conclusion(
-            evidence=evidence, n=n, n_esc=n_esc, assumptions=assumptions, spurious=spurious,
-            possibly=possibly, spurious_inf=spurious_inf, vis=vis, best=best,
+            evidence=evidence,
+            n=n,
+            n_esc=n_esc,
+            assumptions=assumptions,
+            spurious=spurious,
+            possibly=possibly,
+            spurious_inf=spurious_inf,
+            vis=vis,
+            best=best,
         )
         return cls(
-            problem=_jsonable(prob), n=n, horizon=horizon, meta=_jsonable(_plain(meta)),
-            statuses=statuses, critical_values=cvs, values_at_infinity=vis, best_value=best,
-            best_source=best_source, spurious_minima=spurious, possibly_spurious=possibly,
-            spurious_at_infinity=spurious_inf, assumptions=assumptions, accumulation=acc,
+            problem=_jsonable(prob),
+            n=n,
+            horizon=horizon,
+            meta=_jsonable(_plain(meta)),
+            statuses=statuses,
+            critical_values=cvs,
+            values_at_infinity=vis,
+            best_value=best,
+            best_source=best_source,
+            spurious_minima=spurious,
+            possibly_spurious=possibly,
+            spurious_at_infinity=spurious_inf,
+            assumptions=assumptions,
+            accumulation=acc,
             conclusion=conclusion,
         )
 
@@ -231,7 +268,9 @@ class Report:
                 best_source=self.best_source,
                 spurious_minima=[cv.value for cv in self.spurious_minima],
                 possibly_spurious_minima=[cv.value for cv in self.possibly_spurious],
-                suspected_spurious_minima_at_infinity=[vi.value for vi in self.spurious_at_infinity],
+                suspected_spurious_minima_at_infinity=[
+                    vi.value for vi in self.spurious_at_infinity
+                ],
                 assumptions={k: dataclasses.asdict(v) for k, v in self.assumptions.items()},
                 critical_value_accumulation=self.accumulation,
                 conclusion=self.conclusion,
@@ -251,38 +290,63 @@ class Report:
         lines = [f"## {self._title()}", ""]
         lines += ["| status | count | fraction | 95 % interval |", "|---|---:|---:|---:|"]
         for s in self.statuses:
-            lines.append(f"| {s['status']} | {s['count']} | {_pct(s['fraction'])} | {_interval(s['interval'])} |")
+            row = (s["status"], s["count"], _pct(s["fraction"]), _interval(s["interval"]))
+            lines.append("| " + " | ".join(map(str, row)) + " |")
         lines += ["", "### Critical values (limits of converged and bounded trajectories)", ""]
         if self.critical_values:
             lines += [
-                "| value | count | fraction | 95 % interval | type | Hessian eigenvalues (min, max) | point |",
+                "| value | count | fraction | 95 % interval | type "
+                "| Hessian eigenvalues (min, max) | point |",
                 "|---:|---:|---:|---:|---|---|---|",
             ]
             for cv in self.critical_values:
-                eig = "—" if cv.eigenvalues is None else f"({_fmt(cv.eigenvalues[0], 3)}, {_fmt(cv.eigenvalues[1], 3)})"
-                lines.append(
-                    f"| {_fmt(cv.value)} | {cv.count} | {_pct(cv.fraction)} | {_interval(cv.interval)} | "
-                    f"{cv.type} ({cv.method}) | {eig} | {_point(cv.point)} |"
+                eig = (
+                    "—"
+                    if cv.eigenvalues is None
+                    else f"({_fmt(cv.eigenvalues[0], 3)}, {_fmt(cv.eigenvalues[1], 3)})"
                 )
+                row = (
+                    _fmt(cv.value),
+                    cv.count,
+                    _pct(cv.fraction),
+                    _interval(cv.interval),
+                    f"{cv.type} ({cv.method})",
+                    eig,
+                    _point(cv.point),
+                )
+                lines.append("| " + " | ".join(map(str, row)) + " |")
         else:
             lines.append("None: no trajectory converged or stayed bounded.")
         lines += ["", "### Values at infinity (limits along escaping trajectories)", ""]
         if self.values_at_infinity:
             lines += [
-                "| value | count | fraction | 95 % interval | growth α | log growth | ‖x‖·‖v‖ | median ‖x‖ |",
+                "| value | count | fraction | 95 % interval | growth α | log growth | ‖x‖·‖v‖ "
+                "| median ‖x‖ |",
                 "|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for vi in self.values_at_infinity:
-                lines.append(
-                    f"| {_fmt(vi.value)} | {vi.count} | {_pct(vi.fraction)} | {_interval(vi.interval)} | "
-                    f"{_fmt(vi.growth_exponent, 3)} | {_pct(vi.log_growth)} | {_fmt(vi.malgrange, 3)} | "
-                    f"{_fmt(vi.norm, 4)} |"
+                row = (
+                    _fmt(vi.value),
+                    vi.count,
+                    _pct(vi.fraction),
+                    _interval(vi.interval),
+                    _fmt(vi.growth_exponent, 3),
+                    _pct(vi.log_growth),
+                    _fmt(vi.malgrange, 3),
+                    _fmt(vi.norm, 4),
                 )
+                lines.append("| " + " | ".join(map(str, row)) + " |")
         else:
             lines.append("None: no trajectory escaped.")
         lines += ["", "### Findings", ""]
         lines += self._findings()
-        lines += ["", "### Theorem 1.2 assumptions", "", "| assumption | evidence | detail |", "|---|---|---|"]
+        lines += [
+            "",
+            "### Theorem 1.2 assumptions",
+            "",
+            "| assumption | evidence | detail |",
+            "|---|---|---|",
+        ]
         for key, label in _ASSUMPTIONS:
             v = self.assumptions[key]
             lines.append(f"| {label} | **{v.verdict}** | {v.detail} |")
@@ -302,7 +366,9 @@ class Report:
         if self.possibly_spurious:
             out.append(
                 "- Degenerate critical values above the best value (type undecided; possibly "
-                "spurious setwise minima): " + ", ".join(_fmt(cv.value) for cv in self.possibly_spurious) + "."
+                "spurious setwise minima): "
+                + ", ".join(_fmt(cv.value) for cv in self.possibly_spurious)
+                + "."
             )
         out.append(
             "- Suspected spurious minima at infinity (values at infinity above the best value): "
@@ -324,21 +390,51 @@ class Report:
         for s in self.statuses:
             st.add_row(s["status"], str(s["count"]), _pct(s["fraction"]), _interval(s["interval"]))
         cv = Table(title="Critical values (limits of converged and bounded trajectories)")
-        for col in ("value", "count", "fraction", "95% interval", "type", "eig (min, max)", "point"):
+        for col in (
+            "value",
+            "count",
+            "fraction",
+            "95% interval",
+            "type",
+            "eig (min, max)",
+            "point",
+        ):
             cv.add_column(col, justify="right" if col in ("value", "count", "fraction") else "left")
         for c in self.critical_values:
-            eig = "—" if c.eigenvalues is None else f"({_fmt(c.eigenvalues[0], 3)}, {_fmt(c.eigenvalues[1], 3)})"
+            eig = (
+                "—"
+                if c.eigenvalues is None
+                else f"({_fmt(c.eigenvalues[0], 3)}, {_fmt(c.eigenvalues[1], 3)})"
+            )
             cv.add_row(
-                _fmt(c.value), str(c.count), _pct(c.fraction), _interval(c.interval),
-                f"{c.type} ({c.method})", eig, _point(c.point),
+                _fmt(c.value),
+                str(c.count),
+                _pct(c.fraction),
+                _interval(c.interval),
+                f"{c.type} ({c.method})",
+                eig,
+                _point(c.point),
             )
         vi = Table(title="Values at infinity (limits along escaping trajectories)")
-        for col in ("value", "count", "fraction", "95% interval", "growth α", "log growth", "‖x‖·‖v‖"):
+        for col in (
+            "value",
+            "count",
+            "fraction",
+            "95% interval",
+            "growth α",
+            "log growth",
+            "‖x‖·‖v‖",
+        ):
             vi.add_column(col, justify="right")
         for v in self.values_at_infinity:
             vi.add_row(
-                _fmt(v.value), str(v.count), _pct(v.fraction), _interval(v.interval),
-                _fmt(v.growth_exponent, 3), _pct(v.log_growth), _fmt(v.malgrange, 3),
+                _fmt(v.value),
+                str(v.count),
+                _pct(v.fraction),
+                _interval(v.interval),
+                _fmt(v.growth_exponent, 3),
+                _pct(v.log_growth),
+                _fmt(v.malgrange, 3),
             )
         th = Table(title="Theorem 1.2 assumptions (Assumption 3.1)")
         th.add_column("assumption")
@@ -349,8 +445,14 @@ class Report:
             v = self.assumptions[key]
             th.add_row(label, Text(v.verdict, style=colors.get(v.verdict, "dim")), v.detail)
         parts = [st]
-        parts.append(cv if self.critical_values else Text("No critical values: no trajectory converged or stayed bounded."))
-        parts.append(vi if self.values_at_infinity else Text("No values at infinity: no trajectory escaped."))
+        parts.append(
+            cv
+            if self.critical_values
+            else Text("No critical values: no trajectory converged or stayed bounded.")
+        )
+        parts.append(
+            vi if self.values_at_infinity else Text("No values at infinity: no trajectory escaped.")
+        )
         parts.append(Text("\n".join(self._findings())))
         parts.append(th)
         parts.append(Panel(self.conclusion, title="Conclusion"))
@@ -429,7 +531,8 @@ def _assumptions(*, n, n_esc, n_open, counts, cvs, vis, best, acc, horizon, prob
     n_lim = sum(cv.count for cv in cvs)
     if not cvs:
         out["finitely_many_critical_values"] = Verdict(
-            "inconclusive", "no trajectory converged or stayed bounded, so no critical value was seen."
+            "inconclusive",
+            "no trajectory converged or stayed bounded, so no critical value was seen.",
         )
     elif acc is not None:
         out["finitely_many_critical_values"] = Verdict(
@@ -453,7 +556,9 @@ def _assumptions(*, n, n_esc, n_open, counts, cvs, vis, best, acc, horizon, prob
         )
     elif n_open:
         detail = ", ".join(
-            f"{counts[s]} {s}" for s in ("UNDECIDED", "MAX_STEPS", "NONFINITE", "HORIZON") if counts.get(s)
+            f"{counts[s]} {s}"
+            for s in ("UNDECIDED", "MAX_STEPS", "NONFINITE", "HORIZON")
+            if counts.get(s)
         )
         out["bounded_trajectories"] = Verdict(
             "inconclusive",
@@ -469,7 +574,9 @@ def _assumptions(*, n, n_esc, n_open, counts, cvs, vis, best, acc, horizon, prob
     return out
 
 
-def _conclusion(*, evidence, n, n_esc, assumptions, spurious, possibly, spurious_inf, vis, best) -> str:
+def _conclusion(
+    *, evidence, n, n_esc, assumptions, spurious, possibly, spurious_inf, vis, best
+) -> str:
     head = evidence[0].upper() + evidence[1:] + " (not a proof). "
     bt = assumptions["bounded_trajectories"].verdict
     vals = lambda xs: ", ".join(_fmt(x.value) for x in xs)  # noqa: E731
@@ -492,15 +599,20 @@ def _conclusion(*, evidence, n, n_esc, assumptions, spurious, possibly, spurious
         elif vis:
             parts.append(
                 f"Every value at infinity ({vals(vis)}) equals the best value seen: no spurious "
-                "minimum at infinity is suspected, but the infimum may only be approached at infinity."
+                "minimum at infinity is suspected, but the infimum may only be approached at "
+                "infinity."
             )
     elif bt == "supported" and not spurious:
-        other = [k for k in ("lower_bounded", "finitely_many_critical_values")
-                 if assumptions[k].verdict in ("contradicted", "inconclusive")]
+        other = [
+            k
+            for k in ("lower_bounded", "finitely_many_critical_values")
+            if assumptions[k].verdict in ("contradicted", "inconclusive")
+        ]
         if other:
             parts.append(
                 "Trajectories stayed bounded and no spurious local minimum was seen, but the "
-                "evidence on " + " and ".join(k.replace("_", " ") for k in other)
+                "evidence on "
+                + " and ".join(k.replace("_", " ") for k in other)
                 + " is not supportive, so Theorem 1.2 cannot be invoked."
             )
         else:

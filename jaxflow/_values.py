@@ -153,7 +153,7 @@ def cluster_values(values, tolerances) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         gap = np.diff(vs)
     link = (gap <= np.maximum(ts[1:], ts[:-1])) & np.isfinite(vs[1:]) & np.isfinite(vs[:-1])
-    link |= (vs[1:] == vs[:-1])  # equal infinities
+    link |= vs[1:] == vs[:-1]  # equal infinities
     lab = np.concatenate([[0], np.cumsum(~link)])
     labels[order] = lab
     return labels
@@ -217,9 +217,10 @@ def _perturbation_tests(problem, points, values, tol_f, key, n_dirs=128, directi
         u = jnp.asarray(directions, x.dtype)
     u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
     n_dirs = u.shape[1]
-    pts = x[:, None, None, :] + (scale[:, None, None, None] * steps[None, :, None, None]) * u[
-        :, None, :, :
-    ]
+    pts = (
+        x[:, None, None, :]
+        + (scale[:, None, None, None] * steps[None, :, None, None]) * u[:, None, :, :]
+    )
     fv = _values_jit(_field_for_values(problem), pts.reshape(-1, d))
     fv = fv.reshape(m, steps.shape[0], n_dirs)
     diff = np.asarray(fv, np.float64) - np.asarray(values, np.float64)[:, None, None]
@@ -350,7 +351,9 @@ def _col(table, name, default=None):
         return np.asarray(table[name])
     if default is not None:
         return default
-    raise KeyError(f"trajectory table has no column {name!r}; build it with jaxflow.trajectory_table.")
+    raise KeyError(
+        f"trajectory table has no column {name!r}; build it with jaxflow.trajectory_table."
+    )
 
 
 def _points(table, rows):
@@ -423,7 +426,9 @@ def critical_values(
         allrep = np.concatenate(reps)
         owner = np.concatenate([np.full(r.size, lab) for lab, r in enumerate(reps)])
         typing = critical_point_type(
-            problem, pts[allrep], vals[allrep],
+            problem,
+            pts[allrep],
+            vals[allrep],
             np.maximum(tol[allrep], np.asarray(ctol)[owner]),
             key=jax.random.key(0) if key is None else key,
         )
@@ -448,10 +453,18 @@ def critical_values(
             eig = typing[2][sel[0]]
         out.append(
             CriticalValue(
-                value=value, count=k, fraction=k / n_total, interval=wilson_interval(k, n_total),
+                value=value,
+                count=k,
+                fraction=k / n_total,
+                interval=wilson_interval(k, n_total),
                 spread=(float(vals[m].min()), float(vals[m].max())),
-                converged=int(np.sum(conv[rows][m])), bounded=int(np.sum(bnd[rows][m])),
-                tolerance=ctol[lab], type=ctype, method=method, eigenvalues=eig, point=point,
+                converged=int(np.sum(conv[rows][m])),
+                bounded=int(np.sum(bnd[rows][m])),
+                tolerance=ctol[lab],
+                type=ctype,
+                method=method,
+                eigenvalues=eig,
+                point=point,
                 types_seen=types_seen,
             )
         )
@@ -497,14 +510,19 @@ def values_at_infinity(
         k = int(m.sum())
         out.append(
             ValueAtInfinity(
-                value=float(np.median(lim[m])), count=k, fraction=k / n_total,
+                value=float(np.median(lim[m])),
+                count=k,
+                fraction=k / n_total,
                 interval=wilson_interval(k, n_total),
                 spread=(float(lim[m].min()), float(lim[m].max())),
                 escaping=int(np.sum(st[m] == Status.ESCAPING)),
                 escaped=int(np.sum(st[m] == Status.ESCAPED)),
-                tolerance=float(np.max(tol[m])), growth_exponent=med(alpha[m]),
-                log_growth=float(np.mean(logg[m])), malgrange=med(malg[m]),
-                final_value=med(f[m]), norm=med(norm[m]),
+                tolerance=float(np.max(tol[m])),
+                growth_exponent=med(alpha[m]),
+                log_growth=float(np.mean(logg[m])),
+                malgrange=med(malg[m]),
+                final_value=med(f[m]),
+                norm=med(norm[m]),
             )
         )
     return out

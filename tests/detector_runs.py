@@ -70,3 +70,12 @@ def section_4(name):
     p = problems.get(name, **params)
     x0 = p.sample(jax.random.key(2), n, jnp.float64)
     return p, x0, jf.flow(p, x0, t1=1e3)
+
+
+@functools.cache
+def nonsmooth_factorization():
+    """(4.11) ||X Y^T - M||_1 (Proposition 4.5), 3x3, r = rank M = 1: 8 Gaussian starts,
+    float64, t1 = 100, the min-norm Clarke subgradient flow."""
+    p = problems.get("nonsmooth-factorization")
+    x0 = p.sample(jax.random.key(5), 8, jnp.float64)
+    return p, x0, jf.flow(p, x0, t1=1e2)

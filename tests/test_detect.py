@@ -7,6 +7,7 @@ must come out CONVERGED or BOUNDED.
 
 import math
 
+import detector_runs as runs
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -14,11 +15,8 @@ import numpy as np
 import pytest
 
 import jaxflow as jf
-from jaxflow import problems
 from jaxflow._detect import _classify_arrays
 from jaxflow._stats import wilson_interval
-
-import detector_runs as runs
 
 TSIT5 = diffrax.Tsit5()  # the 1-D test flows are not stiff; Tsit5 compiles faster
 
@@ -56,7 +54,7 @@ def test_example_1_1_escape_caught_without_radius():
     k200 = int(np.argmin(np.abs(ts - 200)))
     m_tail = np.asarray(res.cp_norm * res.cp_stat)[valley]
     ratio = m_tail[:, -1] / m_tail[:, k200]
-    np.testing.assert_allclose(ratio, 10 ** -0.5, rtol=0.1)
+    np.testing.assert_allclose(ratio, 10**-0.5, rtol=0.1)
     np.testing.assert_allclose(np.asarray(c.malgrange)[valley], m_tail[:, -1], rtol=1e-5)
     # Converged trajectories keep their status and their final value as limit.
     np.testing.assert_array_equal(np.asarray(c.limit_value)[~valley], f[~valley])
@@ -168,7 +166,8 @@ def test_log_escape_never_bounded(exp_problem):
     np.testing.assert_allclose(np.asarray(c.limit_value), 0.0, atol=1e-6)
     # ||x|| ||v|| = log(t + c) / (t + c) -> 0: the value 0 is an asymptotic critical value.
     np.testing.assert_allclose(
-        np.asarray(c.malgrange), np.log(1e5 + np.exp(x0[:, 0])) / (1e5 + np.exp(x0[:, 0])),
+        np.asarray(c.malgrange),
+        np.log(1e5 + np.exp(x0[:, 0])) / (1e5 + np.exp(x0[:, 0])),
         rtol=1e-5,
     )
 
@@ -238,6 +237,15 @@ def test_short_history_is_undecided(quartic):
 def test_section_4_problems_never_escape(name):
     # Propositions 4.1 (deep linear, rank-deficient X), 4.2, 4.4: bounded trajectories.
     _, _, res = runs.section_4(name)
+    c = jf.classify(res)
+    st = _status(c)
+    assert np.all((st == S.CONVERGED) | (st == S.BOUNDED)), c.counts()
+
+
+@pytest.mark.slow
+def test_section_4_nonsmooth_factorization_never_escapes():
+    # Proposition 4.5: bounded subgradient trajectories for ||X Y^T - M||_1 (min-norm field).
+    _, _, res = runs.nonsmooth_factorization()
     c = jf.classify(res)
     st = _status(c)
     assert np.all((st == S.CONVERGED) | (st == S.BOUNDED)), c.counts()

@@ -3,6 +3,7 @@
 import json
 import re
 
+import detector_runs as runs
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,8 +11,6 @@ import pytest
 from rich.console import Console
 
 import jaxflow as jf
-
-import detector_runs as runs
 
 
 def _only_calibrated(text: str):

@@ -1,13 +1,12 @@
 """Critical values and values at infinity against the paper's stated facts."""
 
+import detector_runs as runs
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxflow as jf
 from jaxflow._values import cluster_values, critical_point_type, value_tolerance
-
-import detector_runs as runs
 
 S = jf.Status
 
@@ -89,7 +88,9 @@ def test_example_1_1_critical_value_zero_minima():
     for cv in cvs:
         if cv is not main:
             assert cv.count <= 2 and min(abs(cv.value - 2), abs(cv.value - 3)) < 1e-2
-    assert sum(c.count for c in cvs) == int(np.sum(np.asarray(jf.classify(res).status) == S.CONVERGED))
+    assert sum(c.count for c in cvs) == int(
+        np.sum(np.asarray(jf.classify(res).status) == S.CONVERGED)
+    )
     lo, hi = main.interval
     assert lo < main.fraction < hi
 
@@ -181,3 +182,15 @@ def test_bad_table():
     with pytest.raises(KeyError, match="trajectory_table"):
         jf.critical_values(None, {"f": np.zeros(3)})
     assert jf.values_at_infinity({"status": np.zeros(0, np.int8), "f": np.zeros(0)}) == []
+
+
+@pytest.mark.slow
+def test_nonsmooth_factorization_minimum_by_perturbation():
+    # (4.14): rank M = r = 1 with nonzero entries, no spurious local minima; the value 0
+    # is typed by the perturbation test on the min-norm subgradient flow's end points.
+    p, _, res = runs.nonsmooth_factorization()
+    cvs = jf.critical_values(p, _table(res))
+    assert len(cvs) == 1
+    (cv,) = cvs
+    assert abs(cv.value) < 1e-6 and cv.type == "minimum" and cv.method == "perturbation"
+    assert cv.eigenvalues is None
