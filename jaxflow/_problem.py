@@ -264,8 +264,16 @@ class Problem:
 
     # -- the objective on flat vectors -------------------------------------------------
     def f_flat(self, x_flat):
-        """$f$ on a flat vector."""
-        return self.f(self.unravel(x_flat))
+        """$f$ on a flat vector, returned in the dtype of `x_flat`.
+
+        Data captured by `f` may be float64 while a run is float32 (or the reverse); the
+        value is cast to the dtype of the point so that a run stays in one precision.
+        """
+        out = self.f(self.unravel(x_flat))
+        dtype = getattr(x_flat, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and out.dtype != dtype:
+            out = out.astype(dtype)
+        return out
 
     def sample(self, key, n: int, dtype=None) -> jax.Array:
         """Draws `n` initial points as a flat `(n, d)` array."""

@@ -210,3 +210,15 @@ def test_any_diffrax_solver_runs_through_the_generic_path():
     assert int(res.status[0]) == jf.Status.HORIZON
     exact = np.array([1.0, 1.0]) / (1 + h * np.array([1.0, 3.0])) ** n
     np.testing.assert_allclose(np.asarray(res.x[0]), exact, rtol=5e-3)
+
+
+def test_float32_run_with_float64_data_stays_float32(getkey):
+    # The conftest enables x64, so data captured by f (here float64) would promote f and
+    # break the run's single precision; the engine must keep the dtype of x0.
+    data = jnp.asarray(np.linspace(0.5, 2.0, 3))  # float64
+    problem = jf.Problem(lambda x: jnp.sum((x - data) ** 2), dim=3)
+    x0 = problem.sample(getkey(), 8, jnp.float32)
+    res = jf.flow(problem, x0, t1=50.0)
+    assert res.x.dtype == res.f.dtype == jnp.float32
+    assert np.all(np.asarray(res.status) == jf.Status.CONVERGED)
+    np.testing.assert_allclose(np.asarray(res.x), np.tile(np.asarray(data), (8, 1)), atol=1e-4)
