@@ -137,7 +137,7 @@ class _V:
         self.taint = taint
         self.sites = sites
         self.token = token if token is not None else object()
-        self.pred = pred  # None, a _Pred, "opaque" or "discrete"
+        self.pred = pred  # None, a _Pred, "opaque" or ("discrete", primitive name)
         self.mag = mag
 
 
@@ -253,8 +253,9 @@ def _relevance(jaxpr, out_rel) -> _Rel:
 
 # --------------------------------------------------------------------------- context
 class _Ctx:
-    def __init__(self, program, mode, dth=None, eps=None, track_mag=False):
+    def __init__(self, program, mode, dth=None, eps=None, track_mag=False, theta=None):
         self.program = program
+        self.theta = theta
         self.mode = mode  # "discover" or "eval"
         self.dth = dth
         self.eps = eps
@@ -401,9 +402,13 @@ class KinkProgram:
         return dth, eps
 
     # -- evaluation --------------------------------------------------------------------
-    def lift(self, x, dth=None, eps=None, *, track_mag: bool = False):
-        """$F(x, \\delta\\theta) + \\sum\\langle\\epsilon, \\text{kink outputs}\\rangle$ and the `Probe`."""
-        ctx = _Ctx(self, "eval", dth=dth, eps=eps, track_mag=track_mag)
+    def lift(self, x, dth=None, eps=None, *, track_mag: bool = False, theta=None):
+        """$F(x, \\delta\\theta) + \\sum\\langle\\epsilon, \\text{kink outputs}\\rangle$ and the `Probe`.
+
+        With `theta` (tuple of `(*shape, m)` weights) every kink output is the fixed
+        combination $\\sum_j \\theta_j\\,\\text{piece}_j(x)$ instead, whichever piece is
+        natural at `x` (a frozen selection)."""
+        ctx = _Ctx(self, "eval", dth=dth, eps=eps, track_mag=track_mag, theta=theta)
         val = self._run(ctx, x)
         n = len(self.sites)
         w = tuple(ctx.probe[i][0] for i in range(n))
@@ -514,12 +519,12 @@ def _rule(ctx, eqn, ins, sub):
                        pred=_Pred(-pr.sign, pr.p, pr.q, pr.mag, pr.sites))]
         if a.pred == "opaque":
             return [_V(out, taint=True, sites=sites, pred="opaque")]
-        return [_V(out, taint=True, sites=sites, pred="discrete")]
+        return [_V(out, taint=True, sites=sites, pred=("discrete", "not"))]
     if name in ("and", "or", "xor"):
         out = _bind(eqn, [m.val for m in ins])[0]
         if all(m.pred == "opaque" or not m.taint for m in ins):
             return [_V(out, taint=True, sites=sites, pred="opaque")]
-        return [_V(out, taint=True, sites=sites, pred="discrete")]
+        return [_V(out, taint=True, sites=sites, pred=("discrete", name))]
     if name == "select_n":
         return [_kink_select(ctx, eqn, ins)]
     if name == "convert_element_type":
@@ -634,7 +639,11 @@ def _finish(ctx, eqn, kind, key, pv, w, nat, mag, natural_value, upstream, out_m
             jax.lax.stop_gradient(nat).astype(jnp.int32),
             None if mag is None else jax.lax.stop_gradient(mag),
         )
-    if ctx.dth is not None or ctx.eps is not None:
+    if ctx.theta is not None:
+        # Frozen absolute selection (independent of which piece is natural here).
+        safe = jnp.where(jnp.isfinite(pv), pv, 0.0)
+        out = jnp.sum(ctx.theta[idx].astype(pv.dtype) * safe, axis=-1)
+    elif ctx.dth is not None or ctx.eps is not None:
         safe = jnp.where(jnp.isfinite(pv), pv, 0.0)
         out = jnp.take_along_axis(pv, nat[..., None], axis=-1)[..., 0]
         if ctx.dth is not None:
@@ -719,6 +728,10 @@ def _kink_select(ctx, eqn, ins):
         if ctx.track_mag:
             _generic_mag(eqn, ins, [res])
         return res
+    if isinstance(pred.pred, tuple):
+        _unsupported(eqn, ctx.program, where=ctx.source(eqn),
+                     what=f"a selection whose predicate combines comparisons with "
+                     f"`{pred.pred[1]}` (write nested jnp.where instead)")
     if not isinstance(pred.pred, _Pred) or len(cases) != 2:
         _unsupported(eqn, ctx.program, where=ctx.source(eqn), what="a selection whose index depends on x through "
                      "something other than one comparison (and/or of comparisons, argmax, "

@@ -292,116 +292,169 @@ def _scatter(prog: KinkProgram, slot_site, slot_index, slot_pos, t, dtype):
     return tuple(out)
 
 
+def _absolute(prog: KinkProgram, probe, dth, dtype):
+    """Absolute selector weights: the natural one-hot at x plus `dth`."""
+    return tuple(
+        jax.nn.one_hot(probe.nat[i], s.npieces, dtype=dtype) + dth[i]
+        for i, s in enumerate(prog.sites)
+    )
+
+
+class _Analysis:
+    """Everything about the kinks at one point that the QP and the certificates use."""
+
+    def __init__(self, prog: KinkProgram, x, opts: MinNormOptions, h=None):
+        dtype = x.dtype
+        self.prog, self.x, self.opts, self.h, self.dtype = prog, x, opts, h, dtype
+        self.d = x.shape[0]
+        dth0, eps0 = prog.zeros(dtype)
+        self.dth0, self.eps0 = dth0, eps0
+        (f, probe), (g0, g_dth, c) = jax.value_and_grad(
+            lambda y, t, e: prog.lift(y, t, e, track_mag=True), argnums=(0, 1, 2),
+            has_aux=True,
+        )(x, dth0, eps0)
+        self.f, self.probe, self.g0 = f, probe, g0
+        wdot = None
+        if h is not None:
+            # Rates of the switching scores along the current velocity: the band of
+            # kinks a step of size h can reach.
+            _, wdot = jax.jvp(lambda y: prog.lift(y, dth0, eps0)[1].w, (x,), (g0,))
+        grp = _groups(prog, probe, g_dth, c, wdot, h, opts, dtype)
+        lay = _Layout.of(prog)
+        self.lay = lay
+        n_groups, r_max = grp.valid.shape
+        self.r_max = r_max
+        active = jnp.sum(grp.valid, axis=-1) > 1
+        self.n_active = jnp.sum(active, dtype=jnp.int32)
+        self.kv_cap = _vertex_slots(opts, r_max)
+        k = min(n_groups, opts.max_active) if not prog.nested else min(n_groups, self.kv_cap)
+        self.k = k
+        sel = jnp.arange(n_groups) if k == n_groups else jax.lax.top_k(-grp.score, k)[1]
+        self.sel = sel
+        self.slot_site = jnp.asarray(lay.site)[sel]
+        self.slot_index = jnp.asarray(lay.index)[sel]
+        self.s_valid, self.s_nat, self.s_pos = grp.valid[sel], grp.nat[sel], grp.pos[sel]
+        self.s_gamma, self.s_c = grp.gamma[sel], grp.c[sel]
+        self.s_active = active[sel]
+        self.truncated = (self.n_active > k) | grp.trunc_pieces
+        self.lam0 = self.s_nat.astype(dtype)
+        self._jac = None
+
+    def dth(self, t):
+        return _scatter(self.prog, self.slot_site, self.slot_index, self.s_pos, t, self.dtype)
+
+    def grad_at(self, t):
+        """Selection gradient with slot weights moved by `t` `(k, R)`."""
+        dth = self.dth(t)
+        return jax.grad(lambda y: self.prog.lift(y, dth, self.eps0)[0])(self.x)
+
+    @property
+    def jac(self):
+        r"""$\partial_t \nabla_x F$ over the slots, `(d, k, R)` (non-nested kinks)."""
+        if self._jac is None:
+            kr = self.k * self.r_max
+            self._jac = _choose_jac(self.grad_at, kr, self.d)(
+                jnp.zeros((self.k, self.r_max), self.dtype))
+        return self._jac
+
+    def theta(self, t):
+        """Absolute (frozen) selection with slot weights moved by `t`."""
+        return _absolute(self.prog, self.probe, self.dth(t), self.dtype)
+
+    def switching_rows(self):
+        r"""$\nabla(w_j - w_\text{nat})$ per slot and piece, `(k, R, d)`."""
+        prog, k, r_max = self.prog, self.k, self.r_max
+
+        def w_slots(y):
+            _, pr = prog.lift(y, self.dth0, self.eps0)
+            out = jnp.zeros((k, r_max), self.dtype)
+            for i, site in enumerate(prog.sites):
+                w = pr.w[i].reshape(site.size, site.npieces)
+                mask = self.slot_site == i
+                rows = jnp.where(mask, self.slot_index, 0)
+                vals = w[rows[:, None], jnp.minimum(self.s_pos, site.npieces - 1)]
+                out = jnp.where(mask[:, None], vals, out)
+            return out
+
+        jw = _choose_jac(w_slots, self.d, k * r_max)(self.x)  # (k, R, d)
+        nat_row = jnp.einsum("kr,krd->kd", self.lam0, jw)
+        return jw - nat_row[:, None, :]
+
+
 def _kink_solve(prog: KinkProgram, x, opts: MinNormOptions, *, h=None, certify=False):
     """The minimal-norm selection gradient at one point (exact band, or prox-linear
-    with step `h`). Returns a dict of scalars/vectors."""
-    dtype = x.dtype
-    d = x.shape[0]
-    dth0, eps0 = prog.zeros(dtype)
-
-    def lifted(x, dth, eps, track=True):
-        return prog.lift(x, dth, eps, track_mag=track)
-
-    (f, probe), (g0, g_dth, c) = jax.value_and_grad(lifted, argnums=(0, 1, 2), has_aux=True)(
-        x, dth0, eps0
-    )
-    wdot = None
-    if h is not None:
-        _, wdot = jax.jvp(lambda y: lifted(y, dth0, eps0, False)[1].w, (x,), (g0,))
-    grp = _groups(prog, probe, g_dth, c, wdot, h, opts, dtype)
-    lay = _Layout.of(prog)
-    n_groups, r_max = grp.valid.shape
-    active = jnp.sum(grp.valid, axis=-1) > 1
-    n_active = jnp.sum(active, dtype=jnp.int32)
-
-    kv_cap = _vertex_slots(opts, r_max)
-    k = min(n_groups, opts.max_active) if not prog.nested else min(n_groups, kv_cap)
-    if k == n_groups:
-        sel = jnp.arange(n_groups)
-    else:
-        _, sel = jax.lax.top_k(-grp.score, k)
-    slot_site = jnp.asarray(lay.site)[sel]
-    slot_index = jnp.asarray(lay.index)[sel]
-    s_valid, s_nat, s_pos = grp.valid[sel], grp.nat[sel], grp.pos[sel]
-    s_gamma, s_c = grp.gamma[sel], grp.c[sel]
-    s_active = active[sel]
-    truncated = (n_active > k) | grp.trunc_pieces
-    lam0 = s_nat.astype(dtype)
-
-    def grad_at(t):
-        dth = _scatter(prog, slot_site, slot_index, s_pos, t, dtype)
-        return jax.grad(lambda y: lifted(y, dth, eps0, False)[0])(x)
-
+    with step `h`). Returns a dict; with `certify`, also the exactness flag (without the
+    realisability test, see `_kink_realise`) and whether that test is wanted."""
+    an = _Analysis(prog, x, opts, h)
+    dtype, r_max, k = an.dtype, an.r_max, an.k
     if not prog.nested:
-        jac = _choose_jac(grad_at, k * r_max, d)(jnp.zeros((k, r_max), dtype))  # (d, k, R)
-        lin = None if h is None else s_gamma / h
+        lin = None if h is None else an.s_gamma / h
         sol = simplex_product_minnorm(
-            jac, g0, lam0, s_valid, iterations=opts.qp_iterations, linear=lin,
+            an.jac, an.g0, an.lam0, an.s_valid, iterations=opts.qp_iterations, linear=lin,
             polish=opts.polish,
         )
         v, gap = sol.v, sol.gap
+        theta_star = an.theta(sol.y - an.lam0)
+
+        def selected(y):
+            return jax.grad(lambda z: prog.lift(z, theta=theta_star)[0])(y)
     else:
-        jac = None
-        verts, vvalid, vpen, vgrads = _vertices(grad_at, s_valid, lam0, s_gamma, r_max, k, dtype)
+        table, vvalid, vpen, vgrads = _vertices(an.grad_at, an.s_valid, an.lam0, an.s_gamma,
+                                                r_max, k, dtype)
         lin = None if h is None else vpen / h
         sol = hull_minnorm(vgrads, valid=vvalid, linear=lin,
                            method="wolfe" if h is None else "fista")
         v, gap = sol.v, sol.gap
-    out = dict(f=f, v=v, gap=gap, n_active=n_active)
+        onehot = jax.nn.one_hot(table, r_max, dtype=dtype)
+        mu = sol.y
+
+        def selected(y):
+            def one(oh):
+                th = an.theta(oh - an.lam0)
+                return jax.grad(lambda z: prog.lift(z, theta=th)[0])(y)
+
+            return jnp.tensordot(mu, jax.vmap(one)(onehot), axes=1)
+
+    out = dict(f=an.f, v=v, gap=gap, n_active=an.n_active, selected=selected)
     if not certify:
         return out
 
     # ---- certificates (minnorm_subgradient only)
-    ex = jnp.where(truncated, Exactness.TRUNCATED, Exactness.SUPERSET).astype(jnp.int8)
-
-    def w_at(y):
-        _, pr = lifted(y, dth0, eps0, False)
-        ws = []
-        for i, site in enumerate(prog.sites):
-            ws.append(pr.w[i].reshape(site.size, site.npieces))
-        return ws
-
-    def w_slots(y):
-        ws = w_at(y)
-        out = jnp.zeros((k, r_max), dtype)
-        for i, site in enumerate(prog.sites):
-            mask = slot_site == i
-            rows = jnp.where(mask, slot_index, 0)
-            vals = ws[i][rows[:, None], jnp.minimum(s_pos, site.npieces - 1)]
-            out = jnp.where(mask[:, None], vals, out)
-        return out
-
-    jw = _choose_jac(w_slots, d, k * r_max)(x)  # (k, R, d)
-    nat_row = jnp.einsum("kr,krd->kd", lam0, jw)
-    rows = jw - nat_row[:, None, :]  # gradient of w_j - w_nat
-    row_ok = s_valid & ~s_nat & s_active[:, None]
-    likq = _likq(rows.reshape(k * r_max, d), row_ok.reshape(-1), d, dtype)
-    orient = jnp.asarray(lay.orient)[sel]
-    oc = orient * s_c
-    tol_c = 0.0
-    conv_ok = jnp.all(jnp.where(s_active, (oc >= -tol_c) & (orient != 0), True))
-    conc_ok = jnp.all(jnp.where(s_active, (oc <= tol_c) & (orient != 0), True))
-    up = jnp.asarray(lay.upstream)[slot_site[:, None], slot_site[None, :]]
-    nested_active = jnp.any(up & s_active[:, None] & s_active[None, :])
+    rows = an.switching_rows()
+    row_ok = an.s_valid & ~an.s_nat & an.s_active[:, None]
+    likq = _likq(rows.reshape(k * r_max, an.d), row_ok.reshape(-1), an.d, dtype)
+    orient = jnp.asarray(an.lay.orient)[an.sel]
+    oc = orient * an.s_c
+    conv_ok = jnp.all(jnp.where(an.s_active, (oc >= 0) & (orient != 0), True))
+    conc_ok = jnp.all(jnp.where(an.s_active, (oc <= 0) & (orient != 0), True))
+    # Site-level test: some tied kink feeds another tied kink.
+    n_sites = len(prog.sites)
+    site_active = jnp.zeros((n_sites,), bool).at[an.slot_site].max(an.s_active)
+    up = jnp.asarray(an.lay.upstream)
+    nested_active = jnp.any(up & site_active[:, None] & site_active[None, :])
     sign_ok = (conv_ok | conc_ok) & ~nested_active
-
-    # Realisability: enumerate selections of the first `vertex_slots` tied kinks.
-    kv = min(k, kv_cap)
-    order = jnp.argsort(~s_active, stable=True)[:kv]
-    small = n_active <= kv
-    real_v, real_gap, any_real = _realisable(
-        prog, grad_at, jac, g0, lam0, s_valid, s_nat, rows, order, kv, r_max, k, dtype
-    )
-    smooth = n_active == 0
-    ex = jnp.where(~truncated & ~likq & ~sign_ok & small & any_real, Exactness.REALISABLE, ex)
-    ex = jnp.where(~truncated & sign_ok, Exactness.CONVEX_COMPOSITE, ex)
-    ex = jnp.where(~truncated & likq, Exactness.LIKQ, ex)
+    smooth = an.n_active == 0
+    ex = jnp.where(an.truncated, Exactness.TRUNCATED, Exactness.SUPERSET)
+    ex = jnp.where(~an.truncated & sign_ok, Exactness.CONVEX_COMPOSITE, ex)
+    ex = jnp.where(~an.truncated & likq, Exactness.LIKQ, ex)
     ex = jnp.where(smooth, Exactness.SMOOTH, ex).astype(jnp.int8)
-    use_real = ex == Exactness.REALISABLE
-    out["v"] = jnp.where(use_real, real_v, v)
-    out["gap"] = jnp.where(use_real, real_gap, gap)
     out["exactness"] = ex
+    kv = min(k, an.kv_cap)
+    out["wants_realisability"] = (ex == Exactness.SUPERSET) & (an.n_active <= kv)
     return out
+
+
+def _kink_realise(prog: KinkProgram, x, opts: MinNormOptions):
+    """The hull restricted to realisable selections (`Exactness.REALISABLE`), or the
+    unrestricted one (`SUPERSET`) when no selection passes the first-order test."""
+    an = _Analysis(prog, x, opts)
+    kv = min(an.k, an.kv_cap)
+    order = jnp.argsort(~an.s_active, stable=True)[:kv]
+    jac = None if prog.nested else an.jac
+    v, gap, any_real = _realisable(an.grad_at, jac, an.g0, an.lam0, an.s_valid,
+                                   an.switching_rows(), order, kv, an.r_max, an.k, an.dtype)
+    ex = jnp.where(any_real, Exactness.REALISABLE, Exactness.SUPERSET).astype(jnp.int8)
+    return dict(v=v, gap=gap, exactness=ex)
 
 
 def _vertex_slots(opts: MinNormOptions, r_max: int) -> int:
@@ -424,22 +477,24 @@ def _vertices(grad_at, s_valid, lam0, s_gamma, r_max, k, dtype):
 
 
 def _likq(rows, ok, d, dtype):
-    """Linear independence of the rows marked `ok` (normalised Gram, eigvalsh)."""
+    """Linear independence of the rows marked `ok`: at most d of them (else False),
+    gathered and tested through the normalised Gram matrix's smallest eigenvalue."""
     n = rows.shape[0]
-    nrm = jnp.linalg.norm(rows, axis=-1)
+    m = min(n, d)
+    idx = jnp.argsort(~ok, stable=True)[:m]
+    sub, sub_ok = rows[idx], ok[idx]
+    nrm = jnp.linalg.norm(sub, axis=-1)
     nonzero = nrm > 0
-    u = rows / jnp.where(nonzero, nrm, 1.0)[:, None]
-    okf = (ok & nonzero).astype(dtype)
+    u = sub / jnp.where(nonzero, nrm, 1.0)[:, None]
+    okf = (sub_ok & nonzero).astype(dtype)
     g = (u @ u.T) * okf[:, None] * okf[None, :] + jnp.diag(1.0 - okf)
-    if n > 512:  # too large to certify cheaply
-        return jnp.array(False)
     lmin = jnp.linalg.eigvalsh(g)[0]
     tol = 1e-8 if dtype == jnp.float64 else 1e-3
     # A tied kink whose switching gradient vanishes is degenerate: no certificate.
-    return (lmin > tol) & jnp.all(jnp.where(ok, nonzero, True)) & (jnp.sum(ok) <= d)
+    return (lmin > tol) & jnp.all(jnp.where(sub_ok, nonzero, True)) & (jnp.sum(ok) <= d)
 
 
-def _realisable(prog, grad_at, jac, g0, lam0, s_valid, s_nat, rows, order, kv, r_max, k, dtype):
+def _realisable(grad_at, jac, g0, lam0, s_valid, rows, order, kv, r_max, k, dtype):
     r"""Hull of the vertex gradients whose selection is realised on an open set.
 
     Selection $\omega$ (piece $\omega_g$ for each tied kink $g$) is realised near $x$
@@ -542,6 +597,12 @@ class MinNormField(AbstractField):
         problem._jaxflow_field = fld
         return fld
 
+    def with_options(self, **changes) -> MinNormField:
+        """The same field with other options (sharing the traced kink programs)."""
+        opts = dataclasses.replace(self.options, **changes)
+        return MinNormField(f=self.f, dim=self.dim, name=self.name, options=opts,
+                            _cache=self._cache)
+
     def program(self, dtype) -> KinkProgram | None:
         """The kink program for `dtype` (None in black-box mode)."""
         dtype = jnp.dtype(dtype)
@@ -570,7 +631,8 @@ class MinNormField(AbstractField):
         if prog is _SMOOTH:
             f, g = jax.value_and_grad(self.f)(x)
             return dict(f=f, v=g, gap=jnp.zeros((), x.dtype), n_active=jnp.zeros((), jnp.int32),
-                        exactness=jnp.array(Exactness.SMOOTH, jnp.int8))
+                        exactness=jnp.array(Exactness.SMOOTH, jnp.int8),
+                        selected=jax.grad(self.f))
         return _kink_solve(prog, x, self.options, h=h, certify=certify)
 
     def value(self, x):
@@ -588,66 +650,93 @@ class MinNormField(AbstractField):
         out = self._solve(x, h=h)
         return out["f"], out["v"]
 
+    def prox_linearisation(self, x, h):
+        r"""$(f(x), v_h(x), G)$ where $G(y) = \nabla_y F(y, \lambda^*)$ is the gradient of
+        the piece selection the prox-linear step chose ($G(x) = v_h(x)$), or `None` in
+        black-box mode."""
+        out = self._solve(x, h=h)
+        return out["f"], out["v"], out.get("selected")
+
     def jacobian(self, x):
         return jax.hessian(self.f)(x)
 
     def certified(self, x) -> MinNormResult:
-        """`MinNormResult` at one flat point (with the exactness certificates)."""
+        """`MinNormResult` at one flat point with the exactness certificates (the
+        realisability test included)."""
+        out = self._certified(x)
+        real = self._realised(x)
+        use = out.pop("wants_realisability")
+        for key in ("v", "gap", "exactness"):
+            out[key] = jnp.where(use, real[key], out[key])
+        return _result(out)
+
+    def _certified(self, x):
+        """Certificates except the realisability test; `wants_realisability` says
+        whether it applies (see `_batched`, which runs it only where needed)."""
         out = self._solve(x, certify=True)
-        gap = out["gap"]
-        return MinNormResult(
-            v=out["v"], f=out["f"], gap=gap, error_bound=jnp.sqrt(2 * jnp.maximum(gap, 0.0)),
-            exactness=jnp.asarray(out["exactness"], jnp.int8), n_active=out["n_active"],
-        )
+        out.pop("selected", None)
+        out.setdefault("wants_realisability", jnp.array(False))
+        return out
+
+    def _realised(self, x):
+        prog = self.program(x.dtype)
+        if prog is None or prog is _SMOOTH:
+            out = self._solve(x, certify=True)
+            return dict(v=out["v"], gap=out["gap"], exactness=out["exactness"])
+        return _kink_realise(prog, x, self.options)
 
     def needs_qp(self, x):
-        """(f, natural gradient, whether a kink is tied at x): the cheap first pass."""
+        """(f, natural gradient, number of tied kinks at x): the cheap first pass."""
         prog = self.program(x.dtype)
         if prog is None or prog is _SMOOTH:
             f, g = jax.value_and_grad(self.f)(x)
-            return f, g, jnp.array(prog is None)
+            return f, g, jnp.asarray(prog is None, jnp.int32)
         dth0, eps0 = prog.zeros(x.dtype)
         (f, probe), g = jax.value_and_grad(
             lambda y: prog.lift(y, dth0, eps0, track_mag=True), has_aux=True
         )(x)
         eps = _eps(x.dtype)
-        tied = jnp.array(False)
-        for i, site in enumerate(prog.sites):
-            w = probe.w[i].reshape(site.size, site.npieces)
-            nat = probe.nat[i].reshape(site.size)
-            mag = probe.mag[i].reshape(site.size, site.npieces)
-            gap = jnp.take_along_axis(w, nat[:, None], -1) - w
-            is_nat = jnp.arange(site.npieces)[None, :] == nat[:, None]
-            tied = tied | jnp.any((gap <= self.options.band_ulps * eps * mag) & ~is_nat)
-        return f, g, tied
+        count = jnp.zeros((), jnp.int32)
+        for i in range(len(prog.sites)):
+            w, mag = probe.w[i], probe.mag[i]
+            # The natural piece has the largest score; a group is tied when another
+            # piece is within the band of it.
+            close = (jnp.max(w, axis=-1, keepdims=True) - w) <= self.options.band_ulps * eps * mag
+            count = count + jnp.sum(jnp.sum(close, axis=-1) > 1, dtype=jnp.int32)
+        return f, g, count
 
 
 _SMOOTH = object()  # marker: the traced function has no kinks
 
 
+def _result(out) -> MinNormResult:
+    gap = out["gap"]
+    return MinNormResult(
+        v=out["v"], f=out["f"], gap=gap, error_bound=jnp.sqrt(2 * jnp.maximum(gap, 0.0)),
+        exactness=jnp.asarray(out["exactness"], jnp.int8), n_active=out["n_active"],
+    )
+
+
 # --------------------------------------------------------------------------- public API
 def _field_of(problem, options) -> MinNormField:
-    if options:
-        return MinNormField.for_problem(problem, **options)
+    """The problem's min-norm field (cached on the problem per options, so repeated
+    calls reuse one compiled program)."""
     cached = getattr(problem, "_jaxflow_field", None)
-    if isinstance(cached, MinNormField):
+    opts = MinNormOptions(**options)
+    if isinstance(cached, MinNormField) and (not options or cached.options == opts):
         return cached
-    return MinNormField.for_problem(problem)
+    fields = problem.__dict__.setdefault("_jaxflow_minnorm_fields", {})
+    if opts not in fields:
+        fields[opts] = MinNormField.for_problem(problem, options=opts)
+    return fields[opts]
 
 
-@eqx.filter_jit
-def _batched(field: MinNormField, xs, chunk: int):
-    n, d = xs.shape
-    dtype = xs.dtype
-    f, g, tied = jax.vmap(field.needs_qp)(xs)
-    zero = jnp.zeros((n,), dtype)
-    res = dict(
-        v=g, f=f, gap=zero, exactness=jnp.full((n,), int(Exactness.SMOOTH), jnp.int8),
-        n_active=jnp.zeros((n,), jnp.int32),
-    )
-    # Only the points where a kink is tied need the QP: gather them into chunks.
-    order = jnp.argsort(~tied, stable=True)
-    m = jnp.sum(tied, dtype=jnp.int32)
+def _compacted(fn, xs, mask, res, chunk):
+    """Runs `vmap(fn)` only on the rows of `xs` where `mask` holds, `chunk` at a time,
+    and writes its outputs into `res` (a while loop outside vmap: real work skipping)."""
+    n = xs.shape[0]
+    order = jnp.argsort(~mask, stable=True)
+    m = jnp.sum(mask, dtype=jnp.int32)
     nchunks = (m + chunk - 1) // chunk
     padded = jnp.concatenate([order, jnp.full((chunk,), n, order.dtype)])
 
@@ -655,12 +744,44 @@ def _batched(field: MinNormField, xs, chunk: int):
         idx = jax.lax.dynamic_slice(padded, (i * chunk,), (chunk,))
         live = (i * chunk + jnp.arange(chunk)) < m
         idx = jnp.where(live, idx, n)
-        pts = xs[jnp.minimum(idx, n - 1)]
-        out = jax.vmap(field.certified)(pts)
-        new = dict(v=out.v, f=out.f, gap=out.gap, exactness=out.exactness, n_active=out.n_active)
-        return {k: res[k].at[idx].set(new[k].astype(res[k].dtype), mode="drop") for k in res}
+        new = jax.vmap(fn)(xs[jnp.minimum(idx, n - 1)])
+        return {k: (res[k].at[idx].set(new[k].astype(res[k].dtype), mode="drop")
+                    if k in new else res[k]) for k in res}
 
-    res = jax.lax.fori_loop(0, nchunks, body, res)
+    return jax.lax.fori_loop(0, nchunks, body, res)
+
+
+def _tiers(field: MinNormField, dtype) -> list[int]:
+    """Slot counts compiled for the batched path: a few small ones below the full count
+    so that points with few tied kinks solve a small QP."""
+    prog = field.program(dtype)
+    if prog is None or prog is _SMOOTH or prog.nested:
+        return [0]
+    full = min(prog.n_groups, field.options.max_active)
+    return sorted({t for t in (8, 32) if 2 * t <= full} | {full})
+
+
+@eqx.filter_jit
+def _batched(field: MinNormField, xs, chunk: int):
+    n, d = xs.shape
+    dtype = xs.dtype
+    f, g, count = jax.vmap(field.needs_qp)(xs)
+    res = dict(
+        v=g, f=f, gap=jnp.zeros((n,), dtype),
+        exactness=jnp.full((n,), int(Exactness.SMOOTH), jnp.int8),
+        n_active=jnp.zeros((n,), jnp.int32), wants_realisability=jnp.zeros((n,), bool),
+    )
+    # Only points with a tied kink need the QP, sized by how many kinks are tied, and
+    # only those without a certificate the (costlier) realisability test.
+    tiers = _tiers(field, dtype)
+    lo = 0
+    for k in tiers:
+        last = k == tiers[-1]
+        fld = field if last else field.with_options(max_active=k)
+        mask = (count > lo) & ((count <= k) | last)
+        res = _compacted(fld._certified, xs, mask, res, chunk)
+        lo = k
+    res = _compacted(field._realised, xs, res.pop("wants_realisability"), res, chunk)
     res["error_bound"] = jnp.sqrt(2 * jnp.maximum(res["gap"], 0.0))
     return res
 

@@ -149,7 +149,6 @@ def _box_polish(jm, g0, w, lin, s):
     solving the unconstrained least-squares problem on that face recovers machine
     precision. The caller keeps whichever point has the smaller gap.
     """
-    k = w.shape[0]
     thr = 1e-6 * w
     lower = (s <= -w + thr) & (w > 0)
     upper = (s >= w - thr) & (w > 0)
@@ -161,7 +160,6 @@ def _box_polish(jm, g0, w, lin, s):
     h = h + jnp.diag(jnp.where(free, _ridge(jm.dtype) * scale, 1.0))
     rhs = -(jm.T @ (g0 + jm @ s_fix) + lin) * ff
     s_free = jnp.linalg.solve(h, rhs)
-    del k
     return jnp.clip(jnp.where(free, s_free, s_fix), -w, w)
 
 
@@ -192,13 +190,11 @@ def box_minnorm(
         return jnp.clip(s, -w, w)
 
     s = jnp.zeros_like(w) if s0 is None else jnp.asarray(s0, jac.dtype)
-    rounds = 2 if polish else 1
-    for _ in range(rounds):
-        s = _fista(grad, proj, s, step, max(iterations // rounds, 1))
-        if polish:
-            s_p = _box_polish(jm, g0, w, lin, s)
-            better = _box_gap(jm, g0, w, lin, s_p)[1] < _box_gap(jm, g0, w, lin, s)[1]
-            s = jnp.where(better, s_p, s)
+    s = _fista(grad, proj, s, step, iterations)
+    if polish:
+        s_p = _box_polish(jm, g0, w, lin, s)
+        better = _box_gap(jm, g0, w, lin, s_p)[1] < _box_gap(jm, g0, w, lin, s)[1]
+        s = jnp.where(better, s_p, s)
     v, gap = _box_gap(jm, g0, w, lin, s)
     return QPSolution(y=s, v=v, gap=gap)
 
@@ -287,7 +283,7 @@ def simplex_product_minnorm(
         return project_simplex(lam, valid)
 
     lam = lam0
-    rounds = 4 if polish else 1
+    rounds = 2 if polish else 1
     for _ in range(rounds):
         lam = _fista(grad, proj, lam, step, max(iterations // rounds, 1))
         if polish:
