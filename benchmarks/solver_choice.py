@@ -72,12 +72,15 @@ def main():
         "Kvaerno5 (8 chord its)": ESDIRKStepper(diffrax.Kvaerno5(), newton_iters=8, rtol=rtol, atol=atol),
         "Kvaerno3 (6 chord its)": ESDIRKStepper(diffrax.Kvaerno3(), newton_iters=6, rtol=rtol, atol=atol),
         "Rodas4": jf.Rodas4(),
-        "Tsit5": diffrax.Tsit5(),
+        # Explicit: stiff escaping valleys need > 1e5 steps; capped so the run ends, and
+        # the capped trajectories show up as MAX_STEPS.
+        "Tsit5 (max 20000 steps)": diffrax.Tsit5(),
     }
     rows = []
     for label, solver in candidates.items():
+        cap = 20_000 if label.startswith("Tsit5") else 200_000
         run_s, res = timed(lambda: jf.flow(problem, x0, t1=args.t1, solver=solver,
-                                           stepsize_controller=ctrl, max_steps=200_000))
+                                           stepsize_controller=ctrl, max_steps=cap))
         cp = np.asarray(res.cp_norm, np.float64)[pick]
         ok = np.isfinite(cp) & np.isfinite(ref)
         err = np.abs(cp - ref)[ok] / ref[ok]
