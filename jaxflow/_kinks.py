@@ -728,7 +728,7 @@ def _kink_select(ctx, eqn, ins):
         if ctx.track_mag:
             _generic_mag(eqn, ins, [res])
         return res
-    if isinstance(pred.pred, tuple):
+    if isinstance(pred.pred, tuple) and not isinstance(pred.pred, _Pred):
         _unsupported(eqn, ctx.program, where=ctx.source(eqn),
                      what=f"a selection whose predicate combines comparisons with "
                      f"`{pred.pred[1]}` (write nested jnp.where instead)")

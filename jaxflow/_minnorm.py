@@ -786,6 +786,61 @@ def _batched(field: MinNormField, xs, chunk: int):
     return res
 
 
+@eqx.filter_jit
+def _cheap(field: MinNormField, xs):
+    return jax.vmap(field.needs_qp)(xs)
+
+
+@eqx.filter_jit
+def _stage(fn, xs):
+    return jax.vmap(fn)(xs)
+
+
+def _run_rows(fn, xs, rows: np.ndarray) -> dict:
+    """`vmap(fn)` on `xs[rows]`, padded to a few bucket sizes (8, 64, 512 per call) so
+    that varying counts reuse compiled programs."""
+    outs = []
+    for start in range(0, len(rows), 512):
+        part = rows[start : start + 512]
+        size = next(b for b in (8, 64, 512) if b >= len(part))
+        padded = np.concatenate([part, np.full(size - len(part), part[0])])
+        out = _stage(fn, xs[jnp.asarray(padded)])
+        outs.append({k: np.asarray(v)[: len(part)] for k, v in out.items()})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def _eager(field: MinNormField, xs) -> dict:
+    """`_batched` for concrete inputs: the QP tiers and the realisability test are
+    compiled and run only for the points (and tiers) that need them."""
+    n = xs.shape[0]
+    f, g, count = (np.asarray(a) for a in _cheap(field, xs))
+    res = dict(
+        v=g.copy(), f=f.copy(), gap=np.zeros((n,), g.dtype),
+        exactness=np.full((n,), int(Exactness.SMOOTH), np.int8),
+        n_active=np.zeros((n,), np.int32), wants_realisability=np.zeros((n,), bool),
+    )
+    tiers = _tiers(field, xs.dtype)
+    lo = 0
+    for k in tiers:
+        last = k == tiers[-1]
+        rows = np.nonzero((count > lo) & ((count <= k) | last))[0]
+        lo = k
+        if rows.size == 0:
+            continue
+        fld = field if last else field.with_options(max_active=k)
+        out = _run_rows(fld._certified, xs, rows)
+        for key in res:
+            if key in out:
+                res[key][rows] = out[key]
+    rows = np.nonzero(res.pop("wants_realisability"))[0]
+    if rows.size:
+        out = _run_rows(field._realised, xs, rows)
+        for key in ("v", "gap", "exactness"):
+            res[key][rows] = out[key]
+    res["error_bound"] = np.sqrt(2 * np.maximum(res["gap"], 0.0))
+    return {k: jnp.asarray(v) for k, v in res.items()}
+
+
 def minnorm_subgradient(problem, x, **options) -> MinNormResult:
     r"""The minimal-norm element $v$ of $\partial f(x)$, with a certificate.
 
@@ -798,7 +853,10 @@ def minnorm_subgradient(problem, x, **options) -> MinNormResult:
 
     **Returns:** a `MinNormResult` (`v`, `f`, `gap`, `error_bound` $\ge \|v - v^*\|$,
     `exactness`, `n_active`; `stationarity` $= \|v\|$), batched like `x`. Points with no
-    tied kink cost one interpreted gradient; only the others run the QP.
+    tied kink cost one interpreted gradient; only the others run the QP (sized by the
+    number of tied kinks), and only uncertified ones the realisability test. Called on
+    concrete arrays it compiles only the stages some point needs; inside `jit`/`vmap` it
+    is one traced program with fixed budgets.
     """
     from ._problem import Problem  # noqa: PLC0415
 
@@ -827,7 +885,10 @@ def minnorm_subgradient(problem, x, **options) -> MinNormResult:
     if not jnp.issubdtype(xs.dtype, jnp.floating):
         raise TypeError(f"minnorm_subgradient: x has dtype {xs.dtype}; pass floating point.")
     n = int(xs.shape[0])
-    out = _batched(field, xs, min(n, 512))
+    if isinstance(xs, jax.core.Tracer):  # inside jit / vmap: one traced program
+        out = _batched(field, xs, min(n, 512))
+    else:  # eager: compile and run only the stages some point needs
+        out = _eager(field, xs)
     res = MinNormResult(**out)
     if single:
         res = jax.tree.map(lambda a: a[0], res)

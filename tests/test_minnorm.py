@@ -353,3 +353,13 @@ def test_options_are_validated():
         jf.MinNormOptions(max_active=0)
     with pytest.raises(TypeError, match="Problem"):
         jf.minnorm_subgradient(lambda x: x, jnp.zeros(2))
+
+
+def test_inside_jit_matches_eager():
+    """Inside jit the whole pipeline (tiers, realisability) is one traced program."""
+    p = problems.get("relu-flat")
+    pts = jnp.array([[-1.0, 0.5], [0.0, 1.0], [0.5, 1.0], [0.0, -2.0]])
+    eager = jf.minnorm_subgradient(p, pts)
+    traced = jax.jit(lambda x: jf.minnorm_subgradient(p, x))(pts)
+    np.testing.assert_allclose(np.asarray(traced.v), np.asarray(eager.v), atol=1e-14)
+    np.testing.assert_array_equal(np.asarray(traced.exactness), np.asarray(eager.exactness))
