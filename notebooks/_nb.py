@@ -26,7 +26,7 @@ def size(small, full):
 
 
 def fraction(k: int, n: int) -> str:
-    """`k/n` as a percentage with its 95 % Wilson interval, e.g. `8.64 % [8.26, 9.04] (1728/20000)`."""
+    """`k/n` in percent with its 95 % Wilson interval: `8.64 % [8.26, 9.04] (1728/20000)`."""
     lo, hi = wilson_interval(int(k), int(n))
     return f"{100 * k / n:.2f} % [{100 * lo:.2f}, {100 * hi:.2f}] ({int(k)}/{int(n)})"
 

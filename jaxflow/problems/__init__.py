@@ -6,13 +6,12 @@ gives the docstring (which cites the paper's equation).
 
 from __future__ import annotations
 
+# Importing the families (`_ml`, `_paper`) registers their problems.
+from . import _ml as _ml
+from . import _paper as _paper
 from ._registry import get as get
 from ._registry import info as info
 from ._registry import names as names
 from ._registry import register as register
-
-# Importing the families registers their problems.
-from . import _ml as _ml  # noqa: E402,F401
-from . import _paper as _paper  # noqa: E402,F401
 
 __all__ = ["get", "info", "names", "register"]

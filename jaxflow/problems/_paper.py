@@ -276,7 +276,9 @@ def deep_linear(
         dl = 2 if Y is None else np.asarray(Y).shape[0]
         widths = (d0,) + (max(d0, dl),) * (depth - 1) + (dl,)
     if not isinstance(widths, (tuple, list)):
-        raise TypeError(f"{name}: `widths` must be a tuple of {depth + 1} integers, got {widths!r}.")
+        raise TypeError(
+            f"{name}: `widths` must be a tuple of {depth + 1} integers, got {widths!r}."
+        )
     widths = tuple(check_int(w, "widths", name) for w in widths)
     if len(widths) != depth + 1:
         raise ValueError(
@@ -285,10 +287,11 @@ def deep_linear(
     d0, dl = widths[0], widths[-1]
     if x is None:
         n_samples = check_int(n_samples, "n_samples", name)
-        rank_x = min(d0, n_samples) if rank_x is None else check_int(rank_x, "rank_x", name, minimum=0)
-        if rank_x > min(d0, n_samples):
+        full = min(d0, n_samples)
+        rank_x = full if rank_x is None else check_int(rank_x, "rank_x", name, minimum=0)
+        if rank_x > full:
             raise ValueError(
-                f"{name}: `rank_x` must lie in [0, min(d0, n_samples)] = [0, {min(d0, n_samples)}], "
+                f"{name}: `rank_x` must lie in [0, min(d0, n_samples)] = [0, {full}], "
                 f"got {rank_x}."
             )
         x = rng.normal(size=(d0, rank_x)) @ rng.normal(size=(rank_x, n_samples))

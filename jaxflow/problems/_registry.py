@@ -112,5 +112,7 @@ def check_box(low, high, problem: str) -> tuple[float, float]:
     low = check_real(low, "low", problem)
     high = check_real(high, "high", problem)
     if not low < high:
-        raise ValueError(f"{problem}: need low < high for the uniform sampler, got [{low}, {high}].")
+        raise ValueError(
+            f"{problem}: need low < high for the uniform sampler, got [{low}, {high}]."
+        )
     return low, high
