@@ -253,9 +253,12 @@ def _relevance(jaxpr, out_rel) -> _Rel:
 
 # --------------------------------------------------------------------------- context
 class _Ctx:
-    def __init__(self, program, mode, dth=None, eps=None, track_mag=False, theta=None):
+    def __init__(self, program, mode, dth=None, eps=None, track_mag=False, theta=None,
+                 tie_tol=None):
         self.program = program
         self.theta = theta
+        self.tie_tol = tie_tol
+        self.ties = jnp.zeros((), jnp.int32)
         self.mode = mode  # "discover" or "eval"
         self.dth = dth
         self.eps = eps
@@ -415,6 +418,13 @@ class KinkProgram:
         nat = tuple(ctx.probe[i][1] for i in range(n))
         mag = tuple(ctx.probe[i][2] for i in range(n))
         return val[0], Probe(w=w, nat=nat, mag=mag)
+
+    def count_ties(self, x, tol):
+        """$(f(x), \\text{number of kink groups with a tie within } tol\\cdot\\text{mag})$,
+        differentiable in $x$ (the natural selection): the cheap first pass."""
+        ctx = _Ctx(self, "eval", track_mag=True, tie_tol=tol)
+        val = self._run(ctx, x)
+        return val[0], jax.lax.stop_gradient(ctx.ties)
 
     def _run(self, ctx, x):
         x = jnp.asarray(x)
@@ -628,11 +638,16 @@ def _generic_mag(eqn, ins, res):
 
 
 # --------------------------------------------------------------------------- kinks
-def _finish(ctx, eqn, kind, key, pv, w, nat, mag, natural_value, upstream, out_mag):
-    """Registers a kink, records its probe, and returns the output value."""
+def _finish(ctx, eqn, kind, key, pv, w, nat, mag, natural_value, upstream, out_mag, tie=None):
+    """Registers a kink, records its probe, and returns the output value.
+
+    `tie(tol)`: per group, whether another piece is within `tol * mag` of the natural
+    one, from the unstacked operands (the cheap test of `KinkProgram.count_ties`)."""
     shape = jnp.shape(natural_value)
     m = pv.shape[-1]
     idx, first = ctx.site(key, kind, shape, m, upstream, ctx.source(eqn))
+    if first and ctx.tie_tol is not None and tie is not None:
+        ctx.ties = ctx.ties + jnp.sum(tie(ctx.tie_tol), dtype=jnp.int32)
     if first:
         ctx.probe[idx] = (
             w,
@@ -667,7 +682,8 @@ def _kink_abs(ctx, eqn, z):
         mz = _absmag(z)
         mag = jnp.stack([2 * mz, 2 * mz], axis=-1)
     return _finish(ctx, eqn, "abs", ("abs", z.token), pv, pv, nat, mag, val,
-                   _union([z]), _absmag(z) if ctx.track_mag else None)
+                   _union([z]), _absmag(z) if ctx.track_mag else None,
+                   tie=lambda tol: jnp.abs(z.val) <= tol * _absmag(z))
 
 
 def _kink_binary(ctx, eqn, kind, a, b):
@@ -689,7 +705,12 @@ def _kink_binary(ctx, eqn, kind, a, b):
     if not a.taint and b.taint:  # canonical order for de-duplication (max is symmetric)
         a, b = b, a
     key = (kind, a.token, b.token)
-    return _finish(ctx, eqn, kind, key, pv, w, nat, mag, val, _union([a, b]), out_mag)
+
+    def tie(tol):
+        return jnp.abs(va - vb) <= tol * (jnp.broadcast_to(_absmag(a), shape)
+                                          + jnp.broadcast_to(_absmag(b), shape))
+
+    return _finish(ctx, eqn, kind, key, pv, w, nat, mag, val, _union([a, b]), out_mag, tie)
 
 
 def _kink_reduce(ctx, eqn, name, z):
@@ -710,8 +731,15 @@ def _kink_reduce(ctx, eqn, name, z):
         mn = jnp.take_along_axis(mz, nat[..., None], axis=-1)
         mag = mz + mn
         out_mag = mn[..., 0]
+    def tie(tol):
+        mz = jnp.transpose(jnp.broadcast_to(_absmag(z), zv.shape), perm).reshape(
+            out_shape + (m,))
+        top = jnp.max(w, axis=-1, keepdims=True)
+        close = (top - w) <= tol * (mz + jnp.max(mz, axis=-1, keepdims=True))
+        return jnp.sum(close, axis=-1) > 1
+
     return _finish(ctx, eqn, kind, (kind, axes, z.token), pv, w, nat, mag, val,
-                   _union([z]), out_mag)
+                   _union([z]), out_mag, tie)
 
 
 def _kink_select(ctx, eqn, ins):
@@ -762,4 +790,9 @@ def _select_from_pred(ctx, eqn, pred, cases):
         out_mag = jnp.where(pb, m1, m0)
     key = ("select", pred.token, cases[0].token, cases[1].token)
     upstream = _union(cases) | pr.sites
-    return _finish(ctx, eqn, "select", key, pv, w, nat, mag, val, upstream, out_mag)
+
+    def tie(tol):
+        pm = jnp.broadcast_to(pr.mag, shape).astype(dtype) if pr.mag is not None else 0.0
+        return jnp.abs(sd) <= tol * pm
+
+    return _finish(ctx, eqn, "select", key, pv, w, nat, mag, val, upstream, out_mag, tie)

@@ -691,18 +691,8 @@ class MinNormField(AbstractField):
         if prog is None or prog is _SMOOTH:
             f, g = jax.value_and_grad(self.f)(x)
             return f, g, jnp.asarray(prog is None, jnp.int32)
-        dth0, eps0 = prog.zeros(x.dtype)
-        (f, probe), g = jax.value_and_grad(
-            lambda y: prog.lift(y, dth0, eps0, track_mag=True), has_aux=True
-        )(x)
-        eps = _eps(x.dtype)
-        count = jnp.zeros((), jnp.int32)
-        for i in range(len(prog.sites)):
-            w, mag = probe.w[i], probe.mag[i]
-            # The natural piece has the largest score; a group is tied when another
-            # piece is within the band of it.
-            close = (jnp.max(w, axis=-1, keepdims=True) - w) <= self.options.band_ulps * eps * mag
-            count = count + jnp.sum(jnp.sum(close, axis=-1) > 1, dtype=jnp.int32)
+        tol = self.options.band_ulps * _eps(x.dtype)
+        (f, count), g = jax.value_and_grad(lambda y: prog.count_ties(y, tol), has_aux=True)(x)
         return f, g, count
 
 
