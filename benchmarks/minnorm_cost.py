@@ -12,7 +12,8 @@ kinds of points:
   certificates (LIKQ / sign test).
 
 `max_rel_gap` is the largest duality gap relative to ||v||^2 (the certificate
-||v - v*|| <= sqrt(2 gap)). Times exclude compilation (one warm-up call), call `block_until_ready`, best of
+||v - v*|| <= sqrt(2 gap)). Times exclude compilation (one warm-up call), call
+`block_until_ready`, best of
 `--repeat`. Writes `benchmarks/results/minnorm_cost-<machine>.json` and `.md`.
 
     python benchmarks/minnorm_cost.py            # float64 and float32, N = 10^4
@@ -81,12 +82,19 @@ def run(n_pts: int, dtype, repeat: int, m=10, n=10, r=2):
         v, gap, ex = (np.asarray(a) for a in out)
         rel_gap = gap / np.maximum(np.sum(v * v, axis=-1), np.finfo(v.dtype).tiny)
         codes = {jf.Exactness(int(c)).name: int(np.sum(ex == c)) for c in np.unique(ex)}
-        rows.append(dict(
-            points=kind, dtype=str(jnp.dtype(dtype)), N=n_pts,
-            grad_s=t_grad, minnorm_s=t_mn, ratio=t_mn / t_grad,
-            us_per_point=1e6 * t_mn / n_pts, max_rel_gap=float(np.max(rel_gap)),
-            exactness=", ".join(f"{k}: {c}" for k, c in codes.items()),
-        ))
+        rows.append(
+            dict(
+                points=kind,
+                dtype=str(jnp.dtype(dtype)),
+                N=n_pts,
+                grad_s=t_grad,
+                minnorm_s=t_mn,
+                ratio=t_mn / t_grad,
+                us_per_point=1e6 * t_mn / n_pts,
+                max_rel_gap=float(np.max(rel_gap)),
+                exactness=", ".join(f"{k}: {c}" for k, c in codes.items()),
+            )
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -101,8 +109,17 @@ def main(argv=None):
     rows = []
     for dtype in (jnp.float64, jnp.float32):
         rows += run(n_pts, dtype, args.repeat)
-    cols = ["points", "dtype", "N", "grad_s", "minnorm_s", "ratio", "us_per_point",
-            "max_rel_gap", "exactness"]
+    cols = [
+        "points",
+        "dtype",
+        "N",
+        "grad_s",
+        "minnorm_s",
+        "ratio",
+        "us_per_point",
+        "max_rel_gap",
+        "exactness",
+    ]
     payload = dict(
         benchmark="minnorm_cost",
         problem="||X Y^T - M||_1, m = n = 10, r = 2 (Section 4.4)",

@@ -56,23 +56,66 @@ _COMPARE = {"gt": (1, True), "ge": (1, False), "lt": (-1, True), "le": (-1, Fals
 # Predicates that never switch on an open set of x (NaN / infinity tests, equality of
 # continuous values): bound as they are.
 _OPAQUE_PRED = frozenset({"eq", "ne", "is_finite"})
-_DISCRETE = frozenset({
-    "sign", "floor", "ceil", "round", "nextafter", "argmax", "argmin", "sort", "top_k",
-    "cummax", "cummin", "reduce_precision", "rem", "reduce_and", "reduce_or", "reduce_xor",
-    "population_count", "clz", "shift_left", "shift_right_logical",
-    "shift_right_arithmetic", "reduce_window_max", "reduce_window_min",
-    "select_and_scatter_add", "select_and_gather_add", "random_bits", "approx_top_k",
-})
+_DISCRETE = frozenset(
+    {
+        "sign",
+        "floor",
+        "ceil",
+        "round",
+        "nextafter",
+        "argmax",
+        "argmin",
+        "sort",
+        "top_k",
+        "cummax",
+        "cummin",
+        "reduce_precision",
+        "rem",
+        "reduce_and",
+        "reduce_or",
+        "reduce_xor",
+        "population_count",
+        "clz",
+        "shift_left",
+        "shift_right_logical",
+        "shift_right_arithmetic",
+        "reduce_window_max",
+        "reduce_window_min",
+        "select_and_scatter_add",
+        "select_and_gather_add",
+        "random_bits",
+        "approx_top_k",
+    }
+)
 _KINK_PRIMS = frozenset({"abs", "max", "min", "clamp", "reduce_max", "reduce_min"})
 _CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint"})
 _SMOOTH_CUSTOM = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})
 # Shape-only primitives: magnitudes (and comparison operands) go through them unchanged.
-_STRUCTURAL = frozenset({
-    "broadcast_in_dim", "reshape", "transpose", "squeeze", "expand_dims", "slice",
-    "dynamic_slice", "gather", "concatenate", "pad", "rev", "copy", "copy_p",
-    "convert_element_type", "select_n", "dynamic_update_slice", "scatter", "scatter-add",
-    "scatter_add", "reduce_sum", "cumsum",
-})
+_STRUCTURAL = frozenset(
+    {
+        "broadcast_in_dim",
+        "reshape",
+        "transpose",
+        "squeeze",
+        "expand_dims",
+        "slice",
+        "dynamic_slice",
+        "gather",
+        "concatenate",
+        "pad",
+        "rev",
+        "copy",
+        "copy_p",
+        "convert_element_type",
+        "select_n",
+        "dynamic_update_slice",
+        "scatter",
+        "scatter-add",
+        "scatter_add",
+        "reduce_sum",
+        "cumsum",
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +263,7 @@ def _relevance(jaxpr, out_rel) -> _Rel:
     outputs are not kinks of the function.
     """
     rel = set()
-    for v, r in zip(jaxpr.outvars, out_rel):
+    for v, r in zip(jaxpr.outvars, out_rel, strict=True):
         if r and not isinstance(v, jcore.Literal):
             rel.add(v)
     info = [None] * len(jaxpr.eqns)
@@ -236,14 +279,12 @@ def _relevance(jaxpr, out_rel) -> _Rel:
         inner = _inner(eqn)
         sub = None
         if inner is not None:
-            sub_out = [
-                (not isinstance(v, jcore.DropVar)) and v in rel for v in eqn.outvars
-            ]
+            sub_out = [(not isinstance(v, jcore.DropVar)) and v in rel for v in eqn.outvars]
             sub = _relevance(inner[0], sub_out)
             ins = sub.ins
         else:
             ins = [True] * len(eqn.invars)
-        for v, r in zip(eqn.invars, ins):
+        for v, r in zip(eqn.invars, ins, strict=True):
             if r and not isinstance(v, jcore.Literal):
                 rel.add(v)
         info[i] = (True, sub)
@@ -253,8 +294,9 @@ def _relevance(jaxpr, out_rel) -> _Rel:
 
 # --------------------------------------------------------------------------- context
 class _Ctx:
-    def __init__(self, program, mode, dth=None, eps=None, track_mag=False, theta=None,
-                 tie_tol=None):
+    def __init__(
+        self, program, mode, dth=None, eps=None, track_mag=False, theta=None, tie_tol=None
+    ):
         self.program = program
         self.theta = theta
         self.tie_tol = tie_tol
@@ -289,8 +331,15 @@ class _Ctx:
         self.keys[key] = idx
         if self.mode == "discover":
             self.sites.append(
-                KinkSite(idx, kind, tuple(shape), int(npieces), _ORIENT[kind],
-                         frozenset(upstream), source)
+                KinkSite(
+                    idx,
+                    kind,
+                    tuple(shape),
+                    int(npieces),
+                    _ORIENT[kind],
+                    frozenset(upstream),
+                    source,
+                )
             )
         else:
             s = self.sites[idx]
@@ -406,7 +455,8 @@ class KinkProgram:
 
     # -- evaluation --------------------------------------------------------------------
     def lift(self, x, dth=None, eps=None, *, track_mag: bool = False, theta=None):
-        """$F(x, \\delta\\theta) + \\sum\\langle\\epsilon, \\text{kink outputs}\\rangle$ and the `Probe`.
+        """$F(x, \\delta\\theta) + \\sum\\langle\\epsilon, \\text{kink outputs}\\rangle$, and the
+        `Probe`.
 
         With `theta` (tuple of `(*shape, m)` weights) every kink output is the fixed
         combination $\\sum_j \\theta_j\\,\\text{piece}_j(x)$ instead, whichever piece is
@@ -442,13 +492,14 @@ def _eval_jaxpr(ctx, jaxpr, consts, args, rel):
         if isinstance(v, jcore.Literal):
             val = v.val
             tok = ("lit", float(np.asarray(val))) if np.ndim(val) == 0 else None
-            return _V(jnp.asarray(val) if not isinstance(val, (int, float, bool)) else val,
-                      token=tok)
+            return _V(
+                jnp.asarray(val) if not isinstance(val, (int, float, bool)) else val, token=tok
+            )
         return env[v]
 
-    for v, c in zip(jaxpr.constvars, consts):
+    for v, c in zip(jaxpr.constvars, consts, strict=True):
         env[v] = _V(c)
-    for v, a in zip(jaxpr.invars, args):
+    for v, a in zip(jaxpr.invars, args, strict=True):
         env[v] = a
     for i, eqn in enumerate(jaxpr.eqns):
         relevant, sub = rel.eqns[i]
@@ -460,7 +511,7 @@ def _eval_jaxpr(ctx, jaxpr, consts, args, rel):
                     o.mag = _absmag(o)
         else:
             outs = _rule(ctx, eqn, ins, sub)
-        for v, o in zip(eqn.outvars, outs):
+        for v, o in zip(eqn.outvars, outs, strict=True):
             if not isinstance(v, jcore.DropVar):
                 env[v] = o
     return [read(v) for v in jaxpr.outvars]
@@ -515,8 +566,9 @@ def _rule(ctx, eqn, ins, sub):
         if ctx.track_mag:
             mag = jnp.broadcast_to(_absmag(a) + _absmag(b), shape)
         pred = _Pred(sgn, p, q, mag, sites)
-        return [_V(out, taint=True, sites=frozenset(), token=("cmp", name, a.token, b.token),
-                   pred=pred)]
+        return [
+            _V(out, taint=True, sites=frozenset(), token=("cmp", name, a.token, b.token), pred=pred)
+        ]
     if name in _OPAQUE_PRED:
         out = _bind(eqn, [m.val for m in ins])[0]
         return [_V(out, taint=True, sites=sites, pred="opaque")]
@@ -525,8 +577,14 @@ def _rule(ctx, eqn, ins, sub):
         out = _bind(eqn, [a.val])[0]
         if isinstance(a.pred, _Pred):
             pr = a.pred
-            return [_V(out, taint=True, token=("not", a.token),
-                       pred=_Pred(-pr.sign, pr.p, pr.q, pr.mag, pr.sites))]
+            return [
+                _V(
+                    out,
+                    taint=True,
+                    token=("not", a.token),
+                    pred=_Pred(-pr.sign, pr.p, pr.q, pr.mag, pr.sites),
+                )
+            ]
         if a.pred == "opaque":
             return [_V(out, taint=True, sites=sites, pred="opaque")]
         return [_V(out, taint=True, sites=sites, pred=("discrete", "not"))]
@@ -549,44 +607,85 @@ def _rule(ctx, eqn, ins, sub):
             out = _bind(eqn, [a.val])[0]
             return [_V(out, taint=True, sites=sites, mag=jnp.abs(out) if ctx.track_mag else None)]
         if src_bool or (_is_float(a.val) and not jnp.issubdtype(new, jnp.floating)):
-            _unsupported(eqn, prog, where=ctx.source(eqn), what="a value that depends on x is converted to "
-                         f"{jnp.dtype(new).name}, a jump")
+            _unsupported(
+                eqn,
+                prog,
+                where=ctx.source(eqn),
+                what=f"a value that depends on x is converted to {jnp.dtype(new).name}, a jump",
+            )
     if name in _DISCRETE:
-        _unsupported(eqn, prog, where=ctx.source(eqn), what="a jump or a kink jaxflow cannot select (ties of sort/argmax, "
-                     "sign, rounding)")
+        _unsupported(
+            eqn,
+            prog,
+            where=ctx.source(eqn),
+            what="a jump or a kink jaxflow cannot select (ties of sort/argmax, sign, rounding)",
+        )
     if name == "cond":
         if ins[0].taint:
-            _unsupported(eqn, prog, where=ctx.source(eqn), what="lax.cond on a predicate that depends on x (write the "
-                         "branches with jnp.where so the switch becomes a kink)")
+            _unsupported(
+                eqn,
+                prog,
+                where=ctx.source(eqn),
+                what="lax.cond on a predicate that depends on x (write the "
+                "branches with jnp.where so the switch becomes a kink)",
+            )
     subs = _subjaxprs(eqn)
     if subs:
         for s in subs:
             found = _contains_switch(s)
             if found:
-                _unsupported(eqn, prog, where=ctx.source(eqn), what=f"`{found}` inside `{name}` (kinks inside scan, "
-                             "while_loop, fori_loop and cond are not supported)")
+                _unsupported(
+                    eqn,
+                    prog,
+                    where=ctx.source(eqn),
+                    what=f"`{found}` inside `{name}` (kinks inside scan, "
+                    "while_loop, fori_loop and cond are not supported)",
+                )
     pred_ins = [m for m in ins if m.taint and m.pred is not None and not _is_float(m.val)]
     outs = _bind(eqn, [m.val for m in ins])
     if pred_ins:
         if all(m.pred == "opaque" for m in pred_ins):
-            return [_V(o, taint=True, sites=sites, pred=None if _is_float(o) else "opaque",
-                       mag=jnp.abs(o) if (ctx.track_mag and _is_float(o)) else None)
-                    for o in outs]
+            return [
+                _V(
+                    o,
+                    taint=True,
+                    sites=sites,
+                    pred=None if _is_float(o) else "opaque",
+                    mag=jnp.abs(o) if (ctx.track_mag and _is_float(o)) else None,
+                )
+                for o in outs
+            ]
         a = ins[0]
-        if not (name in _STRUCTURAL and isinstance(a.pred, _Pred) and len(pred_ins) == 1
-                and pred_ins[0] is a and len(outs) == 1):
-            _unsupported(eqn, prog, where=ctx.source(eqn), what="a comparison result is used other than to select "
-                         "between values")
+        if not (
+            name in _STRUCTURAL
+            and isinstance(a.pred, _Pred)
+            and len(pred_ins) == 1
+            and pred_ins[0] is a
+            and len(outs) == 1
+        ):
+            _unsupported(
+                eqn,
+                prog,
+                where=ctx.source(eqn),
+                what="a comparison result is used other than to select between values",
+            )
         # A comparison reshaped or broadcast: carry its switching surface along.
         rest = [m.val for m in ins[1:]]
         pr = a.pred
         p = _bind(eqn, [pr.p] + rest)[0]
         q = _bind(eqn, [pr.q] + rest)[0]
         mg = _bind(eqn, [pr.mag] + rest)[0] if pr.mag is not None else None
-        return [_V(outs[0], taint=True, token=("struct", name, a.token),
-                   pred=_Pred(pr.sign, p, q, mg, pr.sites))]
-    res = [_V(o, taint=True, sites=sites, token=_value_token(eqn, ins, i))
-           for i, o in enumerate(outs)]
+        return [
+            _V(
+                outs[0],
+                taint=True,
+                token=("struct", name, a.token),
+                pred=_Pred(pr.sign, p, q, mg, pr.sites),
+            )
+        ]
+    res = [
+        _V(o, taint=True, sites=sites, token=_value_token(eqn, ins, i)) for i, o in enumerate(outs)
+    ]
     if ctx.track_mag:
         _generic_mag(eqn, ins, res)
     return res
@@ -608,27 +707,33 @@ def _generic_mag(eqn, ins, res):
         elif name == "neg":
             out = [mags[0]]
         elif name == "dot_general" or name in _STRUCTURAL:
-            vals = [mg if (mg is not None and _is_float(m.val)) else m.val
-                    for m, mg in zip(ins, mags)]
+            vals = [
+                mg if (mg is not None and _is_float(m.val)) else m.val
+                for m, mg in zip(ins, mags, strict=True)
+            ]
             out = _bind(eqn, vals)
         else:
             fl = [i for i, m in enumerate(ins) if _is_float(m.val)]
 
             def f(*xs):
                 vals = [m.val for m in ins]
-                for i, xv in zip(fl, xs):
+                for i, xv in zip(fl, xs, strict=True):
                     vals[i] = xv
                 return tuple(_bind(eqn, vals))
 
             prim = tuple(ins[i].val for i in fl)
-            tang = tuple(jnp.broadcast_to(mags[i], jnp.shape(ins[i].val)).astype(
-                jnp.result_type(ins[i].val)) for i in fl)
+            tang = tuple(
+                jnp.broadcast_to(mags[i], jnp.shape(ins[i].val)).astype(jnp.result_type(ins[i].val))
+                for i in fl
+            )
             _, tout = jax.jvp(f, prim, tang)
-            out = [jnp.abs(o) + jnp.abs(t) if _is_float(o) else None
-                   for o, t in zip((r.val for r in res), tout)]
+            out = [
+                jnp.abs(o) + jnp.abs(t) if _is_float(o) else None
+                for o, t in zip((r.val for r in res), tout, strict=True)
+            ]
     except Exception:  # a rule that does not apply: fall back to |y|
         out = [None] * len(res)
-    for r, mg in zip(res, out):
+    for r, mg in zip(res, out, strict=True):
         if not _is_float(r.val):
             r.mag = None
         elif mg is None:
@@ -681,9 +786,20 @@ def _kink_abs(ctx, eqn, z):
     if ctx.track_mag:
         mz = _absmag(z)
         mag = jnp.stack([2 * mz, 2 * mz], axis=-1)
-    return _finish(ctx, eqn, "abs", ("abs", z.token), pv, pv, nat, mag, val,
-                   _union([z]), _absmag(z) if ctx.track_mag else None,
-                   tie=lambda tol: jnp.abs(z.val) <= tol * _absmag(z))
+    return _finish(
+        ctx,
+        eqn,
+        "abs",
+        ("abs", z.token),
+        pv,
+        pv,
+        nat,
+        mag,
+        val,
+        _union([z]),
+        _absmag(z) if ctx.track_mag else None,
+        tie=lambda tol: jnp.abs(z.val) <= tol * _absmag(z),
+    )
 
 
 def _kink_binary(ctx, eqn, kind, a, b):
@@ -707,8 +823,9 @@ def _kink_binary(ctx, eqn, kind, a, b):
     key = (kind, a.token, b.token)
 
     def tie(tol):
-        return jnp.abs(va - vb) <= tol * (jnp.broadcast_to(_absmag(a), shape)
-                                          + jnp.broadcast_to(_absmag(b), shape))
+        return jnp.abs(va - vb) <= tol * (
+            jnp.broadcast_to(_absmag(a), shape) + jnp.broadcast_to(_absmag(b), shape)
+        )
 
     return _finish(ctx, eqn, kind, key, pv, w, nat, mag, val, _union([a, b]), out_mag, tie)
 
@@ -731,15 +848,16 @@ def _kink_reduce(ctx, eqn, name, z):
         mn = jnp.take_along_axis(mz, nat[..., None], axis=-1)
         mag = mz + mn
         out_mag = mn[..., 0]
+
     def tie(tol):
-        mz = jnp.transpose(jnp.broadcast_to(_absmag(z), zv.shape), perm).reshape(
-            out_shape + (m,))
+        mz = jnp.transpose(jnp.broadcast_to(_absmag(z), zv.shape), perm).reshape(out_shape + (m,))
         top = jnp.max(w, axis=-1, keepdims=True)
         close = (top - w) <= tol * (mz + jnp.max(mz, axis=-1, keepdims=True))
         return jnp.sum(close, axis=-1) > 1
 
-    return _finish(ctx, eqn, kind, (kind, axes, z.token), pv, w, nat, mag, val,
-                   _union([z]), out_mag, tie)
+    return _finish(
+        ctx, eqn, kind, (kind, axes, z.token), pv, w, nat, mag, val, _union([z]), out_mag, tie
+    )
 
 
 def _kink_select(ctx, eqn, ins):
@@ -757,13 +875,22 @@ def _kink_select(ctx, eqn, ins):
             _generic_mag(eqn, ins, [res])
         return res
     if isinstance(pred.pred, tuple) and not isinstance(pred.pred, _Pred):
-        _unsupported(eqn, ctx.program, where=ctx.source(eqn),
-                     what=f"a selection whose predicate combines comparisons with "
-                     f"`{pred.pred[1]}` (write nested jnp.where instead)")
+        _unsupported(
+            eqn,
+            ctx.program,
+            where=ctx.source(eqn),
+            what=f"a selection whose predicate combines comparisons with "
+            f"`{pred.pred[1]}` (write nested jnp.where instead)",
+        )
     if not isinstance(pred.pred, _Pred) or len(cases) != 2:
-        _unsupported(eqn, ctx.program, where=ctx.source(eqn), what="a selection whose index depends on x through "
-                     "something other than one comparison (and/or of comparisons, argmax, "
-                     "an integer index)")
+        _unsupported(
+            eqn,
+            ctx.program,
+            where=ctx.source(eqn),
+            what="a selection whose index depends on x through "
+            "something other than one comparison (and/or of comparisons, argmax, "
+            "an integer index)",
+        )
     return _select_from_pred(ctx, eqn, pred, cases)
 
 

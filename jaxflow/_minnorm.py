@@ -235,8 +235,9 @@ def _groups(prog: KinkProgram, probe, g_dth, c, wdot, h, opts: MinNormOptions, d
             trunc = trunc | jnp.any(nvalid > r)
         else:
             pos = jnp.broadcast_to(jnp.arange(m), (g, m))
-        take = lambda a: jnp.take_along_axis(a, pos, axis=-1)  # noqa: E731
-        v_, n_, gm_, ng_ = take(valid), take(is_nat), take(gamma), take(norm_gap)
+        v_, n_, gm_, ng_ = (
+            jnp.take_along_axis(a, pos, axis=-1) for a in (valid, is_nat, gamma, norm_gap)
+        )
         pad = r_max - r
         if pad:
             v_ = jnp.pad(v_, ((0, 0), (0, pad)))
@@ -310,7 +311,8 @@ class _Analysis:
         dth0, eps0 = prog.zeros(dtype)
         self.dth0, self.eps0 = dth0, eps0
         (f, probe), (g0, g_dth, c) = jax.value_and_grad(
-            lambda y, t, e: prog.lift(y, t, e, track_mag=True), argnums=(0, 1, 2),
+            lambda y, t, e: prog.lift(y, t, e, track_mag=True),
+            argnums=(0, 1, 2),
             has_aux=True,
         )(x, dth0, eps0)
         self.f, self.probe, self.g0 = f, probe, g0
@@ -354,7 +356,8 @@ class _Analysis:
         if self._jac is None:
             kr = self.k * self.r_max
             self._jac = _choose_jac(self.grad_at, kr, self.d)(
-                jnp.zeros((self.k, self.r_max), self.dtype))
+                jnp.zeros((self.k, self.r_max), self.dtype)
+            )
         return self._jac
 
     def theta(self, t):
@@ -390,7 +393,12 @@ def _kink_solve(prog: KinkProgram, x, opts: MinNormOptions, *, h=None, certify=F
     if not prog.nested:
         lin = None if h is None else an.s_gamma / h
         sol = simplex_product_minnorm(
-            an.jac, an.g0, an.lam0, an.s_valid, iterations=opts.qp_iterations, linear=lin,
+            an.jac,
+            an.g0,
+            an.lam0,
+            an.s_valid,
+            iterations=opts.qp_iterations,
+            linear=lin,
             polish=opts.polish,
         )
         v, gap = sol.v, sol.gap
@@ -399,11 +407,13 @@ def _kink_solve(prog: KinkProgram, x, opts: MinNormOptions, *, h=None, certify=F
         def selected(y):
             return jax.grad(lambda z: prog.lift(z, theta=theta_star)[0])(y)
     else:
-        table, vvalid, vpen, vgrads = _vertices(an.grad_at, an.s_valid, an.lam0, an.s_gamma,
-                                                r_max, k, dtype)
+        table, vvalid, vpen, vgrads = _vertices(
+            an.grad_at, an.s_valid, an.lam0, an.s_gamma, r_max, k, dtype
+        )
         lin = None if h is None else vpen / h
-        sol = hull_minnorm(vgrads, valid=vvalid, linear=lin,
-                           method="wolfe" if h is None else "fista")
+        sol = hull_minnorm(
+            vgrads, valid=vvalid, linear=lin, method="wolfe" if h is None else "fista"
+        )
         v, gap = sol.v, sol.gap
         onehot = jax.nn.one_hot(table, r_max, dtype=dtype)
         mu = sol.y
@@ -451,8 +461,19 @@ def _kink_realise(prog: KinkProgram, x, opts: MinNormOptions):
     kv = min(an.k, an.kv_cap)
     order = jnp.argsort(~an.s_active, stable=True)[:kv]
     jac = None if prog.nested else an.jac
-    v, gap, any_real = _realisable(an.grad_at, jac, an.g0, an.lam0, an.s_valid,
-                                   an.switching_rows(), order, kv, an.r_max, an.k, an.dtype)
+    v, gap, any_real = _realisable(
+        an.grad_at,
+        jac,
+        an.g0,
+        an.lam0,
+        an.s_valid,
+        an.switching_rows(),
+        order,
+        kv,
+        an.r_max,
+        an.k,
+        an.dtype,
+    )
     ex = jnp.where(any_real, Exactness.REALISABLE, Exactness.SUPERSET).astype(jnp.int8)
     return dict(v=v, gap=gap, exactness=ex)
 
@@ -518,8 +539,7 @@ def _realisable(grad_at, jac, g0, lam0, s_valid, rows, order, kv, r_max, k, dtyp
         pts = cand.reshape(kv * r_max, d)
         pv = other.reshape(-1)
         has = jnp.any(pv)
-        sol = hull_minnorm(jnp.where(pv[:, None], pts, 0.0) + 0.0, valid=pv | ~has,
-                           method="wolfe")
+        sol = hull_minnorm(jnp.where(pv[:, None], pts, 0.0) + 0.0, valid=pv | ~has, method="wolfe")
         scale = jnp.max(jnp.where(pv, jnp.linalg.norm(pts, axis=-1), 0.0))
         tol = (1e-10 if dtype == jnp.float64 else 1e-4) * scale
         realised = ~has | (jnp.linalg.norm(sol.v) > tol)
@@ -533,8 +553,7 @@ def _realisable(grad_at, jac, g0, lam0, s_valid, rows, order, kv, r_max, k, dtyp
 
     ok, grads = jax.vmap(one)(table)
     any_real = jnp.any(ok)
-    sol = hull_minnorm(grads, valid=ok | ~any_real, method="wolfe",
-                       iterations=3 * nvert + 10)
+    sol = hull_minnorm(grads, valid=ok | ~any_real, method="wolfe", iterations=3 * nvert + 10)
     return sol.v, sol.gap, any_real
 
 
@@ -557,8 +576,13 @@ def _bundle_solve(fun, x, opts: MinNormOptions, h=None):
     pts = x + radius * offsets
     grads = jnp.concatenate([g[None], jax.vmap(jax.grad(fun))(pts)], axis=0)
     sol = hull_minnorm(grads, method="wolfe")
-    return dict(f=f, v=sol.v, gap=sol.gap, n_active=jnp.zeros((), jnp.int32),
-                exactness=jnp.array(Exactness.APPROXIMATE, jnp.int8))
+    return dict(
+        f=f,
+        v=sol.v,
+        gap=sol.gap,
+        n_active=jnp.zeros((), jnp.int32),
+        exactness=jnp.array(Exactness.APPROXIMATE, jnp.int8),
+    )
 
 
 # --------------------------------------------------------------------------- field
@@ -585,8 +609,9 @@ class MinNormField(AbstractField):
         """The field of `problem`; analyses the kinks now, so unsupported primitives
         raise `UnsupportedKinkError` here (before anything is compiled)."""
         opts = options.pop("options", None) or MinNormOptions(**options)
-        fld = cls(f=problem.f_flat, dim=problem.dim, name=problem.name, options=opts,
-                  _cache=_Cache())
+        fld = cls(
+            f=problem.f_flat, dim=problem.dim, name=problem.name, options=opts, _cache=_Cache()
+        )
         fld.program(jnp.result_type(float))
         return fld
 
@@ -600,8 +625,9 @@ class MinNormField(AbstractField):
     def with_options(self, **changes) -> MinNormField:
         """The same field with other options (sharing the traced kink programs)."""
         opts = dataclasses.replace(self.options, **changes)
-        return MinNormField(f=self.f, dim=self.dim, name=self.name, options=opts,
-                            _cache=self._cache)
+        return MinNormField(
+            f=self.f, dim=self.dim, name=self.name, options=opts, _cache=self._cache
+        )
 
     def program(self, dtype) -> KinkProgram | None:
         """The kink program for `dtype` (None in black-box mode)."""
@@ -630,9 +656,14 @@ class MinNormField(AbstractField):
             return _bundle_solve(self.f, x, self.options, h)
         if prog is _SMOOTH:
             f, g = jax.value_and_grad(self.f)(x)
-            return dict(f=f, v=g, gap=jnp.zeros((), x.dtype), n_active=jnp.zeros((), jnp.int32),
-                        exactness=jnp.array(Exactness.SMOOTH, jnp.int8),
-                        selected=jax.grad(self.f))
+            return dict(
+                f=f,
+                v=g,
+                gap=jnp.zeros((), x.dtype),
+                n_active=jnp.zeros((), jnp.int32),
+                exactness=jnp.array(Exactness.SMOOTH, jnp.int8),
+                selected=jax.grad(self.f),
+            )
         return _kink_solve(prog, x, self.options, h=h, certify=certify)
 
     def value(self, x):
@@ -702,8 +733,12 @@ _SMOOTH = object()  # marker: the traced function has no kinks
 def _result(out) -> MinNormResult:
     gap = out["gap"]
     return MinNormResult(
-        v=out["v"], f=out["f"], gap=gap, error_bound=jnp.sqrt(2 * jnp.maximum(gap, 0.0)),
-        exactness=jnp.asarray(out["exactness"], jnp.int8), n_active=out["n_active"],
+        v=out["v"],
+        f=out["f"],
+        gap=gap,
+        error_bound=jnp.sqrt(2 * jnp.maximum(gap, 0.0)),
+        exactness=jnp.asarray(out["exactness"], jnp.int8),
+        n_active=out["n_active"],
     )
 
 
@@ -735,8 +770,12 @@ def _compacted(fn, xs, mask, res, chunk):
         live = (i * chunk + jnp.arange(chunk)) < m
         idx = jnp.where(live, idx, n)
         new = jax.vmap(fn)(xs[jnp.minimum(idx, n - 1)])
-        return {k: (res[k].at[idx].set(new[k].astype(res[k].dtype), mode="drop")
-                    if k in new else res[k]) for k in res}
+        return {
+            k: (
+                res[k].at[idx].set(new[k].astype(res[k].dtype), mode="drop") if k in new else res[k]
+            )
+            for k in res
+        }
 
     return jax.lax.fori_loop(0, nchunks, body, res)
 
@@ -757,9 +796,12 @@ def _batched(field: MinNormField, xs, chunk: int):
     dtype = xs.dtype
     f, g, count = jax.vmap(field.needs_qp)(xs)
     res = dict(
-        v=g, f=f, gap=jnp.zeros((n,), dtype),
+        v=g,
+        f=f,
+        gap=jnp.zeros((n,), dtype),
         exactness=jnp.full((n,), int(Exactness.SMOOTH), jnp.int8),
-        n_active=jnp.zeros((n,), jnp.int32), wants_realisability=jnp.zeros((n,), bool),
+        n_active=jnp.zeros((n,), jnp.int32),
+        wants_realisability=jnp.zeros((n,), bool),
     )
     # Only points with a tied kink need the QP, sized by how many kinks are tied, and
     # only those without a certificate the (costlier) realisability test.
@@ -805,9 +847,12 @@ def _eager(field: MinNormField, xs) -> dict:
     n = xs.shape[0]
     f, g, count = (np.asarray(a) for a in _cheap(field, xs))
     res = dict(
-        v=g.copy(), f=f.copy(), gap=np.zeros((n,), g.dtype),
+        v=g.copy(),
+        f=f.copy(),
+        gap=np.zeros((n,), g.dtype),
         exactness=np.full((n,), int(Exactness.SMOOTH), np.int8),
-        n_active=np.zeros((n,), np.int32), wants_realisability=np.zeros((n,), bool),
+        n_active=np.zeros((n,), np.int32),
+        wants_realisability=np.zeros((n,), bool),
     )
     tiers = _tiers(field, xs.dtype)
     lo = 0

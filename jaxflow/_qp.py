@@ -172,8 +172,11 @@ def _box_polish(jm, g0, w, lin, s, step, rounds: int = 10):
         target = jnp.where(free, sol, s_fix)
         # Largest step toward the face minimiser that stays in the box.
         dlt = target - s
-        room = jnp.where(dlt > 0, (w - s) / jnp.where(dlt > 0, dlt, 1.0),
-                         jnp.where(dlt < 0, (-w - s) / jnp.where(dlt < 0, dlt, 1.0), jnp.inf))
+        room = jnp.where(
+            dlt > 0,
+            (w - s) / jnp.where(dlt > 0, dlt, 1.0),
+            jnp.where(dlt < 0, (-w - s) / jnp.where(dlt < 0, dlt, 1.0), jnp.inf),
+        )
         alpha = jnp.clip(jnp.min(room), 0.0, 1.0)
         s = jnp.clip(s + alpha * dlt, -w, w)
         gap = _box_gap(jm, g0, w, lin, s)[1]
@@ -239,7 +242,7 @@ def _simplex_polish(jm, g0, lam0, valid, free, lin, lam):
     h = (jf.T @ jf) * sf[:, None] * sf[None, :]
     scale = jnp.trace(h) / jnp.maximum(jnp.sum(sf), 1.0) + jnp.finfo(jm.dtype).tiny
     h = h + jnp.diag(jnp.where(supp, _ridge(jm.dtype) * scale, 1.0))
-    a = (jnp.repeat(jnp.eye(kk, dtype=jm.dtype), rr, axis=1) * sf[None, :])  # (K, n)
+    a = jnp.repeat(jnp.eye(kk, dtype=jm.dtype), rr, axis=1) * sf[None, :]  # (K, n)
     a_ok = jnp.sum(a, axis=1) > 0
     kkt = jnp.block([[h, a.T], [a, jnp.diag(jnp.where(a_ok, 0.0, 1.0))]])
     rhs = jnp.concatenate([-(jf.T @ b + lin.reshape(n)) * sf, a_ok.astype(jm.dtype)])
@@ -279,8 +282,13 @@ def simplex_product_minnorm(
         base = g0 + (-(ja * lam0[:, 0]) - jb * lam0[:, 1] + 0.5 * (ja + jb)) @ ff
         col = 0.5 * (ja - jb)
         sol = box_minnorm(
-            col, base, ff, iterations=iterations, linear=0.5 * (lin[:, 0] - lin[:, 1]) * ff,
-            s0=(lam0[:, 0] - lam0[:, 1]) * ff, polish=polish,
+            col,
+            base,
+            ff,
+            iterations=iterations,
+            linear=0.5 * (lin[:, 0] - lin[:, 1]) * ff,
+            s0=(lam0[:, 0] - lam0[:, 1]) * ff,
+            polish=polish,
         )
         sig = sol.y
         lam = jnp.where(free[:, None], jnp.stack([0.5 * (1 + sig), 0.5 * (1 - sig)], -1), lam0)
@@ -319,7 +327,8 @@ def simplex_product_minnorm(
 
 # --------------------------------------------------------------------------- hull
 def _affine_min(gram, lin, mask, ridge):
-    r"""Minimiser of $\tfrac12\mu^TG\mu + c^T\mu$ over $\{\sum\mu = 1, \mu_i = 0 \ (i \notin S)\}$."""
+    r"""Minimiser of $\tfrac12\mu^TG\mu + c^T\mu$ over
+    $\{\sum\mu = 1,\ \mu_i = 0 \ (i \notin S)\}$."""
     v = gram.shape[0]
     mf = mask.astype(gram.dtype)
     g = gram * mf[:, None] * mf[None, :] + jnp.diag(jnp.where(mask, ridge, 1.0))
@@ -334,9 +343,7 @@ def _affine_min(gram, lin, mask, ridge):
 def _hull_enumerate(points, valid, lin):
     """Exact: the best feasible face among all 2^V - 1 subsets (V small, branch-free)."""
     nv = points.shape[0]
-    subsets = np.array(
-        [[(i >> j) & 1 for j in range(nv)] for i in range(1, 2**nv)], dtype=bool
-    )
+    subsets = np.array([[(i >> j) & 1 for j in range(nv)] for i in range(1, 2**nv)], dtype=bool)
     gram = points @ points.T
     scale = jnp.max(jnp.abs(jnp.diag(gram))) + jnp.finfo(points.dtype).tiny
     ridge = 1e-13 * scale if points.dtype == jnp.float64 else 1e-6 * scale
@@ -437,8 +444,10 @@ def hull_minnorm(
         mu = _hull_enumerate(points, valid, lin)
     elif method == "wolfe":
         if linear is not None:
-            raise ValueError("hull_minnorm: method='wolfe' solves the pure min-norm problem; "
-                             "use method='fista' or 'enumerate' with a linear term.")
+            raise ValueError(
+                "hull_minnorm: method='wolfe' solves the pure min-norm problem; "
+                "use method='fista' or 'enumerate' with a linear term."
+            )
         mu = _hull_wolfe(points, valid, 3 * nv + 10 if iterations is None else iterations)
     elif method == "fista":
         its = 500 if iterations is None else iterations
@@ -446,8 +455,12 @@ def hull_minnorm(
         j0 = jnp.argmin(jnp.where(valid, jnp.sum(points**2, -1), jnp.inf))
         lam0 = jnp.zeros((nv,), dtype).at[j0].set(1.0)
         sol = simplex_product_minnorm(
-            points.T[:, None, :], points[j0], lam0[None, :], valid[None, :],
-            iterations=its, linear=lin[None, :],
+            points.T[:, None, :],
+            points[j0],
+            lam0[None, :],
+            valid[None, :],
+            iterations=its,
+            linear=lin[None, :],
         )
         mu = sol.y[0]
     else:
@@ -458,4 +471,3 @@ def hull_minnorm(
     q = points @ v + lin
     gap = jnp.vdot(q, mu) - jnp.min(jnp.where(valid, q, jnp.inf))
     return QPSolution(y=mu, v=v, gap=jnp.maximum(gap, 0.0))
-

@@ -122,8 +122,9 @@ def test_lift_reproduces_value_and_gradient_off_kinks(idx, getkey):
         val, _ = prog.lift(x, dth, eps)
         np.testing.assert_allclose(float(val), float(fun(x)), rtol=1e-14)
         g = jax.grad(lambda y: prog.lift(y, dth, eps)[0])(x)
-        np.testing.assert_allclose(np.asarray(g), np.asarray(jax.grad(fun)(x)), rtol=1e-12,
-                                   atol=1e-14)
+        np.testing.assert_allclose(
+            np.asarray(g), np.asarray(jax.grad(fun)(x)), rtol=1e-12, atol=1e-14
+        )
 
 
 def test_probe_band_is_dtype_aware():
@@ -157,7 +158,12 @@ def test_probe_band_is_dtype_aware():
         (lambda z: z[jnp.argmax(z)], "argmax"),
         (lambda z: jnp.floor(z[0]) + z[1], "floor"),
         (lambda z: jax.lax.fori_loop(0, 2, lambda i, c: c + jnp.abs(z[0]), 0.0), "scan"),
-        (lambda z: jax.lax.while_loop(lambda c: c[1] < 2, lambda c: (c[0] + jnp.maximum(z[0], 0.0), c[1] + 1), (0.0, 0))[0], "while"),
+        (
+            lambda z: jax.lax.while_loop(
+                lambda c: c[1] < 2, lambda c: (c[0] + jnp.maximum(z[0], 0.0), c[1] + 1), (0.0, 0)
+            )[0],
+            "while",
+        ),
         (lambda z: jax.lax.cond(z[0] > 0, lambda: z[1], lambda: z[2]), "convert_element_type"),
         (lambda z: jnp.where((z[0] > 0) & (z[1] > 0), z[0], 0.0), "and"),
     ],

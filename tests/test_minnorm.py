@@ -47,8 +47,14 @@ def test_box_matches_bvls(d, k):
     sol = jax.jit(jax.vmap(lambda a, b, c: box_minnorm(a, b, c)))(jac, g0, w)
     for i in range(n):
         free = w[i] > 0  # frozen coordinates (w = 0) drop out of the reference
-        ref = so.lsq_linear(jac[i][:, free], -g0[i], bounds=(-w[i][free], w[i][free]),
-                            method="bvls", tol=1e-14, max_iter=10_000)
+        ref = so.lsq_linear(
+            jac[i][:, free],
+            -g0[i],
+            bounds=(-w[i][free], w[i][free]),
+            method="bvls",
+            tol=1e-14,
+            max_iter=10_000,
+        )
         assert ref.status > 0  # bvls converged (its default max_iter can stop it early)
         v_ref = g0[i] + jac[i][:, free] @ ref.x
         scale = max(np.linalg.norm(g0[i]), np.linalg.norm(jac[i], 2))
@@ -97,8 +103,12 @@ def test_simplex_product_matches_minkowski_hull():
     sol = jax.jit(jax.vmap(lambda a, b: simplex_product_minnorm(a, b, lam0, valid)))(jac, g0)
     for i in range(n):
         base = g0[i] - jac[i][:, :, 0].sum(axis=1)
-        verts = np.array([base + jac[i][:, 0, a] + jac[i][:, 1, b]
-                          for a, b in itertools.product(range(rr), repeat=2)])
+        verts = np.array(
+            [
+                base + jac[i][:, 0, a] + jac[i][:, 1, b]
+                for a, b in itertools.product(range(rr), repeat=2)
+            ]
+        )
         ref = hull_reference(verts)
         assert np.linalg.norm(np.asarray(sol.v[i]) - ref) <= 1e-8 * np.abs(verts).max()
 
@@ -110,8 +120,9 @@ def test_hull_invariant_to_reordering_and_duplication():
     perm = rng.permutation(7)
     dup = np.concatenate([pts[perm], pts[[1, 1, 4]]])
     for p in (pts[perm], dup):
-        np.testing.assert_allclose(np.asarray(hull_minnorm(jnp.asarray(p), method="wolfe").v),
-                                   np.asarray(base), atol=1e-13)
+        np.testing.assert_allclose(
+            np.asarray(hull_minnorm(jnp.asarray(p), method="wolfe").v), np.asarray(base), atol=1e-13
+        )
 
 
 # --------------------------------------------------------------------------- kink path
@@ -136,7 +147,7 @@ def box_reference_l1(z, mm, m, n, r, tol=1e-9):
     s = np.sign(res) * ~act
     g0 = np.r_[(s @ y).ravel(), (s.T @ x).ravel()]
     cols = []
-    for i, j in zip(*np.nonzero(act)):
+    for i, j in zip(*np.nonzero(act), strict=True):
         cx, cy = np.zeros((m, r)), np.zeros((n, r))
         cx[i], cy[j] = y[j], x[i]
         cols.append(np.r_[cx.ravel(), cy.ravel()])
@@ -153,7 +164,9 @@ def test_l1_factorization_matches_bvls_batched():
     one batch: error <= 1e-8 relative, flags certify equality with the Clarke set."""
     m, n, r = 4, 3, 2
     rng = np.random.default_rng(5)
-    pts, ms = zip(*[l1_factorization_point(rng, m, n, r, 1 + i % 3) for i in range(30)])
+    pts, ms = zip(
+        *[l1_factorization_point(rng, m, n, r, 1 + i % 3) for i in range(30)], strict=True
+    )
     pts = np.array(pts)
     ms = np.array(ms)
 
@@ -194,8 +207,9 @@ def test_l1_factorization_float32_band():
     def f(p):
         return jnp.sum(jnp.abs(p[:m, None] * p[None, m:] - mj))
 
-    res = jf.minnorm_subgradient(jf.Problem(f, dim=m + n, nonsmooth=True),
-                                 jnp.asarray(z, jnp.float32))
+    res = jf.minnorm_subgradient(
+        jf.Problem(f, dim=m + n, nonsmooth=True), jnp.asarray(z, jnp.float32)
+    )
     ref, nact = box_reference_l1(z, mm, m, n, r)
     assert int(res.n_active) == nact == 3
     assert np.linalg.norm(np.asarray(res.v) - ref) <= 1e-4 * max(1.0, np.linalg.norm(ref))
@@ -260,7 +274,9 @@ def test_reordering_and_duplicating_pieces_gives_the_same_answer():
     x0 = jnp.asarray(rng.normal(size=3))
     base = [lambda x: x @ x, lambda x: 2 * x[0] - x[1], lambda x: x[2] ** 3]
     vals = [float(p(x0)) for p in base]
-    shifted = [lambda x, p=p, c=c: p(x) - c for p, c in zip(base, vals)]  # all tied at x0
+    shifted = [
+        lambda x, p=p, c=c: p(x) - c for p, c in zip(base, vals, strict=True)
+    ]  # all tied at x0
 
     def make(order):
         return lambda x: jnp.max(jnp.stack([shifted[i](x) for i in order]))
@@ -290,8 +306,9 @@ def test_figure2_kink_and_flat_region():
 def test_realisability_fixes_spurious_stationarity():
     r"""relu(t) - relu(-t) = t: the sum rule gives [0, 2] (min-norm 0, as jax.grad);
     only 2 of the 4 selections are realised nearby, which gives the true {1}."""
-    p = jf.Problem(lambda z: jax.nn.relu(z[0]) - jax.nn.relu(-z[0]) + z[1] ** 2, dim=2,
-                   nonsmooth=True)
+    p = jf.Problem(
+        lambda z: jax.nn.relu(z[0]) - jax.nn.relu(-z[0]) + z[1] ** 2, dim=2, nonsmooth=True
+    )
     res = jf.minnorm_subgradient(p, jnp.zeros(2))
     assert float(jax.grad(p.f)(jnp.zeros(2))[0]) == 0.0
     np.testing.assert_allclose(np.asarray(res.v), [1.0, 0.0], atol=1e-12)
@@ -311,8 +328,7 @@ def test_negative_weights_are_flagged_superset():
         r2 = jnp.outer(z[:m], z[m:]) - m2 + 1e-300
         return jnp.sum(jnp.abs(r1)) - 0.5 * jnp.sum(jnp.abs(r2 * 1.0001))
 
-    res = jf.minnorm_subgradient(jf.Problem(f, dim=m + n, nonsmooth=True),
-                                 jnp.asarray(np.r_[x, y]))
+    res = jf.minnorm_subgradient(jf.Problem(f, dim=m + n, nonsmooth=True), jnp.asarray(np.r_[x, y]))
     assert EX(int(res.exactness)) in (EX.SUPERSET, EX.TRUNCATED)
     assert not bool(res.exact)
 

@@ -32,8 +32,9 @@ def test_soft_thresholding_flow_hits_zero_at_the_closed_form_time_and_stays():
         return 0.5 * jnp.sum((x - a) ** 2) + jnp.sum(lam * jnp.abs(x))
 
     p = jf.Problem(f, dim=3, nonsmooth=True)
-    res = jf.flow(p, jnp.asarray(x0)[None], t1=8.0, save_states=1,
-                  checkpoints_per_decade=40, t_first=0.01)
+    res = jf.flow(
+        p, jnp.asarray(x0)[None], t1=8.0, save_states=1, checkpoints_per_decade=40, t_first=0.01
+    )
     ts = np.asarray(res.ts)
     xs = np.asarray(res.cp_x[0])
     keep = ~np.isnan(xs[:, 0])
@@ -67,8 +68,9 @@ def _hyperbola_reference(a, b, kappa, ts):
 
     hit = lambda t, z: z[0] * z[1] - 1  # noqa: E731
     hit.terminal = True
-    sol1 = solve_ivp(outside, (0, ts[-1]), [a, b], events=hit, rtol=1e-12, atol=1e-14,
-                     dense_output=True)
+    sol1 = solve_ivp(
+        outside, (0, ts[-1]), [a, b], events=hit, rtol=1e-12, atol=1e-14, dense_output=True
+    )
     t_hit = sol1.t_events[0][0]
     z_hit = sol1.y_events[0][0]
 
@@ -77,8 +79,7 @@ def _hyperbola_reference(a, b, kappa, ts):
         sig = np.clip(-(gg(z) @ gr) / (gr @ gr), -1, 1)
         return -(gg(z) + sig * gr)
 
-    sol2 = solve_ivp(sliding, (t_hit, ts[-1]), z_hit, rtol=1e-12, atol=1e-14,
-                     dense_output=True)
+    sol2 = solve_ivp(sliding, (t_hit, ts[-1]), z_hit, rtol=1e-12, atol=1e-14, dense_output=True)
     out = np.array([sol1.sol(t) if t <= t_hit else sol2.sol(t) for t in ts])
     return out, t_hit
 
@@ -96,10 +97,13 @@ def test_hyperbola_flow_arrives_at_the_closed_form_time_and_stops():
     xs = np.asarray(res.cp_x[0])
     keep = ~np.isnan(xs[:, 0])
     before = keep & (ts < tstar - 1e-3)
-    closed = np.stack([
-        0.5 * ((a + b) * np.exp(-ts) + (a - b) * np.exp(ts)),
-        0.5 * ((a + b) * np.exp(-ts) - (a - b) * np.exp(ts)),
-    ], axis=1)
+    closed = np.stack(
+        [
+            0.5 * ((a + b) * np.exp(-ts) + (a - b) * np.exp(ts)),
+            0.5 * ((a + b) * np.exp(-ts) - (a - b) * np.exp(ts)),
+        ],
+        axis=1,
+    )
     np.testing.assert_allclose(xs[before], closed[before], atol=1e-5)
     z_star = closed[np.argmin(np.abs(ts - tstar))]
     assert int(res.status[0]) == jf.Status.CONVERGED
@@ -116,8 +120,7 @@ def test_hyperbola_sliding_matches_filippov_reference_and_stays_on_it():
         return jnp.abs(z[0] * z[1] - 1.0) + kappa * ((z[0] - 2.0) ** 2 + z[1] ** 2)
 
     p = jf.Problem(f, dim=2, nonsmooth=True)
-    res = jf.flow(p, jnp.array([[2.0, 1.5]]), t1=30.0, save_states=1,
-                  stop_at_convergence=False)
+    res = jf.flow(p, jnp.array([[2.0, 1.5]]), t1=30.0, save_states=1, stop_at_convergence=False)
     ts = np.asarray(res.ts)
     xs = np.asarray(res.cp_x[0])
     ref, t_hit = _hyperbola_reference(2.0, 1.5, kappa, ts)
@@ -140,13 +143,21 @@ def test_prox_linear_does_not_chatter_where_explicit_euler_does():
 
     x0 = jnp.array([[2.0, 1.5]])
     smooth = jf.Problem(f, dim=2)  # nonsmooth=False: GradientField = jax.grad
-    gd = jf.descend(smooth, x0, optax.sgd(0.01), num_steps=1000, time_per_step=0.01,
-                    stop_at_convergence=False)
+    gd = jf.descend(
+        smooth, x0, optax.sgd(0.01), num_steps=1000, time_per_step=0.01, stop_at_convergence=False
+    )
     r_gd = abs(float(gd.x[0, 0] * gd.x[0, 1]) - 1.0)
     assert r_gd > 1e-3
     p = jf.Problem(f, dim=2, nonsmooth=True)
-    res = jf.flow(p, x0, t1=10.0, stepsize_controller=diffrax.ConstantStepSize(), dt0=0.01,
-                  save_states=1, stop_at_convergence=False)
+    res = jf.flow(
+        p,
+        x0,
+        t1=10.0,
+        stepsize_controller=diffrax.ConstantStepSize(),
+        dt0=0.01,
+        save_states=1,
+        stop_at_convergence=False,
+    )
     xs = np.asarray(res.cp_x[0])
     ts = np.asarray(res.ts)
     on = ts > 1.0
@@ -160,11 +171,18 @@ def test_figure2_flat_region_stops_and_positive_starts_reach_zero():
     with x1 > 0, x2 < -x1 (x1^2 - x2^2 conserved < 0) reach x1 = 0 with f = 1 and stop
     at the downward kink (0 is in conv{0, (-2 x2, 0)})."""
     p = problems.get("relu-flat")
-    x0 = jnp.array([
-        [-1.0, 0.5], [-0.3, -1.7], [-1.9, 1.9],  # flat region
-        [0.5, 1.0], [1.5, 0.2], [1.0, 0.5],  # x1 x2 > 0
-        [0.5, -1.5], [0.2, -1.0],  # x2 < -x1
-    ])
+    x0 = jnp.array(
+        [
+            [-1.0, 0.5],
+            [-0.3, -1.7],
+            [-1.9, 1.9],  # flat region
+            [0.5, 1.0],
+            [1.5, 0.2],
+            [1.0, 0.5],  # x1 x2 > 0
+            [0.5, -1.5],
+            [0.2, -1.0],  # x2 < -x1
+        ]
+    )
     res = jf.flow(p, x0, t1=100.0)
     st = np.asarray(res.status)
     assert np.all(st == jf.Status.CONVERGED)
@@ -173,12 +191,14 @@ def test_figure2_flat_region_stops_and_positive_starts_reach_zero():
     np.testing.assert_allclose(np.asarray(res.f[:3]), 1.0)
     assert np.all(np.asarray(res.f[3:6]) <= 1e-12)
     xf = np.asarray(res.x)
-    np.testing.assert_allclose(xf[3:6, 0] ** 2 - xf[3:6, 1] ** 2,
-                               np.asarray(x0[3:6, 0] ** 2 - x0[3:6, 1] ** 2), atol=1e-6)
+    np.testing.assert_allclose(
+        xf[3:6, 0] ** 2 - xf[3:6, 1] ** 2, np.asarray(x0[3:6, 0] ** 2 - x0[3:6, 1] ** 2), atol=1e-6
+    )
     assert np.all(np.abs(xf[6:, 0]) <= 1e-9)
     np.testing.assert_allclose(np.asarray(res.f[6:]), 1.0, atol=1e-9)
-    np.testing.assert_allclose(xf[6:, 1], -np.sqrt(np.asarray(x0[6:, 1] ** 2 - x0[6:, 0] ** 2)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        xf[6:, 1], -np.sqrt(np.asarray(x0[6:, 1] ** 2 - x0[6:, 0] ** 2)), atol=1e-5
+    )
 
 
 def test_descend_uses_the_minimal_norm_velocity():
@@ -212,8 +232,10 @@ def _check_prop45(problem, res, m, n, r):
         x0 = cx[i, 0, : m * r].reshape(m, r)
         y0 = cx[i, 0, m * r :].reshape(n, r)
         phi0 = x0.T @ x0 - y0.T @ y0
-        bound = (np.linalg.norm(phi0) ** 2
-                 + 2 * m * n * (np.abs(x0 @ y0.T - mm).sum() + np.abs(mm).sum()) ** 2)
+        bound = (
+            np.linalg.norm(phi0) ** 2
+            + 2 * m * n * (np.abs(x0 @ y0.T - mm).sum() + np.abs(mm).sum()) ** 2
+        )
         scale = np.sum(x0**2) + np.sum(y0**2)
         seen = 0
         for k in range(cx.shape[1]):
