@@ -53,6 +53,11 @@ class ProxLinear(AbstractStepper):
 
     `newton_iters` simplified Newton iterations solve the midpoint equation (with the
     exact Jacobian $\partial G$ for $d \le$ `dense_max`, fixed-point iterations above).
+    `estimate="euler"` (default) controls the Euler-midpoint difference, which also
+    bounds the drift off kink manifolds (stays within ~`rtol`); `estimate="midpoint"`
+    scales it by $h\|\partial G\|/6$ to estimate the midpoint point's own error:
+    several times fewer steps on smooth stretches (14x on $\|XY^T - M\|_1$), but
+    trajectories then sit on kinks only to ~1e-7 instead of ~1e-9.
     With a smooth field (`GradientField`) it is the implicit midpoint rule. Use with
     `diffrax.PIDController` (the default in `jaxflow.flow`) or
     `diffrax.ConstantStepSize()` and `dt0`.
@@ -60,11 +65,18 @@ class ProxLinear(AbstractStepper):
 
     newton_iters: int = 2
     dense_max: int = 64
+    estimate: str = "euler"
+
+    def __check_init__(self):
+        if self.estimate not in ("euler", "midpoint"):
+            raise ValueError(
+                f"ProxLinear(estimate=...) must be 'euler' or 'midpoint', got {self.estimate!r}."
+            )
 
     @property
     def error_order(self) -> int:
-        # The estimate (midpoint - Euler) scales like h^2.
-        return 2
+        # The Euler-midpoint difference scales like h^2; the "midpoint" estimate h^3.
+        return 3 if self.estimate == "midpoint" else 2
 
     @property
     def name(self) -> str:
@@ -84,7 +96,8 @@ class ProxLinear(AbstractStepper):
         d = x.shape[0]
         z = x_e
         if d <= self.dense_max:
-            m = jnp.eye(d, dtype=x.dtype) + (0.5 * h) * jax.jacfwd(g)(x)
+            dg = jax.jacfwd(g)(x)
+            m = jnp.eye(d, dtype=x.dtype) + (0.5 * h) * dg
             lu = jax.scipy.linalg.lu_factor(m)
             for _ in range(self.newton_iters):
                 r = z - x + h * g(0.5 * (x + z))
@@ -95,5 +108,11 @@ class ProxLinear(AbstractStepper):
         v1 = g(z)
         f1 = field.value(z)
         err = z - x_e
+        if self.estimate == "midpoint" and d <= self.dense_max:
+            # z - x_e = (h^2/2) G'G + O(h^3) is the error of the Euler point; the
+            # midpoint point taken is one order better, its leading error term smaller
+            # by about h ||G'|| / 6. Larger steps, but the drift off a kink manifold
+            # (second order) is then no longer held to the tolerance.
+            err = err * jnp.minimum(1.0, h * jnp.max(jnp.sum(jnp.abs(dg), axis=1)) / 6.0)
         ok = jnp.all(jnp.isfinite(z)) & jnp.all(jnp.isfinite(v_step))
         return z, err, f1, v1, ok

@@ -271,3 +271,17 @@ def test_proposition_4_5_conservation_and_bound(m, n, r, rank_m):
         assert np.all(np.diff(row) <= 1e-9 * (1 + row[:-1]))
     if (r, rank_m) == (1, 1):
         assert np.sum(np.asarray(res.f) < 1e-8) >= 3
+
+
+def test_midpoint_error_estimate_takes_fewer_steps_and_keeps_the_invariant():
+    """ProxLinear(estimate="midpoint") controls the midpoint point's own error: fewer
+    steps, same Proposition 4.5 invariant (implicit midpoint conserves it exactly)."""
+    p = problems.get("nonsmooth-factorization", m=3, n=3, r=1, rank_m=1, seed=2)
+    x0 = p.sample(jax.random.key(5), 4, jnp.float64)
+    base = jf.flow(p, x0, t1=10.0)
+    fast = jf.flow(p, x0, t1=10.0, solver=jf.ProxLinear(estimate="midpoint"), save_states=4)
+    assert int(np.sum(fast.steps)) * 3 < int(np.sum(base.steps))
+    _check_prop45(p, fast, 3, 3, 1)
+    np.testing.assert_allclose(np.asarray(fast.f), np.asarray(base.f), atol=1e-6)
+    with pytest.raises(ValueError, match="estimate"):
+        jf.ProxLinear(estimate="richardson")
