@@ -181,7 +181,7 @@ def main():
             "naive solver": f"vmap(diffeqsolve) {name}",
             "naive run": naive_t,
             "naive escaping": esc,
-            f"jaxflow {name} run": f"{jf_same['run_s']:.2f} s",
+            "jaxflow, same solver": f"{jf_same['run_s']:.2f} s ({name})",
             "jaxflow (default) run": f"{jf_default['run_s']:.2f} s",
             "jaxflow escaping": f"{100 * jf_default['escaping_fraction']:.2f} %",
             "speed-up vs jaxflow default": ratio_s,
