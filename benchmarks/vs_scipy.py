@@ -161,7 +161,8 @@ def main():
     cols = ["problem", "jaxflow_n", "jaxflow_per_traj_us", "scipy_n", "scipy_workers",
             "scipy_per_traj_us", "speedup_per_machine", "agreement_on_final_f"]
     title = f"float64, t1 = {args.t1:g}, rtol {args.rtol:g}, atol {args.atol:g}; per-trajectory wall time per machine"
-    write_results("vs_scipy", {"args": vars(args), "rows": rows},
+    name = "vs_scipy" if "," in args.problems else f"vs_scipy-{args.problems}"
+    write_results(name, {"args": vars(args), "rows": rows},
                   title + "\n\n" + markdown_table(rows, cols), smoke=args.smoke)
 
 

@@ -271,7 +271,12 @@ class Problem:
         """
         out = self.f(self.unravel(x_flat))
         dtype = getattr(x_flat, "dtype", None)
-        if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and out.dtype != dtype:
+        if (
+            dtype is not None
+            and jnp.issubdtype(dtype, jnp.floating)
+            and jnp.issubdtype(out.dtype, jnp.floating)
+            and out.dtype != dtype
+        ):
             out = out.astype(dtype)
         return out
 
@@ -286,7 +291,7 @@ class Problem:
     def _check_objective(self):
         x = jax.ShapeDtypeStruct((self.dim,), jnp.result_type(float))
         try:
-            out = jax.eval_shape(self.f_flat, x)
+            out = jax.eval_shape(lambda v: self.f(self.unravel(v)), x)
         except Exception as e:  # the message of the user's error is the useful part
             raise ValueError(
                 f"Problem `{self.name}`: evaluating `f` on a point shaped like `example` "
