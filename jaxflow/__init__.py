@@ -42,5 +42,6 @@ from ._values import CriticalValue as CriticalValue
 from ._values import ValueAtInfinity as ValueAtInfinity
 from ._values import critical_values as critical_values
 from ._values import values_at_infinity as values_at_infinity
+from . import problems as problems
 
 __version__ = "0.1.0"

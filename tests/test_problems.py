@@ -55,6 +55,17 @@ def test_catalogue_complete():
     assert {"cosine-network", "cosine-network-extra-neuron"} <= set(ALL)
 
 
+def test_registry_is_an_attribute_of_a_bare_import():
+    # `import jaxflow as jf; jf.problems.get(...)`, as the README writes it; a fresh
+    # process, since importing jaxflow.problems here would set the attribute anyway
+    import subprocess
+    import sys
+
+    code = "import jaxflow as jf; print(jf.problems.get('matrix-completion').dim)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "4"
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_entry_evaluates_and_documents(name, getkey):
     problem = problems.get(name)
