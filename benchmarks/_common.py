@@ -119,3 +119,25 @@ def write_results(name: str, payload: dict, table_md: str, *, smoke: bool = Fals
     print(md)
     print(f"wrote {path}")
     return path
+
+
+def floor_gd(problem, x0, lr, steps):
+    """The cost floor: `optax.sgd(lr)` with `jax.grad`, vmapped, in a bare `fori_loop`."""
+    import jax
+    import optax
+
+    opt = optax.sgd(lr)
+    grad = jax.vmap(jax.grad(problem.f_flat))
+
+    @jax.jit
+    def run(x):
+        state = jax.vmap(opt.init)(x)
+
+        def body(_, carry):
+            x, s = carry
+            u, s = jax.vmap(opt.update)(grad(x), s, x)
+            return x + u, s
+
+        return jax.lax.fori_loop(0, steps, body, (x, state))[0]
+
+    return run

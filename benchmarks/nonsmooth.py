@@ -143,7 +143,7 @@ def jaxflow_rows(cfg):
 
     import jaxflow as jf
 
-    from _common import timed
+    from _common import floor_gd, timed
 
     problem, x0 = _setup(*cfg["problem"], cfg["x64"])
     ctrl = diffrax.PIDController(rtol=cfg["rtol"], atol=cfg["atol"])
@@ -162,19 +162,8 @@ def jaxflow_rows(cfg):
 
     lr, t1 = cfg["lr"], cfg["t1"]
     steps = int(round(t1 / lr))
-    opt = optax.sgd(lr)
-    grad = jax.vmap(jax.grad(problem.f_flat))
-
-    @jax.jit
-    def floor(x):
-        state = jax.vmap(opt.init)(x)
-
-        def body(_, carry):
-            x, s = carry
-            u, s = jax.vmap(opt.update)(grad(x), s, x)
-            return x + u, s
-
-        return jax.lax.fori_loop(0, steps, body, (x, state))[0]
+    opt = optax.sgd(lr)  # one object, reused by descend (a new one would recompile)
+    floor = floor_gd(problem, x0, lr, steps)
 
     wall, xg = timed(floor, x0)
     row = {"engine": f"sgd floor (jax.grad, lr {lr:g}, {steps} steps)", "wall_s": wall,

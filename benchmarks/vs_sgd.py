@@ -16,38 +16,16 @@ from __future__ import annotations
 import argparse
 
 
-def floor_gd(problem, x0, lr, steps):
-    import jax
-    import optax
-
-    opt = optax.sgd(lr)
-    grad = jax.vmap(jax.grad(problem.f_flat))
-
-    @jax.jit
-    def run(x):
-        state = jax.vmap(opt.init)(x)
-
-        def body(_, carry):
-            x, s = carry
-            u, s = jax.vmap(opt.update)(grad(x), s, x)
-            return x + u, s
-
-        return jax.lax.fori_loop(0, steps, body, (x, state))[0]
-
-    return run
-
-
 def bench(name, params, n, t1, lr, dtype, seed):
     import diffrax
     import jax
-    import jax.numpy as jnp
     import numpy as np
     import optax
 
     import jaxflow as jf
     from jaxflow import problems
 
-    from _common import timed
+    from _common import floor_gd, timed
 
     problem = problems.get(name, **params)
     x0 = problem.sample(jax.random.key(seed), n, dtype)

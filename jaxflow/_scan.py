@@ -62,7 +62,6 @@ from ._store import (
     canonical_json,
     column_to_numpy,
     columns_to_table,
-    spec_sha256,
 )
 
 __all__ = ["scan", "load", "ScanResult", "ScanProgress", "ScanError", "resolve_problem"]
