@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Status"]
+import numpy as np
+
+__all__ = ["Status", "status_counts"]
 
 
 class Status(enum.IntEnum):
@@ -37,3 +39,10 @@ class Status(enum.IntEnum):
     @classmethod
     def names(cls) -> dict[int, str]:
         return {int(s): s.name for s in cls}
+
+
+def status_counts(status) -> dict[str, int]:
+    """Number of trajectories per status name, in `Status` order, zero counts left out."""
+    st = np.asarray(status).astype(np.int64, copy=False).ravel()
+    counts = np.bincount(st[st >= 0], minlength=len(Status))
+    return {s.name: int(counts[int(s)]) for s in Status if counts[int(s)]}
