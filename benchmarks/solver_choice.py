@@ -49,7 +49,7 @@ def main():
 
     import jaxflow as jf
     from jaxflow import problems
-    from jaxflow._solver import ESDIRKStepper
+    from jaxflow._stepper import ESDIRKStepper
 
     from _common import markdown_table, timed, write_results
 

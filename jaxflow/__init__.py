@@ -7,32 +7,37 @@ they go (Josz & Li, SIAM J. Optim. 2023, Theorem 1.2).
 from ._detect import Classification as Classification
 from ._detect import DetectorOptions as DetectorOptions
 from ._detect import classify as classify
+from ._detect import classify_arrays as classify_arrays
 from ._detect import trajectory_table as trajectory_table
-from ._discrete import descend as descend
-from ._discrete import iteration_checkpoints as iteration_checkpoints
 from ._field import AbstractField as AbstractField
 from ._field import GradientField as GradientField
+from ._errors import JaxflowError as JaxflowError
 from ._flow import FlowResult as FlowResult
-from ._flow import checkpoint_times as checkpoint_times
-from ._flow import default_gtol as default_gtol
+from ._flow import descend as descend
 from ._flow import flow as flow
+from ._flow import iteration_checkpoints as iteration_checkpoints
+from ._options import FlowOptions as FlowOptions
+from ._options import checkpoint_times as checkpoint_times
+from ._options import default_gtol as default_gtol
 from ._minnorm import Exactness as Exactness
 from ._minnorm import MinNormField as MinNormField
 from ._minnorm import MinNormOptions as MinNormOptions
 from ._minnorm import MinNormResult as MinNormResult
 from ._minnorm import UnsupportedKinkError as UnsupportedKinkError
 from ._minnorm import minnorm_subgradient as minnorm_subgradient
+from ._problem import AbstractSampler as AbstractSampler
 from ._problem import Normal as Normal
 from ._problem import Problem as Problem
 from ._problem import Uniform as Uniform
-from ._prox import ProxLinear as ProxLinear
 from ._report import Report as Report
 from ._scan import ScanError as ScanError
 from ._scan import ScanProgress as ScanProgress
 from ._scan import ScanResult as ScanResult
 from ._scan import load as load
 from ._scan import scan as scan
-from ._solver import Rodas4 as Rodas4
+from ._stepper import AbstractStepper as AbstractStepper
+from ._stepper import ProxLinear as ProxLinear
+from ._stepper import Rodas4 as Rodas4
 from ._status import Status as Status
 from ._store import ChunkCorruptedError as ChunkCorruptedError
 from ._store import ScanLockedError as ScanLockedError
@@ -44,4 +49,10 @@ from ._values import critical_values as critical_values
 from ._values import values_at_infinity as values_at_infinity
 from . import problems as problems
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
+try:
+    __version__ = _version("jaxflow")
+except _PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"

@@ -235,8 +235,7 @@ def _solver_spec(solver, problem):
 
     import jaxflow
 
-    from ._flow import default_solver
-    from ._solver import AbstractStepper
+    from ._stepper import AbstractStepper, default_solver
 
     if isinstance(solver, str):
         if solver == "auto":
@@ -473,7 +472,8 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
     import jax
     import jax.numpy as jnp
 
-    from ._flow import _default_lanes, flow
+    from ._engine import default_lanes as _default_lanes
+    from ._flow import flow
 
     dtype = jnp.dtype(spec["dtype"])
     if spec["problem"]["fingerprint"] != _cached_fingerprint(problem, dtype):
@@ -859,7 +859,7 @@ def scan(
     import jax.numpy as jnp
 
     from ._cache import enable_compilation_cache
-    from ._flow import checkpoint_times, default_gtol
+    from ._options import checkpoint_times, default_gtol
 
     t_start = time.perf_counter()
     # -- validation, before any compute ----------------------------------------------------
@@ -908,15 +908,14 @@ def scan(
     if save_states is None:
         save_states = prob.dim <= 3
     save_states_val = min(int(save_trajectories), chunk_size) if save_states else 0
-    from ._flow import _Controller
-    from ._solver import make_stepper
+    from ._options import FlowOptions
 
     ctrl_spec = _controller_spec(stepsize_controller, dt0)
-    ctrl = _Controller.from_diffrax(_controller_from_spec(ctrl_spec), dt0)
-    stepper = make_stepper(_solver_instance(solver_name), rtol=ctrl.rtol, atol=ctrl.atol)
-    if ctrl.adaptive and not stepper.adaptive:
-        raise ValueError(f"scan: {_solver_name(solver_name)} has no error estimate; use "
-                         "ConstantStepSize + dt0.")
+    try:
+        FlowOptions(solver=_solver_instance(solver_name),
+                    stepsize_controller=_controller_from_spec(ctrl_spec), dt0=dt0).stepper(prob)
+    except ValueError as e:
+        raise ValueError(f"scan: {e}") from None
 
     if executor is None:
         if devices is None:

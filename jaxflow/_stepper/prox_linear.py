@@ -10,7 +10,7 @@ $$x_+ = \operatorname*{argmin}_y\ \textstyle\sum_k c_k \max_j\big(p_{kj}(x) +
 \langle\nabla p_{kj}(x), y - x\rangle\big) + \langle \nabla g(x), y - x\rangle +
 \tfrac{1}{2h}\|y - x\|^2,$$
 
-whose dual is the minimal-norm problem of `jaxflow._minnorm` plus a linear term
+whose dual is the minimal-norm problem of `jaxflow._nonsmooth` plus a linear term
 $\tfrac1h\langle\gamma, \lambda\rangle$, $\gamma_{kj} = |c_k|\,|p_{k,\text{nat}} -
 p_{kj}|$ (the cost of switching kink $k$ to piece $j$). So $x_+ = x - h\,v_h(x)$ with
 $v_h = g_0 + J(\lambda^* - \lambda^0)$. A kink is a candidate when a step of size $h$
@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg  # noqa: F401
 
-from ._solver import AbstractStepper
+from .base import AbstractStepper
 
 __all__ = ["ProxLinear"]
 
@@ -82,7 +82,7 @@ class ProxLinear(AbstractStepper):
     def name(self) -> str:
         return "ProxLinear"
 
-    def step(self, field, x, f, v, h):
+    def step(self, field, x, f, v, h, state):
         lin = getattr(field, "prox_linearisation", None)
         if lin is not None:
             _, v_step, g = lin(x, h)
@@ -92,7 +92,7 @@ class ProxLinear(AbstractStepper):
         if g is None:  # black box: prox-linear step, implicit-Euler estimate
             f1, v1 = field.prox_velocity(x_e, h)
             err = 0.5 * h * (v1 - v_step)
-            return x_e, err, f1, v1, jnp.all(jnp.isfinite(v_step))
+            return x_e, err, f1, v1, jnp.all(jnp.isfinite(v_step)), state
         d = x.shape[0]
         z = x_e
         if d <= self.dense_max:
@@ -115,4 +115,4 @@ class ProxLinear(AbstractStepper):
             # (second order) is then no longer held to the tolerance.
             err = err * jnp.minimum(1.0, h * jnp.max(jnp.sum(jnp.abs(dg), axis=1)) / 6.0)
         ok = jnp.all(jnp.isfinite(z)) & jnp.all(jnp.isfinite(v_step))
-        return z, err, f1, v1, ok
+        return z, err, f1, v1, ok, state

@@ -1,0 +1,54 @@
+r"""`AbstractStepper`: one step of $x' = -v(x)$ for a single trajectory, state in and out.
+
+The engine (`jaxflow._flow`) vmaps `step` over its lanes, so a stepper is written for one
+flat point. Steppers that carry state between steps (an optax optimiser's moments) return
+it from `init` and thread it through `step`; the others use `None`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import equinox as eqx
+
+from .._field import AbstractField
+
+__all__ = ["AbstractStepper"]
+
+
+class AbstractStepper(eqx.Module):
+    r"""One step of $x' = -v(x)$ for a single trajectory.
+
+    `step(field, x, f, v, h, state)` takes the state with its cached value $f(x)$ and
+    velocity $v(x)$ (first-same-as-last) and returns `(x1, err, f1, v1, ok, state1)`: the
+    candidate, the local error estimate (a vector, or `None` without one), $f$ and $v$ at
+    the candidate, `ok=False` when an implicit solve failed, and the stepper's state after
+    the step (kept only if the engine accepts the step).
+    """
+
+    def init(self, x) -> Any:
+        """The stepper's state for a trajectory starting at `x` (`None`: stateless)."""
+        del x
+        return None
+
+    @abc.abstractmethod
+    def step(
+        self, field: AbstractField, x, f, v, h, state
+    ) -> tuple[Any, Any, Any, Any, Any, Any]:
+        """`(x1, err, f1, v1, ok, state1)` for a step of size `h` from `x`."""
+
+    @property
+    @abc.abstractmethod
+    def error_order(self) -> int:
+        """Order of the local error estimate (the step-size controller's exponent)."""
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether `step` returns an error estimate (usable with a PID controller)."""
+        return True
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """Name recorded in results (`FlowResult.meta["solver"]`)."""
