@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 
 from .base import AbstractStepper
@@ -25,10 +26,15 @@ class OptaxStepper(AbstractStepper):
     optimizer: Any = eqx.field(static=True)
 
     def init(self, x):
-        return self.optimizer.init(x)
+        with jax.numpy_dtype_promotion("standard"):
+            return self.optimizer.init(x)
 
     def step(self, field, x, f, v, h, state):
-        updates, state1 = self.optimizer.update(v, state, x)
+        # optax mixes Python and integer scalars internally (Adam's bias correction), which
+        # fails under `jax_numpy_dtype_promotion="strict"`; its own code runs under the
+        # standard rules, jaxflow's stays strict-clean.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, state1 = self.optimizer.update(v, state, x)
         x1 = x + updates
         f1, v1 = field.value_and_velocity(x1)
         return x1, None, f1, v1, jnp.array(True), state1
