@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._field import field_for
+from ._field import AbstractField
+from ._field_choice import field_for
 from ._flow import FlowResult, _default_lanes, _Engine, _run_jit, default_gtol
 from ._problem import Problem
 from ._status import Status
@@ -43,6 +44,7 @@ def descend(
     checkpoints_per_decade: int = 8,
     lanes: int | None = None,
     stop_at_convergence: bool = True,
+    field: AbstractField | None = None,
 ) -> FlowResult:
     r"""Runs `num_steps` iterations of `optimizer` from every row of `x0`.
 
@@ -50,7 +52,8 @@ def descend(
     `iterations * time_per_step` (pass the learning rate of `optax.sgd` to compare
     with the flow's time), `steps` counts iterations, and the checkpoints sit at
     log-spaced iteration counts. For a nonsmooth problem the optimizer receives the
-    minimal-norm subgradient.
+    minimal-norm subgradient; `field` replaces the problem's own field (as in
+    `jaxflow.flow`).
 
     The optimizer is part of the compiled program: reuse the same object across calls
     (`opt = optax.sgd(0.01)` once), since a fresh `optax.sgd(0.01)` is a new function
@@ -73,7 +76,7 @@ def descend(
 
     lanes = min(_default_lanes(n) if lanes is None else int(lanes), n)
     engine = _Engine(
-        field=field_for(problem),
+        field=field_for(problem) if field is None else field,
         stepper=None,
         ctrl=_Controller(adaptive=False, dt0=float(time_per_step)),
         lanes=lanes,

@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._field import AbstractField, field_for, stationarity
+from ._field import AbstractField, stationarity
+from ._field_choice import field_for
 from ._problem import Problem
 from ._solver import AbstractStepper, make_stepper
 from ._status import Status
@@ -503,6 +504,7 @@ def flow(
     lanes: int | None = None,
     stop_at_convergence: bool = True,
     save_states: int = 0,
+    field: AbstractField | None = None,
 ) -> FlowResult:
     r"""Integrates $x'(t) = -v(x(t))$ from every row of `x0` up to time `t1`.
 
@@ -526,6 +528,9 @@ def flow(
       `False`, trajectories run to `t1` and the status is decided at the end.
     - `save_states`: also record the full state at every checkpoint for the first this
       many trajectories (`FlowResult.cp_x`, memory `save_states * K * d`).
+    - `field`: the vector field to integrate (default: the problem's own, `jax.grad` or
+      the minimal-norm subgradient), e.g.
+      `jaxflow.MinNormField.for_problem(problem, fallback="bundle")`.
 
     **Returns:** a `jaxflow.FlowResult`.
     """
@@ -566,7 +571,7 @@ def flow(
     if not (isinstance(save_states, (int, np.integer)) and save_states >= 0):
         raise ValueError(f"flow: save_states must be an integer >= 0, got {save_states!r}.")
     engine = _Engine(
-        field=field_for(problem),
+        field=field_for(problem) if field is None else field,
         stepper=stepper,
         ctrl=ctrl,
         lanes=lanes,
