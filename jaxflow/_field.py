@@ -5,36 +5,42 @@ minimal-norm element of the Clarke subdifferential $\partial f(x)$ for a nonsmoo
 (the "slow" solution of the differential inclusion $x' \in -\partial f(x)$). The
 stationarity measure is $\|v(x)\| = \operatorname{dist}(0, \partial f(x))$.
 
-Fields are written for a single point (a flat vector) and vmapped by the engine.
+Fields are written for a single point (a flat vector) and vmapped by the engine. This
+module owns the field interface, the gradient field and the per-problem field cache; the
+minimal-norm field is `jaxflow._nonsmooth`, and `jaxflow._field_choice.field_for` picks
+one for a problem.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import abc
+import weakref
+from collections.abc import Callable, Hashable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-__all__ = ["AbstractField", "GradientField", "field_for"]
+__all__ = ["AbstractField", "GradientField", "cached_field", "stationarity"]
 
 
 class AbstractField(eqx.Module):
     """A vector field $v$ with $x' = -v(x)$, evaluated at one flat point."""
 
+    @abc.abstractmethod
     def value_and_velocity(self, x):
         """Returns $(f(x), v(x))$."""
-        raise NotImplementedError
 
     def velocity(self, x):
         return self.value_and_velocity(x)[1]
 
+    @abc.abstractmethod
     def value(self, x):
-        raise NotImplementedError
+        """Returns $f(x)$."""
 
+    @abc.abstractmethod
     def jacobian(self, x):
         r"""$\partial v / \partial x$ (the Hessian of $f$ for a gradient field)."""
-        raise NotImplementedError
 
     @property
     def smooth(self) -> bool:
@@ -64,21 +70,20 @@ def stationarity(v):
     return jnp.sqrt(jnp.sum(v * v, axis=-1))
 
 
-def field_for(problem) -> AbstractField:
-    """The vector field jaxflow integrates for `problem`.
+def cached_field(problem, key: Hashable, build: Callable[[], AbstractField]) -> AbstractField:
+    """The field of `problem` under `key`, built by `build()` on first use.
 
-    Smooth problems use `jax.grad`; problems with `nonsmooth=True` use the
-    minimal-norm Clarke subgradient.
+    One static field object per (problem, key), so repeated calls reuse compiled
+    programs instead of retracing. Held outside the (immutable) problem in a weak-key
+    cache: the entry goes away with the problem (fields hold `problem.f_flat`, which does
+    not refer back to the problem).
     """
-    cached = getattr(problem, "_jaxflow_field", None)
-    if cached is not None:
-        return cached
-    if getattr(problem, "nonsmooth", False):
-        from ._minnorm import MinNormField  # noqa: PLC0415 - optional heavy import
+    per_problem = _FIELDS.get(problem)
+    if per_problem is None:
+        per_problem = _FIELDS[problem] = {}
+    if key not in per_problem:
+        per_problem[key] = build()
+    return per_problem[key]
 
-        fld = MinNormField.for_problem(problem)
-    else:
-        fld = GradientField(problem.f_flat)
-    # Cache on the problem so that repeated calls reuse one static object (no retracing).
-    problem._jaxflow_field = fld
-    return fld
+
+_FIELDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

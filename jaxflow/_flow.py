@@ -20,7 +20,7 @@ import optax
 from ._controller import IterationCount, PIDControl
 from ._engine import Engine, default_lanes, run
 from ._field import AbstractField
-from ._field import field_for
+from ._field_choice import field_for
 from ._options import _UNSET, FlowOptions
 from ._problem import Problem
 from ._status import Status, status_counts

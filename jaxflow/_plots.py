@@ -179,7 +179,7 @@ def phase_portrait(problem, trajectories: Mapping[str, np.ndarray], meta: Mappin
     lo, hi = lo - 0.75 * span, hi + 0.75 * span
     gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 161), np.linspace(lo[1], hi[1], 161))
     if problem is not None:
-        from ._field import field_for
+        from ._field_choice import field_for
 
         pts = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], axis=1))
         fv = np.asarray(jax.vmap(problem.f_flat)(pts), np.float64).reshape(gx.shape)

@@ -1,12 +1,15 @@
 """`Problem`: a pure JAX objective, its example point, a sampler of initial points.
 
 Everything here is validated eagerly (with `jax.eval_shape`, so nothing is compiled) so
-that a mistake in the problem definition is reported before any integration starts.
+that a mistake in the problem definition is reported before any integration starts. A
+`Problem` is a value: once built it cannot be changed (anything derived from it, such as
+its vector field, is cached outside it, see `jaxflow._field.cached_field`).
 """
 
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -131,6 +134,51 @@ class CallableSampler(AbstractSampler):
 
 
 # --------------------------------------------------------------------------- problem
+class _FlatObjective:
+    """$f$ on flat vectors (and the flat <-> pytree layout it needs).
+
+    Separate from `Problem` so that what fields and compiled programs hold (this object)
+    does not keep the problem alive: caches keyed weakly by the problem can let it go.
+    Compared by identity, like a bound method of one problem.
+    """
+
+    __slots__ = ("f", "treedef", "shapes", "sizes", "__weakref__")
+
+    def __init__(self, f: Callable, treedef, shapes: tuple, sizes: tuple):
+        self.f = f
+        self.treedef = treedef
+        self.shapes = shapes
+        self.sizes = sizes
+
+    def unravel(self, x_flat):
+        """Flat vector `(d,)` -> pytree like `example`, keeping the dtype of `x_flat`."""
+        parts, start = [], 0
+        for shape, size in zip(self.shapes, self.sizes):
+            parts.append(jnp.reshape(x_flat[start : start + size], shape))
+            start += size
+        return jax.tree_util.tree_unflatten(self.treedef, parts)
+
+    def __call__(self, x_flat):
+        """$f$ on a flat vector, returned in the dtype of `x_flat`.
+
+        Data captured by `f` may be float64 while a run is float32 (or the reverse); the
+        value is cast to the dtype of the point so that a run stays in one precision.
+        """
+        out = self.f(self.unravel(x_flat))
+        dtype = getattr(x_flat, "dtype", None)
+        if (
+            dtype is not None
+            and jnp.issubdtype(dtype, jnp.floating)
+            and jnp.issubdtype(out.dtype, jnp.floating)
+            and out.dtype != dtype
+        ):
+            out = out.astype(dtype)
+        return out
+
+    def __repr__(self):
+        return f"<flat objective of {getattr(self.f, '__qualname__', repr(self.f))}>"
+
+
 class Problem:
     r"""A loss $f$ to study, with where to start trajectories from.
 
@@ -148,10 +196,14 @@ class Problem:
       metadata and printed in reports.
     - `nonsmooth`: `False` for $C^1$ losses (velocity $-\nabla f$), `True` when kinks
       must be handled with the minimal-norm Clarke subgradient.
+    - `description`: one line for reports.
+    - `data`: arrays the loss was built from (e.g. `{"M": ...}`), kept as a read-only
+      mapping `problem.data` (empty by default).
 
     Validation happens here, before anything is compiled: `f` must return a real scalar
     at `example`, `example` must be floating point, and the sampler must produce points
-    of the right shape.
+    of the right shape. A problem is immutable: setting an attribute afterwards raises
+    `AttributeError`.
     """
 
     def __init__(
@@ -166,6 +218,7 @@ class Problem:
         facts: Mapping[str, Any] | None = None,
         nonsmooth: bool = False,
         description: str = "",
+        data: Mapping[str, Any] | None = None,
     ):
         if not callable(f):
             raise TypeError(f"Problem: `f` must be a callable, got {type(f).__name__}.")
@@ -205,6 +258,8 @@ class Problem:
         self.global_infimum = None if global_infimum is None else float(global_infimum)
         self.facts = dict(facts or {})
         self.nonsmooth = bool(nonsmooth)
+        self.data = types.MappingProxyType(dict(data or {}))
+        self._objective = _FlatObjective(f, treedef, self.shapes, self.sizes)
         if sampler is None:
             sampler = Uniform(-1.0, 1.0)
         elif not isinstance(sampler, AbstractSampler):
@@ -214,15 +269,32 @@ class Problem:
             sampler._problem = self
         self._check_objective()
         self._check_sampler()
+        self._frozen = True
+
+    # -- immutability -------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if self.__dict__.get("_frozen", False):
+            raise AttributeError(
+                f"Problem `{self.name}` is immutable: cannot set `{name}`. Build a new "
+                "Problem instead (extra arrays go in `data=`)."
+            )
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        raise AttributeError(f"Problem `{self.name}` is immutable: cannot delete `{name}`.")
+
+    def __getstate__(self):
+        # A mappingproxy does not pickle: ship the data as a plain dict.
+        return {**self.__dict__, "data": dict(self.data)}
+
+    def __setstate__(self, state):
+        state = {**state, "data": types.MappingProxyType(state["data"])}
+        self.__dict__.update(state)
 
     # -- flat <-> pytree --------------------------------------------------------------
     def unravel(self, x_flat):
         """Flat vector `(d,)` -> pytree like `example`, keeping the dtype of `x_flat`."""
-        parts, start = [], 0
-        for shape, size in zip(self.shapes, self.sizes):
-            parts.append(jnp.reshape(x_flat[start : start + size], shape))
-            start += size
-        return jax.tree_util.tree_unflatten(self.treedef, parts)
+        return self._objective.unravel(x_flat)
 
     def ravel(self, x):
         """Pytree like `example` -> flat vector."""
@@ -263,22 +335,15 @@ class Problem:
         return jnp.concatenate(flat, axis=1)
 
     # -- the objective on flat vectors -------------------------------------------------
-    def f_flat(self, x_flat):
-        """$f$ on a flat vector, returned in the dtype of `x_flat`.
+    @property
+    def f_flat(self) -> Callable:
+        """$f$ on a flat vector, returned in the dtype of `x_flat` (`problem.f_flat(x)`).
 
         Data captured by `f` may be float64 while a run is float32 (or the reverse); the
-        value is cast to the dtype of the point so that a run stays in one precision.
+        value is cast to the dtype of the point so that a run stays in one precision. The
+        same object on every access, and it holds no reference to the problem.
         """
-        out = self.f(self.unravel(x_flat))
-        dtype = getattr(x_flat, "dtype", None)
-        if (
-            dtype is not None
-            and jnp.issubdtype(dtype, jnp.floating)
-            and jnp.issubdtype(out.dtype, jnp.floating)
-            and out.dtype != dtype
-        ):
-            out = out.astype(dtype)
-        return out
+        return self._objective
 
     def sample(self, key, n: int, dtype=None) -> jax.Array:
         """Draws `n` initial points as a flat `(n, d)` array."""

@@ -162,7 +162,7 @@ def cluster_values(values, tolerances) -> np.ndarray:
 # --------------------------------------------------------------------------- typing
 def _field_or_none(problem):
     try:
-        from ._field import field_for
+        from ._field_choice import field_for
 
         return field_for(problem)
     except (ImportError, AttributeError, NotImplementedError):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxflow as jf
-from jaxflow._kinks import KinkProgram, UnsupportedKinkError
+from jaxflow._nonsmooth.kinks import KinkProgram, UnsupportedKinkError
 
 
 # --------------------------------------------------------------------------- jax.grad pins

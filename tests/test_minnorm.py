@@ -10,7 +10,7 @@ import scipy.optimize as so
 
 import jaxflow as jf
 from jaxflow import problems
-from jaxflow._qp import box_minnorm, hull_minnorm, simplex_product_minnorm
+from jaxflow._nonsmooth.qp import box_minnorm, hull_minnorm, simplex_product_minnorm
 
 EX = jf.Exactness
 

@@ -10,7 +10,7 @@ from scipy.integrate import solve_ivp
 
 import jaxflow as jf
 from jaxflow import problems
-from jaxflow._flow import default_solver
+from jaxflow._stepper import default_solver
 
 
 def test_default_solver_is_prox_linear_for_nonsmooth_problems():
@@ -285,3 +285,25 @@ def test_midpoint_error_estimate_takes_fewer_steps_and_keeps_the_invariant():
     np.testing.assert_allclose(np.asarray(fast.f), np.asarray(base.f), atol=1e-6)
     with pytest.raises(ValueError, match="estimate"):
         jf.ProxLinear(estimate="richardson")
+
+
+# --------------------------------------------------------------------------- field=
+def test_flow_and_descend_take_a_bundle_field_for_an_unsupported_kink():
+    """|z0| written with `sign` has no kink jaxflow can select: the problem's own field
+    raises, the black-box field passed with `field=` integrates it (flagged approximate)."""
+
+    def f(z):
+        return jnp.sign(z[0]) * z[0] + (z[1] - 1.0) ** 2
+
+    p = jf.Problem(f, dim=2, nonsmooth=True)
+    x0 = jnp.array([[0.5, 0.0], [-0.3, 2.0]])
+    with pytest.raises(jf.UnsupportedKinkError, match="field=jaxflow.MinNormField.for_problem"):
+        jf.flow(p, x0, t1=1.0)
+    field = jf.MinNormField.for_problem(p, fallback="bundle")
+    res = jf.flow(p, x0, t1=5.0, field=field)
+    assert np.all(np.asarray(res.status) == jf.Status.CONVERGED)
+    # a Goldstein epsilon-subgradient: near the minimiser (0, 1), not on it
+    np.testing.assert_allclose(np.asarray(res.x), [[0.0, 1.0], [0.0, 1.0]], atol=2e-2)
+    assert np.all(np.asarray(res.f) < 1e-2)
+    gd = jf.descend(p, x0, optax.sgd(0.01), num_steps=50, time_per_step=0.01, field=field)
+    assert np.all(np.asarray(gd.f) < np.asarray(jax.vmap(p.f_flat)(x0)))

@@ -101,3 +101,55 @@ def test_bad_options_are_named():
         jf.flow(p, x0, t1=1.0, solver=object())
     with pytest.raises(ValueError, match="escape_radius"):
         jf.flow(p, x0, t1=1.0, escape_radius=0.0)
+
+
+# --------------------------------------------------------------------------- immutability
+def test_problem_refuses_attribute_assignment():
+    p = jf.Problem(quad, dim=3, name="q")
+    for name, value in [("name", "other"), ("dim", 4), ("data", {}), ("new_attribute", 1)]:
+        with pytest.raises(AttributeError, match="immutable"):
+            setattr(p, name, value)
+    with pytest.raises(AttributeError, match="immutable"):
+        del p.f
+    assert p.name == "q" and p.dim == 3 and not hasattr(p, "new_attribute")
+
+
+def test_problem_data_is_a_read_only_mapping():
+    m = np.arange(4.0)
+    p = jf.Problem(quad, dim=3, data={"M": m})
+    assert p.data["M"] is m and dict(p.data) == {"M": m}
+    with pytest.raises(TypeError):
+        p.data["M"] = np.zeros(4)
+    assert dict(jf.Problem(quad, dim=3).data) == {}
+    assert float(jf.problems.get("nonsmooth-factorization", m=2, n=2).data["M"].sum()) != 0.0
+
+
+def test_problem_pickles_with_its_data():
+    import pickle
+
+    p = jf.Problem(jnp.sum, dim=2, data={"M": np.ones(2)})
+    q = pickle.loads(pickle.dumps(p))
+    np.testing.assert_array_equal(q.data["M"], np.ones(2))
+    with pytest.raises(AttributeError, match="immutable"):
+        q.name = "other"
+    assert float(q.f_flat(jnp.ones(2))) == 2.0
+
+
+def test_field_is_cached_per_problem_without_keeping_it_alive():
+    import gc
+    import weakref
+
+    from jaxflow._field import _FIELDS
+    from jaxflow._field_choice import field_for
+
+    for nonsmooth in (False, True):
+        p = jf.Problem(lambda x: jnp.sum(jnp.abs(x)), dim=3, nonsmooth=nonsmooth)
+        assert field_for(p) is field_for(p)
+        assert isinstance(field_for(p), jf.MinNormField if nonsmooth else jf.GradientField)
+        assert p in _FIELDS
+        ref = weakref.ref(p)
+        n = len(_FIELDS)
+        del p
+        gc.collect()
+        assert ref() is None
+        assert len(_FIELDS) == n - 1

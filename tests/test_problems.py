@@ -22,7 +22,7 @@ PAPER = [
 
 def _needs_minnorm(problem):
     if problem.nonsmooth:
-        pytest.importorskip("jaxflow._minnorm", reason="nonsmooth flows not available")
+        pytest.importorskip("jaxflow._nonsmooth", reason="nonsmooth flows not available")
 
 
 _JIT = {}

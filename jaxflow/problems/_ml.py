@@ -124,16 +124,15 @@ def cosine_network(
         )
     # Flat order of the bounds follows the pytree leaves (dict keys sorted).
     high = np.concatenate([np.ravel(bounds[k]) for k in sorted(bounds)])
-    problem = Problem(
+    return Problem(
         f, example=example, sampler=Uniform(-high, high), name=name, global_infimum=0.0,
         facts=facts,
         description=(
             f"width-{width} cosine network on {x.size} points"
             + (f" + extra neuron (lambda = {lam:g})" if extra_neuron else "")
         ),
+        data={"x": x, "y": y},
     )
-    problem.data = {"x": x, "y": y}
-    return problem
 
 
 @register("cosine-network-extra-neuron")

@@ -324,7 +324,7 @@ def deep_linear(
     sv = np.linalg.svd(y @ proj, compute_uv=False)
     inf = 0.5 * (float(np.sum((y - y @ proj) ** 2)) + float(np.sum(sv[h:] ** 2)))
     example = [jnp.zeros((widths[i + 1], widths[i])) for i in range(depth)]
-    problem = Problem(
+    return Problem(
         f, example=example, sampler=Normal(0.0, init_scale), name=name,
         global_infimum=inf,
         facts={
@@ -338,9 +338,8 @@ def deep_linear(
             "rank_x": rank_x,
         },
         description=f"(4.1) deep linear network, widths {widths}, rank X = {rank_x}",
+        data={"X": x, "Y": y},
     )
-    problem.data = {"X": x, "Y": y}
-    return problem
 
 
 @register("deep-sigmoid-1d")
@@ -464,7 +463,7 @@ def matrix_sensing(
         z = p["X"] @ p["Y"].T
         return jnp.sum((jnp.einsum("kij,ij->k", aj, z) - bj) ** 2) / (2 * m)
 
-    problem = Problem(
+    return Problem(
         f, example={"X": jnp.zeros((n1, r)), "Y": jnp.zeros((n2, r))},
         sampler=Normal(0.0, init_scale), name=name,
         global_infimum=0.0 if rank_m <= r else None,
@@ -478,9 +477,8 @@ def matrix_sensing(
             "n1": n1, "n2": n2, "r": r, "m": m, "rank_m": rank_m,
         },
         description=f"(4.10) matrix sensing {n1}x{n2}, r = {r}, m = {m}, rank M = {rank_m}",
+        data={"A": a, "b": b, "M": mstar},
     )
-    problem.data = {"A": a, "b": b, "M": mstar}
-    return problem
 
 
 @register("nonsmooth-factorization")
@@ -516,7 +514,7 @@ def nonsmooth_factorization(
         return jnp.sum(jnp.abs(p["X"] @ p["Y"].T - mj))
 
     rank_one = (r, rank_m) == (1, 1)
-    problem = Problem(
+    return Problem(
         f, example={"X": jnp.zeros((m, r)), "Y": jnp.zeros((n, r))},
         sampler=Normal(0.0, init_scale), name=name,
         global_infimum=0.0 if rank_m <= r else None,
@@ -531,6 +529,5 @@ def nonsmooth_factorization(
             "m": m, "n": n, "r": r, "rank_m": rank_m,
         },
         description=f"(4.11) ||X Y^T - M||_1, {m}x{n}, r = {r}, rank M = {rank_m}",
+        data={"M": mm},
     )
-    problem.data = {"M": mm}
-    return problem

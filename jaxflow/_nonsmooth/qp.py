@@ -17,7 +17,7 @@ is $\tfrac12\|v\|^2$ over a convex set, so $\tfrac12\|v - v^*\|^2 \le \tfrac12\|
 \tfrac12\|v^*\|^2 \le \text{gap}$, i.e. $\|v - v^*\| \le \sqrt{2\,\text{gap}}$.
 
 An optional linear term $\langle c, y\rangle$ turns each problem into the dual of a
-prox-linear step (see `jaxflow._prox`); the gap then certifies that problem instead.
+prox-linear step (see `jaxflow._stepper.prox_linear`); the gap then certifies that problem instead.
 """
 
 from __future__ import annotations

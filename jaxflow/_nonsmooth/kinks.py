@@ -15,31 +15,38 @@ At $\delta\theta = 0$ this is $f$ itself and $\nabla_x F = \nabla f$ wherever $f
 differentiable. Moving a kink's weight onto another piece that ties with the natural
 one at $x$ gives another selection gradient; the convex hull of these is a conservative
 field that contains the Clarke subdifferential (Bolte–Pauwels), with equality under the
-certificates checked in `jaxflow._minnorm`.
+certificates checked in `jaxflow._nonsmooth.certificates`.
 
 The interpretation runs at trace time: under `jit` only the arithmetic remains.
 
 Primitives it cannot handle when they act on a value that depends on $x$ and reach the
 output (jumps such as `sign`, `floor`, `argmax`, `sort`; kinks inside `scan`,
 `while_loop`, `cond`) raise `UnsupportedKinkError` naming the primitive and where it
-was called; `jaxflow.MinNormField.for_problem(problem, fallback="bundle")` opts into an
-approximate black-box method instead.
+was called; `jaxflow.MinNormField.for_problem(problem, fallback="bundle")` (passed to
+`flow`/`descend` as `field=`) opts into an approximate black-box method instead.
+
+How each primitive is interpreted is a table of rules, `_RULES` (primitive name ->
+rule); primitives without an entry go through `_generic_rule`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src import source_info_util
 from jax.extend import core as jcore
+
+from .._errors import JaxflowError
 
 __all__ = ["KinkProgram", "KinkSite", "Probe", "UnsupportedKinkError"]
 
 
-class UnsupportedKinkError(ValueError):
+class UnsupportedKinkError(JaxflowError, ValueError):
     """A primitive whose nonsmoothness jaxflow cannot represent (see the message)."""
 
 
@@ -88,7 +95,8 @@ _DISCRETE = frozenset(
     }
 )
 _KINK_PRIMS = frozenset({"abs", "max", "min", "clamp", "reduce_max", "reduce_min"})
-_CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint"})
+# Call-like primitives whose body is interpreted (see `_inner`).
+_CALL_LIKE = ("jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint")
 _SMOOTH_CUSTOM = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})
 # Shape-only primitives: magnitudes (and comparison operands) go through them unchanged.
 _STRUCTURAL = frozenset(
@@ -170,8 +178,11 @@ class _Pred(NamedTuple):
     sites: frozenset
 
 
-class _V:
-    """A value in the interpreter with static provenance."""
+class _TracedValue:
+    """A value in the interpreter with static provenance: whether it depends on x
+    (`taint`), the kinks upstream of it (`sites`), a value-numbering `token`, the
+    switching surface it carries if it is a comparison (`pred`), and a running
+    rounding-error scale (`mag`)."""
 
     __slots__ = ("val", "taint", "sites", "token", "pred", "mag")
 
@@ -186,8 +197,6 @@ class _V:
 
 def _source(eqn) -> str:
     try:
-        from jax._src import source_info_util  # noqa: PLC0415
-
         return source_info_util.summarize(eqn.source_info)
     except Exception:  # pragma: no cover - best effort only
         return "<unknown>"
@@ -293,7 +302,11 @@ def _relevance(jaxpr, out_rel) -> _Rel:
 
 
 # --------------------------------------------------------------------------- context
-class _Ctx:
+class _Interpretation:
+    """The state of one interpretation of the jaxpr: `"discover"` registers the kink
+    sites, `"eval"` re-evaluates $F$ with the selector perturbations `dth`/`eps` (or the
+    frozen selection `theta`), collecting the probes and, with `tie_tol`, the tie count."""
+
     def __init__(
         self, program, mode, dth=None, eps=None, track_mag=False, theta=None, tie_tol=None
     ):
@@ -385,7 +398,7 @@ def _is_float(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
-def _absmag(v: _V):
+def _absmag(v: _TracedValue):
     if v.mag is not None:
         return v.mag
     return jnp.abs(v.val) if _is_float(v.val) else None
@@ -399,7 +412,7 @@ def _unsupported(eqn, program, what: str, where: str | None = None):
         "(jnp.maximum, jnp.clip, jax.nn.relu/relu6), reduce_max/min (jnp.max, jnp.min) and "
         "comparisons that feed jnp.where/select, outside scan/while/cond. Rewrite the loss "
         "with those, or opt into the approximate black-box method with "
-        "jaxflow.MinNormField.attach(problem, fallback='bundle')."
+        "flow(problem, x0, field=jaxflow.MinNormField.for_problem(problem, fallback='bundle'))."
     )
 
 
@@ -425,7 +438,7 @@ class KinkProgram:
         self._closed = closed
         self._rel = _relevance(closed.jaxpr, [True])
         self.sites: tuple[KinkSite, ...] = ()
-        ctx = _Ctx(self, "discover")
+        ctx = _Interpretation(self, "discover")
         jax.eval_shape(lambda x: self._run(ctx, x)[0], spec)
         self.sites = tuple(ctx.sites)
 
@@ -461,7 +474,7 @@ class KinkProgram:
         With `theta` (tuple of `(*shape, m)` weights) every kink output is the fixed
         combination $\\sum_j \\theta_j\\,\\text{piece}_j(x)$ instead, whichever piece is
         natural at `x` (a frozen selection)."""
-        ctx = _Ctx(self, "eval", dth=dth, eps=eps, track_mag=track_mag, theta=theta)
+        ctx = _Interpretation(self, "eval", dth=dth, eps=eps, track_mag=track_mag, theta=theta)
         val = self._run(ctx, x)
         n = len(self.sites)
         w = tuple(ctx.probe[i][0] for i in range(n))
@@ -472,13 +485,13 @@ class KinkProgram:
     def count_ties(self, x, tol):
         """$(f(x), \\text{number of kink groups with a tie within } tol\\cdot\\text{mag})$,
         differentiable in $x$ (the natural selection): the cheap first pass."""
-        ctx = _Ctx(self, "eval", track_mag=True, tie_tol=tol)
+        ctx = _Interpretation(self, "eval", track_mag=True, tie_tol=tol)
         val = self._run(ctx, x)
         return val[0], jax.lax.stop_gradient(ctx.ties)
 
     def _run(self, ctx, x):
         x = jnp.asarray(x)
-        xv = _V(x, taint=True, mag=jnp.abs(x) if ctx.track_mag else None)
+        xv = _TracedValue(x, taint=True, mag=jnp.abs(x) if ctx.track_mag else None)
         closed = self._closed
         outs = _eval_jaxpr(ctx, closed.jaxpr, closed.consts, [xv], self._rel)
         return [outs[0].val]
@@ -492,25 +505,25 @@ def _eval_jaxpr(ctx, jaxpr, consts, args, rel):
         if isinstance(v, jcore.Literal):
             val = v.val
             tok = ("lit", float(np.asarray(val))) if np.ndim(val) == 0 else None
-            return _V(
+            return _TracedValue(
                 jnp.asarray(val) if not isinstance(val, (int, float, bool)) else val, token=tok
             )
         return env[v]
 
     for v, c in zip(jaxpr.constvars, consts, strict=True):
-        env[v] = _V(c)
+        env[v] = _TracedValue(c)
     for v, a in zip(jaxpr.invars, args, strict=True):
         env[v] = a
     for i, eqn in enumerate(jaxpr.eqns):
         relevant, sub = rel.eqns[i]
         ins = [read(v) for v in eqn.invars]
         if not relevant or not any(m.taint for m in ins) or eqn.primitive.name == "stop_gradient":
-            outs = [_V(o) for o in _bind(eqn, [m.val for m in ins])]
+            outs = [_TracedValue(o) for o in _bind(eqn, [m.val for m in ins])]
             if ctx.track_mag:
                 for o in outs:
                     o.mag = _absmag(o)
         else:
-            outs = _rule(ctx, eqn, ins, sub)
+            outs = _RULES.get(eqn.primitive.name, _generic_rule)(ctx, eqn, ins, sub)
         for v, o in zip(eqn.outvars, outs, strict=True):
             if not isinstance(v, jcore.DropVar):
                 env[v] = o
@@ -526,127 +539,168 @@ def _union(ins):
     return s
 
 
-def _rule(ctx, eqn, ins, sub):
+# --------------------------------------------------------------------------- rules
+# One rule per primitive: `rule(ctx, eqn, ins, sub) -> list of output values`, called
+# for relevant equations with an input that depends on x (see `_eval_jaxpr`). A
+# primitive without an entry in `_RULES` goes through `_generic_rule`.
+def _call_rule(ctx, eqn, ins, sub):
+    """Call-like primitives (`jit`, `checkpoint`, the `custom_jvp` of relu/relu6): the
+    body is interpreted, so kinks inside it are found."""
+    jaxpr, consts = _inner(eqn)
+    ctx.src.append(ctx.source(eqn))
+    try:
+        return _eval_jaxpr(ctx, jaxpr, consts, ins, sub)
+    finally:
+        ctx.src.pop()
+
+
+def _smooth_custom_rule(ctx, eqn, ins, sub):
+    """`custom_jvp`/`custom_vjp` functions taken as smooth (softplus, logaddexp, ...)."""
+    outs = _bind(eqn, [m.val for m in ins])
+    res = [_TracedValue(o, taint=True, sites=_union(ins)) for o in outs]
+    if ctx.track_mag:
+        _generic_mag(eqn, ins, res)
+    return res
+
+
+def _custom_jvp_rule(ctx, eqn, ins, sub):
+    if _custom_jvp_name(eqn) in _CUSTOM_JVP_KINKS:
+        return _call_rule(ctx, eqn, ins, sub)
+    return _smooth_custom_rule(ctx, eqn, ins, sub)
+
+
+def _abs_rule(ctx, eqn, ins, sub):
+    return [_kink_abs(ctx, eqn, ins[0])]
+
+
+def _max_min_rule(ctx, eqn, ins, sub):
+    return [_kink_binary(ctx, eqn, eqn.primitive.name, ins[0], ins[1])]
+
+
+def _clamp_rule(ctx, eqn, ins, sub):
+    lo, xx, hi = ins
+    t = _kink_binary(ctx, eqn, "max", xx, lo)
+    return [_kink_binary(ctx, eqn, "min", t, hi)]
+
+
+def _reduce_rule(ctx, eqn, ins, sub):
+    return [_kink_reduce(ctx, eqn, eqn.primitive.name, ins[0])]
+
+
+def _compare_rule(ctx, eqn, ins, sub):
+    """A comparison: a boolean carrying its switching surface $\\pm(p - q)$."""
     name = eqn.primitive.name
-    prog = ctx.program
-    taint = True
-    sites = _union(ins)
-    inner = _inner(eqn)
-    if inner is not None:
-        jaxpr, consts = inner
-        ctx.src.append(ctx.source(eqn))
-        try:
-            return _eval_jaxpr(ctx, jaxpr, consts, ins, sub)
-        finally:
-            ctx.src.pop()
-    if name in _SMOOTH_CUSTOM:
-        outs = _bind(eqn, [m.val for m in ins])
-        res = [_V(o, taint=taint, sites=sites) for o in outs]
-        if ctx.track_mag:
-            _generic_mag(eqn, ins, res)
-        return res
-    if name == "abs":
-        return [_kink_abs(ctx, eqn, ins[0])]
-    if name in ("max", "min"):
-        return [_kink_binary(ctx, eqn, name, ins[0], ins[1])]
-    if name == "clamp":
-        lo, xx, hi = ins
-        t = _kink_binary(ctx, eqn, "max", xx, lo)
-        return [_kink_binary(ctx, eqn, "min", t, hi)]
-    if name in ("reduce_max", "reduce_min"):
-        return [_kink_reduce(ctx, eqn, name, ins[0])]
-    if name in _COMPARE:
-        a, b = ins
-        out = _bind(eqn, [a.val, b.val])[0]
-        sgn, _ = _COMPARE[name]
-        shape = jnp.shape(out)
-        p = jnp.broadcast_to(jnp.asarray(a.val), shape)
-        q = jnp.broadcast_to(jnp.asarray(b.val), shape)
-        mag = None
-        if ctx.track_mag:
-            mag = jnp.broadcast_to(_absmag(a) + _absmag(b), shape)
-        pred = _Pred(sgn, p, q, mag, sites)
-        return [
-            _V(out, taint=True, sites=frozenset(), token=("cmp", name, a.token, b.token), pred=pred)
-        ]
-    if name in _OPAQUE_PRED:
-        out = _bind(eqn, [m.val for m in ins])[0]
-        return [_V(out, taint=True, sites=sites, pred="opaque")]
-    if name == "not":
-        (a,) = ins
+    a, b = ins
+    out = _bind(eqn, [a.val, b.val])[0]
+    sgn, _ = _COMPARE[name]
+    shape = jnp.shape(out)
+    p = jnp.broadcast_to(jnp.asarray(a.val), shape)
+    q = jnp.broadcast_to(jnp.asarray(b.val), shape)
+    mag = None
+    if ctx.track_mag:
+        mag = jnp.broadcast_to(_absmag(a) + _absmag(b), shape)
+    pred = _Pred(sgn, p, q, mag, _union(ins))
+    token = ("cmp", name, a.token, b.token)
+    return [_TracedValue(out, taint=True, sites=frozenset(), token=token, pred=pred)]
+
+
+def _opaque_pred_rule(ctx, eqn, ins, sub):
+    out = _bind(eqn, [m.val for m in ins])[0]
+    return [_TracedValue(out, taint=True, sites=_union(ins), pred="opaque")]
+
+
+def _not_rule(ctx, eqn, ins, sub):
+    (a,) = ins
+    out = _bind(eqn, [a.val])[0]
+    if isinstance(a.pred, _Pred):
+        pr = a.pred
+        flipped = _Pred(-pr.sign, pr.p, pr.q, pr.mag, pr.sites)
+        return [_TracedValue(out, taint=True, token=("not", a.token), pred=flipped)]
+    if a.pred == "opaque":
+        return [_TracedValue(out, taint=True, sites=_union(ins), pred="opaque")]
+    return [_TracedValue(out, taint=True, sites=_union(ins), pred=("discrete", "not"))]
+
+
+def _logic_rule(ctx, eqn, ins, sub):
+    """`and`/`or`/`xor`: fine on opaque predicates; a combination of comparisons is not
+    one switching surface (rejected where it selects, in `_kink_select`)."""
+    name = eqn.primitive.name
+    out = _bind(eqn, [m.val for m in ins])[0]
+    if all(m.pred == "opaque" or not m.taint for m in ins):
+        return [_TracedValue(out, taint=True, sites=_union(ins), pred="opaque")]
+    return [_TracedValue(out, taint=True, sites=_union(ins), pred=("discrete", name))]
+
+
+def _select_rule(ctx, eqn, ins, sub):
+    return [_kink_select(ctx, eqn, ins)]
+
+
+def _convert_rule(ctx, eqn, ins, sub):
+    """A comparison cast to float is a selection between 0 and 1; any other cast of a
+    boolean or to an integer that depends on x is a jump."""
+    (a,) = ins
+    new = eqn.params["new_dtype"]
+    src_bool = jnp.result_type(a.val) == jnp.bool_
+    if src_bool and isinstance(a.pred, _Pred) and jnp.issubdtype(new, jnp.floating):
+        zero = _TracedValue(jnp.zeros(jnp.shape(a.val), new), token=("lit", 0.0))
+        one = _TracedValue(jnp.ones(jnp.shape(a.val), new), token=("lit", 1.0))
+        return [_select_from_pred(ctx, eqn, a, [zero, one])]
+    if src_bool and a.pred in ("opaque", None):
         out = _bind(eqn, [a.val])[0]
-        if isinstance(a.pred, _Pred):
-            pr = a.pred
-            return [
-                _V(
-                    out,
-                    taint=True,
-                    token=("not", a.token),
-                    pred=_Pred(-pr.sign, pr.p, pr.q, pr.mag, pr.sites),
-                )
-            ]
-        if a.pred == "opaque":
-            return [_V(out, taint=True, sites=sites, pred="opaque")]
-        return [_V(out, taint=True, sites=sites, pred=("discrete", "not"))]
-    if name in ("and", "or", "xor"):
-        out = _bind(eqn, [m.val for m in ins])[0]
-        if all(m.pred == "opaque" or not m.taint for m in ins):
-            return [_V(out, taint=True, sites=sites, pred="opaque")]
-        return [_V(out, taint=True, sites=sites, pred=("discrete", name))]
-    if name == "select_n":
-        return [_kink_select(ctx, eqn, ins)]
-    if name == "convert_element_type":
-        (a,) = ins
-        new = eqn.params["new_dtype"]
-        src_bool = jnp.result_type(a.val) == jnp.bool_
-        if src_bool and isinstance(a.pred, _Pred) and jnp.issubdtype(new, jnp.floating):
-            zero = _V(jnp.zeros(jnp.shape(a.val), new), token=("lit", 0.0))
-            one = _V(jnp.ones(jnp.shape(a.val), new), token=("lit", 1.0))
-            return [_select_from_pred(ctx, eqn, a, [zero, one])]
-        if src_bool and a.pred in ("opaque", None):
-            out = _bind(eqn, [a.val])[0]
-            return [_V(out, taint=True, sites=sites, mag=jnp.abs(out) if ctx.track_mag else None)]
-        if src_bool or (_is_float(a.val) and not jnp.issubdtype(new, jnp.floating)):
-            _unsupported(
-                eqn,
-                prog,
-                where=ctx.source(eqn),
-                what=f"a value that depends on x is converted to {jnp.dtype(new).name}, a jump",
-            )
-    if name in _DISCRETE:
+        mag = jnp.abs(out) if ctx.track_mag else None
+        return [_TracedValue(out, taint=True, sites=_union(ins), mag=mag)]
+    if src_bool or (_is_float(a.val) and not jnp.issubdtype(new, jnp.floating)):
         _unsupported(
             eqn,
-            prog,
+            ctx.program,
             where=ctx.source(eqn),
-            what="a jump or a kink jaxflow cannot select (ties of sort/argmax, sign, rounding)",
+            what=f"a value that depends on x is converted to {jnp.dtype(new).name}, a jump",
         )
-    if name == "cond":
-        if ins[0].taint:
+    return _generic_rule(ctx, eqn, ins, sub)
+
+
+def _discrete_rule(ctx, eqn, ins, sub):
+    _unsupported(
+        eqn,
+        ctx.program,
+        where=ctx.source(eqn),
+        what="a jump or a kink jaxflow cannot select (ties of sort/argmax, sign, rounding)",
+    )
+
+
+def _cond_rule(ctx, eqn, ins, sub):
+    if ins[0].taint:
+        _unsupported(
+            eqn,
+            ctx.program,
+            where=ctx.source(eqn),
+            what="lax.cond on a predicate that depends on x (write the "
+            "branches with jnp.where so the switch becomes a kink)",
+        )
+    return _generic_rule(ctx, eqn, ins, sub)
+
+
+def _generic_rule(ctx, eqn, ins, sub):
+    """Every other primitive: smooth arithmetic (outputs depend on x, no kink), loops
+    without kinks inside, and comparisons carried through shape-only primitives."""
+    name = eqn.primitive.name
+    sites = _union(ins)
+    for s in _subjaxprs(eqn):
+        found = _contains_switch(s)
+        if found:
             _unsupported(
                 eqn,
-                prog,
+                ctx.program,
                 where=ctx.source(eqn),
-                what="lax.cond on a predicate that depends on x (write the "
-                "branches with jnp.where so the switch becomes a kink)",
+                what=f"`{found}` inside `{name}` (kinks inside scan, "
+                "while_loop, fori_loop and cond are not supported)",
             )
-    subs = _subjaxprs(eqn)
-    if subs:
-        for s in subs:
-            found = _contains_switch(s)
-            if found:
-                _unsupported(
-                    eqn,
-                    prog,
-                    where=ctx.source(eqn),
-                    what=f"`{found}` inside `{name}` (kinks inside scan, "
-                    "while_loop, fori_loop and cond are not supported)",
-                )
     pred_ins = [m for m in ins if m.taint and m.pred is not None and not _is_float(m.val)]
     outs = _bind(eqn, [m.val for m in ins])
     if pred_ins:
         if all(m.pred == "opaque" for m in pred_ins):
             return [
-                _V(
+                _TracedValue(
                     o,
                     taint=True,
                     sites=sites,
@@ -665,7 +719,7 @@ def _rule(ctx, eqn, ins, sub):
         ):
             _unsupported(
                 eqn,
-                prog,
+                ctx.program,
                 where=ctx.source(eqn),
                 what="a comparison result is used other than to select between values",
             )
@@ -676,7 +730,7 @@ def _rule(ctx, eqn, ins, sub):
         q = _bind(eqn, [pr.q] + rest)[0]
         mg = _bind(eqn, [pr.mag] + rest)[0] if pr.mag is not None else None
         return [
-            _V(
+            _TracedValue(
                 outs[0],
                 taint=True,
                 token=("struct", name, a.token),
@@ -684,11 +738,33 @@ def _rule(ctx, eqn, ins, sub):
             )
         ]
     res = [
-        _V(o, taint=True, sites=sites, token=_value_token(eqn, ins, i)) for i, o in enumerate(outs)
+        _TracedValue(o, taint=True, sites=sites, token=_value_token(eqn, ins, i))
+        for i, o in enumerate(outs)
     ]
     if ctx.track_mag:
         _generic_mag(eqn, ins, res)
     return res
+
+
+_RULES = {
+    **dict.fromkeys(_CALL_LIKE, _call_rule),
+    **dict.fromkeys(_SMOOTH_CUSTOM, _smooth_custom_rule),
+    "custom_jvp_call": _custom_jvp_rule,  # relu/relu6 interpreted, the rest smooth
+    "abs": _abs_rule,
+    "max": _max_min_rule,
+    "min": _max_min_rule,
+    "clamp": _clamp_rule,
+    "reduce_max": _reduce_rule,
+    "reduce_min": _reduce_rule,
+    **dict.fromkeys(_COMPARE, _compare_rule),
+    **dict.fromkeys(_OPAQUE_PRED, _opaque_pred_rule),
+    "not": _not_rule,
+    **dict.fromkeys(("and", "or", "xor"), _logic_rule),
+    "select_n": _select_rule,
+    "convert_element_type": _convert_rule,
+    **dict.fromkeys(_DISCRETE, _discrete_rule),
+    "cond": _cond_rule,
+}
 
 
 # --------------------------------------------------------------------------- magnitudes
@@ -743,21 +819,44 @@ def _generic_mag(eqn, ins, res):
 
 
 # --------------------------------------------------------------------------- kinks
-def _finish(ctx, eqn, kind, key, pv, w, nat, mag, natural_value, upstream, out_mag, tie=None):
-    """Registers a kink, records its probe, and returns the output value.
+class _Kink(NamedTuple):
+    """A kink met by the interpreter, before it is registered (`_register_kink`).
 
-    `tie(tol)`: per group, whether another piece is within `tol * mag` of the natural
-    one, from the unstacked operands (the cheap test of `KinkProgram.count_ties`)."""
-    shape = jnp.shape(natural_value)
+    - `kind`: a key of `_ORIENT`; `key`: de-duplication key (same kink, same operands);
+    - `pieces` `(*shape, m)`: the smooth pieces; `scores` `(*shape, m)`: switching
+      scores (natural piece largest); `natural` `(*shape,)`: index of the natural piece;
+    - `mag` `(*shape, m)` or None: rounding scale of the score differences;
+    - `value`: the kink's output as `f` computes it; `out_mag`: its rounding scale;
+    - `upstream`: kinks feeding this one;
+    - `tie(tol)`: per group, whether another piece is within `tol * mag` of the natural
+      one, from the unstacked operands (the cheap test of `KinkProgram.count_ties`).
+    """
+
+    kind: str
+    key: tuple
+    pieces: Any
+    scores: Any
+    natural: Any
+    mag: Any
+    value: Any
+    upstream: frozenset
+    out_mag: Any
+    tie: Callable | None
+
+
+def _register_kink(ctx, eqn, kink: _Kink) -> _TracedValue:
+    """Registers a kink, records its probe, and returns the output value."""
+    pv, nat = kink.pieces, kink.natural
+    shape = jnp.shape(kink.value)
     m = pv.shape[-1]
-    idx, first = ctx.site(key, kind, shape, m, upstream, ctx.source(eqn))
-    if first and ctx.tie_tol is not None and tie is not None:
-        ctx.ties = ctx.ties + jnp.sum(tie(ctx.tie_tol), dtype=jnp.int32)
+    idx, first = ctx.site(kink.key, kink.kind, shape, m, kink.upstream, ctx.source(eqn))
+    if first and ctx.tie_tol is not None and kink.tie is not None:
+        ctx.ties = ctx.ties + jnp.sum(kink.tie(ctx.tie_tol), dtype=jnp.int32)
     if first:
         ctx.probe[idx] = (
-            w,
+            kink.scores,
             jax.lax.stop_gradient(nat).astype(jnp.int32),
-            None if mag is None else jax.lax.stop_gradient(mag),
+            None if kink.mag is None else jax.lax.stop_gradient(kink.mag),
         )
     if ctx.theta is not None:
         # Frozen absolute selection (independent of which piece is natural here).
@@ -771,10 +870,11 @@ def _finish(ctx, eqn, kind, key, pv, w, nat, mag, natural_value, upstream, out_m
         if ctx.eps is not None:
             out = out + ctx.eps[idx].astype(pv.dtype)
     else:
-        out = natural_value
-    res = _V(out, taint=True, sites=frozenset(upstream) | {idx}, token=("kink", idx))
+        out = kink.value
+    sites = frozenset(kink.upstream) | {idx}
+    res = _TracedValue(out, taint=True, sites=sites, token=("kink", idx))
     if ctx.track_mag:
-        res.mag = out_mag if out_mag is not None else jnp.abs(out)
+        res.mag = kink.out_mag if kink.out_mag is not None else jnp.abs(out)
     return res
 
 
@@ -786,20 +886,19 @@ def _kink_abs(ctx, eqn, z):
     if ctx.track_mag:
         mz = _absmag(z)
         mag = jnp.stack([2 * mz, 2 * mz], axis=-1)
-    return _finish(
-        ctx,
-        eqn,
-        "abs",
-        ("abs", z.token),
-        pv,
-        pv,
-        nat,
-        mag,
-        val,
-        _union([z]),
-        _absmag(z) if ctx.track_mag else None,
+    kink = _Kink(
+        kind="abs",
+        key=("abs", z.token),
+        pieces=pv,
+        scores=pv,
+        natural=nat,
+        mag=mag,
+        value=val,
+        upstream=_union([z]),
+        out_mag=_absmag(z) if ctx.track_mag else None,
         tie=lambda tol: jnp.abs(z.val) <= tol * _absmag(z),
     )
+    return _register_kink(ctx, eqn, kink)
 
 
 def _kink_binary(ctx, eqn, kind, a, b):
@@ -827,7 +926,19 @@ def _kink_binary(ctx, eqn, kind, a, b):
             jnp.broadcast_to(_absmag(a), shape) + jnp.broadcast_to(_absmag(b), shape)
         )
 
-    return _finish(ctx, eqn, kind, key, pv, w, nat, mag, val, _union([a, b]), out_mag, tie)
+    kink = _Kink(
+        kind=kind,
+        key=key,
+        pieces=pv,
+        scores=w,
+        natural=nat,
+        mag=mag,
+        value=val,
+        upstream=_union([a, b]),
+        out_mag=out_mag,
+        tie=tie,
+    )
+    return _register_kink(ctx, eqn, kink)
 
 
 def _kink_reduce(ctx, eqn, name, z):
@@ -855,22 +966,32 @@ def _kink_reduce(ctx, eqn, name, z):
         close = (top - w) <= tol * (mz + jnp.max(mz, axis=-1, keepdims=True))
         return jnp.sum(close, axis=-1) > 1
 
-    return _finish(
-        ctx, eqn, kind, (kind, axes, z.token), pv, w, nat, mag, val, _union([z]), out_mag, tie
+    kink = _Kink(
+        kind=kind,
+        key=(kind, axes, z.token),
+        pieces=pv,
+        scores=w,
+        natural=nat,
+        mag=mag,
+        value=val,
+        upstream=_union([z]),
+        out_mag=out_mag,
+        tie=tie,
     )
+    return _register_kink(ctx, eqn, kink)
 
 
 def _kink_select(ctx, eqn, ins):
     pred, cases = ins[0], ins[1:]
     if not pred.taint:
         outs = _bind(eqn, [m.val for m in ins])
-        res = _V(outs[0], taint=any(c.taint for c in cases), sites=_union(cases))
+        res = _TracedValue(outs[0], taint=any(c.taint for c in cases), sites=_union(cases))
         if ctx.track_mag:
             _generic_mag(eqn, ins, [res])
         return res
     if pred.pred == "opaque":
         outs = _bind(eqn, [m.val for m in ins])
-        res = _V(outs[0], taint=True, sites=_union(ins))
+        res = _TracedValue(outs[0], taint=True, sites=_union(ins))
         if ctx.track_mag:
             _generic_mag(eqn, ins, [res])
         return res
@@ -922,4 +1043,16 @@ def _select_from_pred(ctx, eqn, pred, cases):
         pm = jnp.broadcast_to(pr.mag, shape).astype(dtype) if pr.mag is not None else 0.0
         return jnp.abs(sd) <= tol * pm
 
-    return _finish(ctx, eqn, "select", key, pv, w, nat, mag, val, upstream, out_mag, tie)
+    kink = _Kink(
+        kind="select",
+        key=key,
+        pieces=pv,
+        scores=w,
+        natural=nat,
+        mag=mag,
+        value=val,
+        upstream=upstream,
+        out_mag=out_mag,
+        tie=tie,
+    )
+    return _register_kink(ctx, eqn, kink)

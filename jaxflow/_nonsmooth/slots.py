@@ -1,0 +1,248 @@
+r"""Tied-kink slots: which kinks are tied at a point, laid out as a fixed number of slots.
+
+The kinks of a `KinkProgram` come in groups (one per element of a kink site's shape).
+At a point $x$ a group is *tied* when another piece is within the rounding band of the
+natural one (or, for a prox-linear step of size $h$, within reach of the step). The QPs
+have static shapes, so the tied groups are gathered into `k` slots of `R` pieces each
+(the closest first); `KinkAnalysis` holds everything about one point that the QPs and
+the certificates use: $f$, $\nabla f$, the probe, the slots, and the selection
+gradient $\nabla_x F(x, \lambda)$ as a function of the slot weights (scattered back to
+the per-site selector perturbations). Vertex selections (one piece per slot) are
+enumerated here too, for nested kinks and for the realisability test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .kinks import KinkProgram
+from .options import MinNormOptions, machine_eps
+
+__all__ = ["KinkAnalysis", "vertex_gradients", "vertex_table"]
+
+
+def _choose_jac(fun, n_in: int, n_out: int):
+    return jax.jacfwd(fun) if n_in <= n_out else jax.jacrev(fun)
+
+
+class _TiedGroups(eqx.Module):
+    """Kink groups of all sites, flattened (traced arrays; static layout)."""
+
+    valid: jax.Array  # (G, R) piece allowed (tied with the natural one)
+    nat: jax.Array  # (G, R) natural piece
+    pos: jax.Array  # (G, R) int: piece index within the site
+    score: jax.Array  # (G,) smallest normalised gap among other pieces (inf: none)
+    gamma: jax.Array  # (G, R) first-order value change when switching (prox penalty)
+    c: jax.Array  # (G,) cotangent of the kink output
+    trunc_pieces: jax.Array  # () more tied pieces than max_pieces somewhere
+
+
+def _tied_groups(prog: KinkProgram, probe, g_dth, c, wdot, h, opts: MinNormOptions, dtype):
+    """Tied pieces per group, padded to a common width R."""
+    eps = machine_eps(dtype)
+    r_max = max(min(s.npieces, opts.max_pieces) for s in prog.sites)
+    cols = dict(valid=[], nat=[], pos=[], score=[], gamma=[], c=[])
+    trunc = jnp.array(False)
+    for i, site in enumerate(prog.sites):
+        m = site.npieces
+        g = site.size
+        w = probe.w[i].reshape(g, m)
+        nat = probe.nat[i].reshape(g)
+        mag = probe.mag[i].reshape(g, m)
+        w_nat = jnp.take_along_axis(w, nat[:, None], axis=-1)
+        gap = jnp.maximum(w_nat - w, 0.0)
+        band = opts.band_ulps * eps * mag
+        if wdot is not None:
+            wd = wdot[i].reshape(g, m)
+            rate = jnp.abs(jnp.take_along_axis(wd, nat[:, None], axis=-1) - wd)
+            band = jnp.maximum(band, opts.reach * h * rate)
+        is_nat = jnp.arange(m)[None, :] == nat[:, None]
+        valid = (gap <= band) | is_nat
+        gd = g_dth[i].reshape(g, m)
+        gamma = jnp.abs(gd - jnp.take_along_axis(gd, nat[:, None], axis=-1))
+        norm_gap = jnp.where(is_nat, jnp.inf, gap / jnp.maximum(band, jnp.finfo(dtype).tiny))
+        norm_gap = jnp.where(valid & ~is_nat, jnp.minimum(norm_gap, 1.0), norm_gap)
+        r = min(m, opts.max_pieces)
+        if r < m:
+            # Keep the natural piece and the r - 1 closest others.
+            key = jnp.where(is_nat, -1.0, norm_gap)
+            _, pos = jax.lax.top_k(-key, r)
+            nvalid = jnp.sum(valid, axis=-1)
+            trunc = trunc | jnp.any(nvalid > r)
+        else:
+            pos = jnp.broadcast_to(jnp.arange(m), (g, m))
+        v_, n_, gm_, ng_ = (
+            jnp.take_along_axis(a, pos, axis=-1) for a in (valid, is_nat, gamma, norm_gap)
+        )
+        pad = r_max - r
+        if pad:
+            v_ = jnp.pad(v_, ((0, 0), (0, pad)))
+            n_ = jnp.pad(n_, ((0, 0), (0, pad)))
+            gm_ = jnp.pad(gm_, ((0, 0), (0, pad)))
+            ng_ = jnp.pad(ng_, ((0, 0), (0, pad)), constant_values=jnp.inf)
+            pos = jnp.pad(pos, ((0, 0), (0, pad)))
+        score = jnp.min(jnp.where(v_ & ~n_, ng_, jnp.inf), axis=-1)
+        cols["valid"].append(v_)
+        cols["nat"].append(n_)
+        cols["pos"].append(pos.astype(jnp.int32))
+        cols["score"].append(score)
+        cols["gamma"].append(gm_)
+        cols["c"].append(c[i].reshape(g))
+    cat = {k: jnp.concatenate(v, axis=0) for k, v in cols.items()}
+    return _TiedGroups(trunc_pieces=trunc, **cat)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GroupLayout:
+    """Static description of the groups: site and index within the site per group."""
+
+    site: np.ndarray  # (G,)
+    index: np.ndarray  # (G,)
+    orient: np.ndarray  # (G,)
+    upstream: np.ndarray  # (S, S) bool: upstream[a, b] = kink b feeds kink a
+
+    @classmethod
+    def of(cls, prog: KinkProgram):
+        site = np.concatenate([np.full(s.size, s.index, np.int32) for s in prog.sites])
+        index = np.concatenate([np.arange(s.size, dtype=np.int32) for s in prog.sites])
+        orient = np.concatenate([np.full(s.size, s.orientation, np.int32) for s in prog.sites])
+        n = len(prog.sites)
+        up = np.zeros((n, n), bool)
+        for s in prog.sites:
+            for b in s.upstream:
+                up[s.index, b] = True
+        return cls(site=site, index=index, orient=orient, upstream=up)
+
+
+def _scatter(prog: KinkProgram, slot_site, slot_index, slot_pos, t, dtype):
+    """Selector perturbation pytree with `t[k, r]` on piece `slot_pos[k, r]` of group
+    `slot_index[k]` of site `slot_site[k]`."""
+    out = []
+    for i, site in enumerate(prog.sites):
+        base = jnp.zeros((site.size, site.npieces), dtype)
+        mask = slot_site == i
+        rows = jnp.where(mask, slot_index, site.size)
+        base = base.at[rows[:, None], slot_pos].add(
+            jnp.where(mask[:, None], t, 0.0).astype(dtype), mode="drop"
+        )
+        out.append(base.reshape(site.shape + (site.npieces,)))
+    return tuple(out)
+
+
+def _absolute(prog: KinkProgram, probe, dth, dtype):
+    """Absolute selector weights: the natural one-hot at x plus `dth`."""
+    return tuple(
+        jax.nn.one_hot(probe.nat[i], s.npieces, dtype=dtype) + dth[i]
+        for i, s in enumerate(prog.sites)
+    )
+
+
+class KinkAnalysis:
+    """Everything about the kinks at one point that the QP and the certificates use."""
+
+    def __init__(self, prog: KinkProgram, x, opts: MinNormOptions, h=None):
+        dtype = x.dtype
+        self.prog, self.x, self.opts, self.h, self.dtype = prog, x, opts, h, dtype
+        self.d = x.shape[0]
+        dth0, eps0 = prog.zeros(dtype)
+        self.dth0, self.eps0 = dth0, eps0
+        (f, probe), (g0, g_dth, c) = jax.value_and_grad(
+            lambda y, t, e: prog.lift(y, t, e, track_mag=True),
+            argnums=(0, 1, 2),
+            has_aux=True,
+        )(x, dth0, eps0)
+        self.f, self.probe, self.g0 = f, probe, g0
+        wdot = None
+        if h is not None:
+            # Rates of the switching scores along the current velocity: the band of
+            # kinks a step of size h can reach.
+            _, wdot = jax.jvp(lambda y: prog.lift(y, dth0, eps0)[1].w, (x,), (g0,))
+        grp = _tied_groups(prog, probe, g_dth, c, wdot, h, opts, dtype)
+        lay = _GroupLayout.of(prog)
+        self.lay = lay
+        n_groups, r_max = grp.valid.shape
+        self.r_max = r_max
+        active = jnp.sum(grp.valid, axis=-1) > 1
+        self.n_active = jnp.sum(active, dtype=jnp.int32)
+        self.kv_cap = _vertex_slots(opts, r_max)
+        k = min(n_groups, opts.max_active) if not prog.nested else min(n_groups, self.kv_cap)
+        self.k = k
+        sel = jnp.arange(n_groups) if k == n_groups else jax.lax.top_k(-grp.score, k)[1]
+        self.sel = sel
+        self.slot_site = jnp.asarray(lay.site)[sel]
+        self.slot_index = jnp.asarray(lay.index)[sel]
+        self.s_valid, self.s_nat, self.s_pos = grp.valid[sel], grp.nat[sel], grp.pos[sel]
+        self.s_gamma, self.s_c = grp.gamma[sel], grp.c[sel]
+        self.s_active = active[sel]
+        self.truncated = (self.n_active > k) | grp.trunc_pieces
+        self.lam0 = self.s_nat.astype(dtype)
+        self._jac = None
+
+    def dth(self, t):
+        return _scatter(self.prog, self.slot_site, self.slot_index, self.s_pos, t, self.dtype)
+
+    def grad_at(self, t):
+        """Selection gradient with slot weights moved by `t` `(k, R)`."""
+        dth = self.dth(t)
+        return jax.grad(lambda y: self.prog.lift(y, dth, self.eps0)[0])(self.x)
+
+    @property
+    def jac(self):
+        r"""$\partial_t \nabla_x F$ over the slots, `(d, k, R)` (non-nested kinks)."""
+        if self._jac is None:
+            kr = self.k * self.r_max
+            self._jac = _choose_jac(self.grad_at, kr, self.d)(
+                jnp.zeros((self.k, self.r_max), self.dtype)
+            )
+        return self._jac
+
+    def theta(self, t):
+        """Absolute (frozen) selection with slot weights moved by `t`."""
+        return _absolute(self.prog, self.probe, self.dth(t), self.dtype)
+
+    def switching_rows(self):
+        r"""$\nabla(w_j - w_\text{nat})$ per slot and piece, `(k, R, d)`."""
+        prog, k, r_max = self.prog, self.k, self.r_max
+
+        def w_slots(y):
+            _, pr = prog.lift(y, self.dth0, self.eps0)
+            out = jnp.zeros((k, r_max), self.dtype)
+            for i, site in enumerate(prog.sites):
+                w = pr.w[i].reshape(site.size, site.npieces)
+                mask = self.slot_site == i
+                rows = jnp.where(mask, self.slot_index, 0)
+                vals = w[rows[:, None], jnp.minimum(self.s_pos, site.npieces - 1)]
+                out = jnp.where(mask[:, None], vals, out)
+            return out
+
+        jw = _choose_jac(w_slots, self.d, k * r_max)(self.x)  # (k, R, d)
+        nat_row = jnp.einsum("kr,krd->kd", self.lam0, jw)
+        return jw - nat_row[:, None, :]
+
+
+def _vertex_slots(opts: MinNormOptions, r_max: int) -> int:
+    """Kinks enumerated jointly: at most 2**vertex_slots vertices."""
+    return max(1, int(math.floor(opts.vertex_slots * math.log(2) / math.log(max(r_max, 2)) + 1e-9)))
+
+
+def vertex_table(r_max: int, kv: int) -> np.ndarray:
+    return np.array(list(itertools.product(range(r_max), repeat=kv)), np.int32).reshape(-1, kv)
+
+
+def vertex_gradients(grad_at, s_valid, lam0, s_gamma, r_max, k, dtype):
+    """Vertex selections of all k slots, their gradients and penalties."""
+    table = jnp.asarray(vertex_table(r_max, k))  # (V, k)
+    onehot = jax.nn.one_hot(table, r_max, dtype=dtype)  # (V, k, R)
+    vvalid = jnp.all(jnp.take_along_axis(s_valid[None], table[..., None], axis=-1)[..., 0], -1)
+    vpen = jnp.sum(onehot * s_gamma[None], axis=(1, 2))
+    vgrads = jax.vmap(lambda oh: grad_at(oh - lam0))(onehot)
+    return table, vvalid, vpen, vgrads
+
+
