@@ -53,9 +53,9 @@ def _build_from_source(source: Mapping) -> Problem:
     kind = source["kind"]
     params = dict(source.get("params") or {})
     if kind == "builtin":
-        from .. import problems
+        from ..problems import get
 
-        return problems.get(source["name"], **params)
+        return get(source["name"], **params)
     if kind == "reference":
         target = source["target"]
         obj = _import_target(target)
