@@ -304,7 +304,9 @@ def scan(
     if save_trajectories is None or isinstance(save_trajectories, bool) or not (
         isinstance(save_trajectories, (int, np.integer)) and save_trajectories >= 0
     ):
-        raise ValueError(f"scan: `save_trajectories` must be an integer >= 0, got {save_trajectories!r}.")
+        raise ValueError(
+            f"scan: `save_trajectories` must be an integer >= 0, got {save_trajectories!r}."
+        )
     if not (isinstance(max_retries, int) and max_retries >= 0):
         raise ValueError(f"scan: `max_retries` must be an integer >= 0, got {max_retries!r}.")
     if executor is not None and devices is not None:

@@ -128,7 +128,9 @@ def resolve_problem(problem, params: Mapping | None = None) -> tuple[Problem, di
             _build_from_source(source)  # NaN/inf: the problem's own check names the field
             raise ValueError(f"params must be finite numbers to be recorded, got {params!r}.")
         except TypeError as e:
-            raise TypeError(f"params must be JSON-able numbers/strings/lists, got {params!r}.") from e
+            raise TypeError(
+                f"params must be JSON-able numbers/strings/lists, got {params!r}."
+            ) from e
         return cached_problem(source), source
     raise TypeError(
         "problem must be a jaxflow.Problem, a built-in name (see jaxflow.problems.names()) or "

@@ -43,7 +43,7 @@ from .errors import ScanError
 from .store import Store, columns_to_table
 from .worker import FORK_REFUSAL, ChunkJob, ChunkOutput, device_pool, forked_from_driver, run_chunk
 
-__all__ = ["ScanProgress", "Executor", "open_executor", "check_executor", "execute"]
+__all__ = ["ScanProgress", "Workers", "open_executor", "check_executor", "execute"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,7 @@ class ScanProgress:
 
 
 @dataclasses.dataclass
-class Executor:
+class Workers:
     """Where chunks run: an executor, the factory that built it (if the scan may rebuild
     it) and whether the scan shuts it down at the end."""
 
@@ -94,13 +94,13 @@ def _is_executor(obj) -> bool:
     return not isinstance(obj, type) and callable(getattr(obj, "submit", None))
 
 
-def open_executor(executor) -> Executor:
+def open_executor(executor) -> Workers:
     """`executor=` of `scan` (an executor, a zero-argument factory of one, or None for the
-    device pool) as an `Executor`. Factories are called now."""
+    device pool) as `Workers`. Factories are called now."""
     if executor is None:
-        return Executor(None)  # the device pool, built by `execute` when there is work
+        return Workers(None)  # the device pool, built by `execute` when there is work
     if _is_executor(executor):
-        return Executor(executor)
+        return Workers(executor)
     if callable(executor):
         built = executor()
         if not _is_executor(built):
@@ -108,7 +108,7 @@ def open_executor(executor) -> Executor:
                 "executor: a factory must return a concurrent.futures-style executor, got "
                 f"{type(built).__name__}."
             )
-        return Executor(built, factory=executor, owned=True)
+        return Workers(built, factory=executor, owned=True)
     raise TypeError(
         "executor must have a concurrent.futures-style submit(fn, *args) (a ThreadPool/"
         "ProcessPoolExecutor, or a Dask client.get_executor()), or be a zero-argument "
@@ -158,7 +158,7 @@ def default_max_in_flight(devices: Sequence | None) -> int:
     return max(16, 2 * (os.cpu_count() or 1))
 
 
-def execute(store: Store, todo: list[int], *, workers: Executor, devices, max_in_flight,
+def execute(store: Store, todo: list[int], *, workers: Workers, devices, max_in_flight,
             spec, environment, source, problem_obj, cache, spec_hash, progress,
             max_retries, done, n_chunks, t_start) -> list[int]:
     """Runs the chunks in `todo` on `workers`; the driver writes each result to `store`.
@@ -187,7 +187,7 @@ def execute(store: Store, todo: list[int], *, workers: Executor, devices, max_in
     window = max_in_flight or default_max_in_flight(
         devices if workers.executor is None else None)
     if workers.executor is None:
-        workers = Executor(device_pool(devices), owned=True)
+        workers = Workers(device_pool(devices), owned=True)
     pending = deque(todo)
     inflight: dict[Any, int] = {}
     attempts: dict[int, int] = {}
@@ -235,7 +235,8 @@ def execute(store: Store, todo: list[int], *, workers: Executor, devices, max_in
                         "rerun the same scan to resume)."
                     ) from e
                 table = columns_to_table(result.columns)
-                traj = None if result.trajectories is None else columns_to_table(result.trajectories)
+                traj = result.trajectories
+                traj = None if traj is None else columns_to_table(traj)
                 store.write_chunk(
                     c, table, traj, spec_hash=spec_hash,
                     info={"device": result.device, "seconds": round(result.seconds, 4),
