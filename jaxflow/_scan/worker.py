@@ -229,7 +229,7 @@ def _sample_padded(problem: Problem, key, valid, size: int, dtype):
     import jax.numpy as jnp
 
     x0 = problem.sample(key, size, dtype)
-    return jnp.where(jnp.arange(size)[:, None] < valid, x0, jnp.nan)
+    return jnp.where(jnp.arange(size, dtype=valid.dtype)[:, None] < valid, x0, jnp.nan)
 
 
 def _set_thread_device(devices: deque, lock: threading.Lock) -> None:
