@@ -239,7 +239,7 @@ def write_plots(result, directory, *, problem=None) -> list[Path]:
 
     traj = result.trajectories
     if traj is not None and traj.num_rows:
-        from ._store import column_to_numpy
+        from ._scan.store import column_to_numpy
 
         tcols = {k: column_to_numpy(traj.column(k)) for k in traj.column_names}
         fig, ax = plt.subplots(figsize=(7.5, 4.5))

@@ -323,7 +323,7 @@ def cmd_report(args) -> int:
 
     from rich.console import Console
 
-    from ._store import Store
+    from ._scan.store import Store
 
     manifest = Store(args.out).read_manifest()
     if manifest is None:
@@ -424,8 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ._scan import ScanError
-    from ._store import ScanLockedError, SpecMismatchError, StoreError
+    from ._scan import ScanError, ScanLockedError, SpecMismatchError, StoreError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import jax
@@ -22,7 +23,8 @@ import pytest
 import jaxflow as jf
 from jaxflow import _flow
 from jaxflow._scan import resolve_problem
-from jaxflow._store import canonical_json
+from jaxflow._scan.store import canonical_json
+from jaxflow._scan.worker import ChunkJob, forked_from_driver, run_chunk
 
 PROBLEM = "matrix-completion"
 N = 300
@@ -233,32 +235,58 @@ def test_dask_local_cluster_with_a_killed_worker(reference, tmp_path, xla_cache)
 def test_broken_process_pool_is_rebuilt(reference, tmp_path, xla_cache):
     import multiprocessing
 
-    ex = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    pools = []  # the scan builds its pools from the factory, and rebuilds a broken one
+
+    def make_pool():
+        pools.append(cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
+        return pools[-1]
+
     killed = []
 
     def progress(p):
         if p.chunk is not None and not killed:
-            for proc in list(ex._processes.values()):
+            for proc in list(pools[-1]._processes.values()):
                 os.kill(proc.pid, signal.SIGKILL)
                 killed.append(proc.pid)
 
     try:
-        res = jf.scan(PROBLEM, N, out=tmp_path / "pool", executor=ex, progress=progress,
+        res = jf.scan(PROBLEM, N, out=tmp_path / "pool", executor=make_pool, progress=progress,
                       **{**SPEC, "compilation_cache": xla_cache})
     finally:
-        ex.shutdown(wait=False, cancel_futures=True)
-    assert killed and res.complete
+        for ex in pools:
+            ex.shutdown(wait=False, cancel_futures=True)
+    assert killed and res.complete and len(pools) == 2
     assert_tables_equal(res.table, reference.table)
+
+
+class _BrokenPool(cf.Executor):
+    """An executor instance whose every chunk fails as if its worker process died."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        fut = cf.Future()
+        fut.set_exception(BrokenProcessPool("a worker died"))
+        return fut
+
+
+def test_broken_executor_instance_is_not_rebuilt(tmp_path):
+    # The scan cannot rebuild an executor it did not build: a clear error, chunks resumable.
+    with pytest.raises(jf.ScanError, match="cannot rebuild an executor it did not create"):
+        jf.scan(PROBLEM, 10, out=tmp_path / "broken", executor=_BrokenPool(), **SPEC)
 
 
 def test_fork_pool_and_unpicklable_problem_refused_before_compute(tmp_path):
     import multiprocessing
 
     before = _flow.TRACE_COUNT["flow"]
+    assert not forked_from_driver()  # the driver itself
     if "fork" in multiprocessing.get_all_start_methods():
         with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as ex:
             with pytest.raises(ValueError, match="fork"):
                 jf.scan(PROBLEM, 10, out=tmp_path / "a", executor=ex, **SPEC)
+            # The check lives in the worker: a forked worker refuses a chunk before JAX.
+            job = ChunkJob(source={}, spec={}, environment={}, chunk=0)
+            with pytest.raises(jf.ScanError, match="forked from the scan's driver.*'fork'"):
+                ex.submit(run_chunk, job).result()
     problem = jf.Problem(lambda z: jnp.sum(z**2), dim=2, name="closure")
     spawn = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(1, mp_context=spawn) as ex:
@@ -307,13 +335,13 @@ def test_changed_spec_is_refused_and_nothing_modified(reference, tmp_path):
 
 
 def test_other_versions_are_refused(reference, monkeypatch):
-    from jaxflow import _scan
+    from jaxflow._scan import api
 
-    real = _scan._environment
-    monkeypatch.setattr(_scan, "_environment", lambda: {**real(), "jax": "0.0.1"})
+    real = api.environment
+    monkeypatch.setattr(api, "environment", lambda: {**real(), "jax": "0.0.1"})
     with pytest.raises(jf.SpecMismatchError, match="environment.jax"):
         jf.scan(PROBLEM, N, out=reference.out, **SPEC)
-    monkeypatch.setattr(_scan, "_environment", lambda: {**real(), "jaxflow_source": "edited"})
+    monkeypatch.setattr(api, "environment", lambda: {**real(), "jaxflow_source": "edited"})
     with pytest.raises(jf.SpecMismatchError, match="environment.jaxflow_source"):
         jf.scan(PROBLEM, N, out=reference.out, **SPEC)
 

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import jaxflow as jf
-from jaxflow import _store
-from jaxflow._store import Store, atomic_write_bytes, canonical_json, diff_specs
+from jaxflow._scan import store as _store
+from jaxflow._scan.store import Store, atomic_write_bytes, canonical_json, diff_specs
 
 PROBLEM = "matrix-completion"
 N = 300

@@ -28,18 +28,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .._json import canonical_json
+from .errors import ChunkCorruptedError, ScanLockedError, SpecMismatchError, StoreError
 
 __all__ = [
     "Store",
@@ -63,60 +65,7 @@ CHUNKS = "chunks"
 TRAJECTORIES = "trajectories"
 
 
-# --------------------------------------------------------------------------- errors
-class StoreError(RuntimeError):
-    """A problem with a scan store (`out/`)."""
-
-
-class SpecMismatchError(StoreError):
-    """`out/` holds a scan with a different spec; nothing was modified.
-
-    `differences` lists `(field, stored value, requested value)`.
-    """
-
-    def __init__(self, out, differences: list[tuple[str, Any, Any]]):
-        self.out = str(out)
-        self.differences = differences
-        lines = [
-            f"  {name}: stored {_short(old)}, requested {_short(new)}"
-            for name, old, new in differences
-        ]
-        super().__init__(
-            f"{out} holds a different scan; refusing to mix results (nothing was modified).\n"
-            "Differing fields:\n" + "\n".join(lines) + "\n"
-            "Use another output directory, or rerun with the stored settings to resume."
-        )
-
-
-class ScanLockedError(StoreError):
-    """Another process is writing the same `out/`."""
-
-
-class ChunkCorruptedError(StoreError):
-    """A journalled chunk file is missing, truncated or does not match its hash."""
-
-    def __init__(self, out, chunks: list[int], why: str = ""):
-        self.out = str(out)
-        self.chunks = list(chunks)
-        shown = ", ".join(map(str, self.chunks[:10])) + (" ..." if len(self.chunks) > 10 else "")
-        super().__init__(
-            f"{out}: chunk file(s) {shown} are missing or corrupted{': ' + why if why else ''}. "
-            "Rerun the same scan to recompute them."
-        )
-
-
-def _short(v) -> str:
-    s = json.dumps(v, sort_keys=True) if not isinstance(v, str) else repr(v)
-    return s if len(s) <= 120 else s[:117] + "..."
-
-
 # --------------------------------------------------------------------------- helpers
-def canonical_json(obj) -> str:
-    """Deterministic JSON: sorted keys, no whitespace, no NaN (a spec must be exact)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False)
-
-
 def spec_sha256(spec: Mapping) -> str:
     """SHA-256 of the canonical JSON of a spec."""
     return hashlib.sha256(canonical_json(spec).encode()).hexdigest()
@@ -493,11 +442,3 @@ class Store:
         if not paths:
             return None
         return pa.concat_tables([pq.read_table(p) for p in paths]).replace_schema_metadata(None)
-
-    def iter_chunk_files(self) -> Iterator[Path]:
-        yield from sorted((self.path / CHUNKS).glob("chunk-*.parquet"))
-
-
-def finite_or_none(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None

@@ -1,0 +1,448 @@
+r"""Monte Carlo landscape scans: `scan`, `load` and their result.
+
+A scan integrates the flow from $N$ random starts, classifies every trajectory and
+stores one row per trajectory, chunk by chunk, in a crash-safe store (`store.py`); its
+summary is the Theorem 1.2 report.
+
+**Determinism.** A chunk's rows depend only on (spec, chunk index) (`worker.py`), and
+summaries are computed from the stored table in chunk order. Results are bit-identical
+whatever the order, the number of workers or devices, for the same device kind,
+jax/jaxlib/jaxflow versions, x64 flag and XLA flags (on GPU add
+`XLA_FLAGS=--xla_gpu_deterministic_ops=true`); they are not bit-identical between CPU
+and GPU.
+
+**Where chunks run.** By default on every local device of the default backend (a device
+pool of threads); `executor=` takes any `concurrent.futures`-style executor instead
+(`scheduler.py`). Problems reach workers by reference (`references.py`).
+
+This module validates the arguments (before anything is compiled or written), opens the
+store, hands the chunks to the scheduler and reads the result back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._json import float_from_json
+from .._problem import Problem
+from .._status import status_counts
+from .errors import ChunkCorruptedError
+from .references import cached_problem, problem_fingerprint, resolve_problem
+from .scheduler import ScanProgress, check_executor, execute, open_executor
+from .spec import (
+    controller_from_spec,
+    controller_spec,
+    environment,
+    scan_spec,
+    solver_instance,
+    solver_name,
+    solver_spec,
+)
+from .store import Store, column_to_numpy
+
+__all__ = ["scan", "load", "ScanResult", "ScanProgress", "build_report"]
+
+_UINT32 = 2**32
+
+
+# --------------------------------------------------------------------------- results
+class ScanResult:
+    """What `jaxflow.scan` and `jaxflow.load` return.
+
+    - `table`: a `pyarrow.Table`, one row per trajectory in start order (column `index`),
+      with the detectors' columns (`status`, `f`, `stationarity`, `t`, `growth_exponent`,
+      `limit_value`, ..., final point `x_j`) and the start point `start_j`;
+    - `trajectories`: the checkpoint series (`cp_norm`, `cp_f`, `cp_stat`, one list per
+      row, at `checkpoint_times`) of the saved subsample, or `None`;
+    - `report`: the Theorem 1.2 report built from `table`;
+    - `manifest`, `out`; `complete` (all chunks stored); `computed_chunks`,
+      `skipped_chunks` (this call; empty for `load`); `devices` (chunks per device kind).
+    """
+
+    def __init__(self, *, table, trajectories, manifest, out, complete, report,
+                 computed_chunks=(), skipped_chunks=(), devices=None, wall_s=None):
+        self.table = table
+        self.trajectories = trajectories
+        self.manifest = manifest
+        self.out = Path(out)
+        self.complete = complete
+        self.report = report
+        self.computed_chunks = list(computed_chunks)
+        self.skipped_chunks = list(skipped_chunks)
+        self.devices = dict(devices or {})
+        self.wall_s = wall_s
+
+    @property
+    def spec(self) -> dict:
+        return self.manifest["spec"]
+
+    @property
+    def checkpoint_times(self) -> np.ndarray:
+        return np.asarray(self.manifest["checkpoint_times"], np.float64)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def to_pandas(self):
+        """The table as a pandas DataFrame."""
+        return self.table.to_pandas()
+
+    def column(self, name: str) -> np.ndarray:
+        return column_to_numpy(self.table.column(name))
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        return {name: self.column(name) for name in self.table.column_names}
+
+    def counts(self) -> dict[str, int]:
+        """Number of trajectories per status name."""
+        st = self.column("status") if self.table.num_rows else np.zeros(0, np.int8)
+        return status_counts(st)
+
+    def __repr__(self):
+        sp = self.spec
+        return (f"ScanResult({sp['problem']['name']!r}, n={sp['n']}, rows={len(self)}, "
+                f"complete={self.complete}, out={str(self.out)!r})")
+
+
+def _report_meta(manifest: Mapping, complete: bool, devices: Mapping) -> dict:
+    sp = manifest["spec"]
+    fs = sp["flow"]
+    ctrl = fs["stepsize_controller"]
+    return {
+        "kind": "scan", "n": sp["n"], "seed": sp["seed"], "t1": float_from_json(fs["t1"]),
+        "dtype": sp["dtype"], "solver": solver_name(fs["solver"]), "controller": ctrl["kind"],
+        "rtol": float_from_json(ctrl.get("rtol")), "atol": float_from_json(ctrl.get("atol")),
+        "gtol": float_from_json(fs["gtol"]),
+        "escape_radius": float_from_json(fs["escape_radius"]),
+        "max_steps": fs["max_steps"], "chunk_size": sp["chunk_size"], "complete": complete,
+        "devices": dict(devices), "spec_sha256": manifest["spec_sha256"],
+    }
+
+
+def build_report(problem: Problem | None, manifest: Mapping, table: Mapping[str, np.ndarray],
+                 *, complete: bool, devices: Mapping):
+    """`jaxflow.Report.from_table` on a scan's table (None for an empty table).
+
+    Without the `Problem` (a scan of a `Problem` object, loaded elsewhere), critical
+    points are not typed and the problem's description comes from the manifest.
+    """
+    from .._report import Report
+
+    if len(table.get("status", ())) == 0:
+        return None
+    meta = _report_meta(manifest, complete, devices)
+    report = Report.from_table(problem, dict(table), meta=meta)
+    if problem is None and manifest.get("problem"):
+        report = dataclasses.replace(report, problem=dict(manifest["problem"]))
+    return report
+
+
+def _devices_summary(entries: Mapping[int, Mapping]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in entries.values():
+        d = e.get("device", "unknown")
+        out[d] = out.get(d, 0) + 1
+    return out
+
+
+def _table_columns(table) -> dict[str, np.ndarray]:
+    return {name: column_to_numpy(table.column(name)) for name in table.column_names}
+
+
+def _read_result(store: Store, manifest: Mapping, entries: Mapping[int, Mapping], problem,
+                 *, computed=(), skipped=(), wall_s=None, columns=None) -> ScanResult:
+    chunks = sorted(entries)
+    table = store.read_table(chunks, columns=columns)
+    trajectories = store.read_trajectories(entries)
+    complete = len(chunks) == manifest["spec"]["n_chunks"]
+    devices = _devices_summary(entries)
+    report = None
+    if columns is None:
+        report = build_report(problem, manifest, _table_columns(table), complete=complete,
+                              devices=devices)
+    if len(devices) > 1 and len({d.split(":")[0] for d in devices}) > 1:
+        warnings.warn(
+            f"chunks of {store.path} were computed on different device kinds {sorted(devices)}; "
+            "each chunk is correct but the table is not bit-reproducible on one kind.",
+            stacklevel=3,
+        )
+    return ScanResult(table=table, trajectories=trajectories, manifest=dict(manifest),
+                      out=store.path, complete=complete, report=report, computed_chunks=computed,
+                      skipped_chunks=skipped, devices=devices, wall_s=wall_s)
+
+
+# --------------------------------------------------------------------------- scan
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"scan: `{name}` must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _local_devices(devices) -> list:
+    import jax
+
+    if devices is None:
+        return jax.local_devices()
+    if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        avail = jax.local_devices()
+        if not 1 <= devices <= len(avail):
+            raise ValueError(f"scan: devices={devices} but {len(avail)} local devices exist.")
+        return avail[: int(devices)]
+    devices = list(devices)
+    if not devices or not all(hasattr(d, "platform") for d in devices):
+        raise TypeError("scan: `devices` must be a list of jax devices or a count.")
+    return devices
+
+
+def scan(
+    problem,
+    n: int,
+    *,
+    out,
+    t1: float,
+    seed: int = 0,
+    chunk_size: int = 10_000,
+    params: Mapping | None = None,
+    dtype: str = "float32",
+    solver: Any = "auto",
+    stepsize_controller: Any = None,
+    dt0: float | None = None,
+    gtol: float | None = None,
+    escape_radius: float = 1e6,
+    max_steps: int = 65536,
+    checkpoints_per_decade: int = 8,
+    t_first: float | None = None,
+    lanes: int | None = None,
+    stop_at_convergence: bool = True,
+    classify_options: Mapping | None = None,
+    save_trajectories: int = 256,
+    save_states: bool | None = None,
+    executor=None,
+    devices=None,
+    max_in_flight: int | None = None,
+    resume: bool = True,
+    chunks: Iterable[int] | None = None,
+    progress: Callable[[ScanProgress], Any] | None = None,
+    max_retries: int = 3,
+    compilation_cache: Any = None,
+) -> ScanResult:
+    r"""Integrates and classifies the flow from `n` random starts, chunk by chunk, into `out/`.
+
+    **Arguments:**
+
+    - `problem`: a built-in name (`"matrix-completion"`, see `jaxflow.problems.names()`),
+      `"package.module:function"` (a `Problem`, a factory returning one, or an objective
+      with `params={"dim": d}`), or a `jaxflow.Problem` object (threads and devices only:
+      closures cannot be sent to other processes).
+    - `n`: number of starts; `seed`: the root PRNG seed ($0 \le$ seed $< 2^{32}$).
+    - `out`: the store directory (created; an existing scan there is resumed).
+    - `t1`: horizon; `chunk_size`: starts per chunk (fixed by the spec: the same
+      `(seed, chunk_size)` always gives the same starts).
+    - `params`: parameters of a problem given by name.
+    - `dtype`: `"float32"` or `"float64"` (needs `jax_enable_x64`).
+    - `solver`, `stepsize_controller`, `dt0`, `gtol`, `escape_radius`, `max_steps`,
+      `checkpoints_per_decade`, `t_first`, `lanes`, `stop_at_convergence`: as in
+      `jaxflow.flow`; the solver is recorded by name.
+    - `classify_options`: keyword options of `jaxflow.classify`.
+    - `save_trajectories`: keep the checkpoint series ($\|x\|$, $f$, $\|v\|$) of the
+      first this many starts (a uniform random subsample, since starts are i.i.d.) for
+      plots; 0 for none.
+    - `save_states`: also keep their positions $x(t_k)$ (for phase portraits); default
+      for problems of dimension at most 3 (every chunk then records its first
+      `min(save_trajectories, chunk_size)` states, so all chunks run one program).
+    - `executor`: a `concurrent.futures`-style executor (thread pool, spawn process
+      pool, Dask `client.get_executor()`), or a zero-argument function returning one
+      (then the scan shuts it down at the end and rebuilds it if a worker process dies);
+      default: the local device pool.
+    - `devices`: the devices of the pool (a list of `jax.Device`, or a count; default all
+      local devices). Not with `executor`.
+    - `max_in_flight`: chunks submitted to the executor at a time (default: two per
+      device for the device pool, otherwise `max(16, 2 * os.cpu_count())`).
+    - `resume`: continue an existing scan in `out/` (refused if its spec differs). With
+      `False`, an existing scan in `out/` is an error.
+    - `chunks`: chunk ids to compute, in this order (default all, ascending); the result
+      covers every stored chunk.
+    - `progress`: called with a `ScanProgress` after each stored chunk.
+    - `max_retries`: times a chunk is resubmitted after its process pool broke.
+    - `compilation_cache`: `None` (default directory, see `jaxflow._scan.cache`), a path,
+      or `False`.
+
+    **Returns:** a `ScanResult` (table, report, manifest).
+
+    Bad input raises `ValueError`/`TypeError` before anything is compiled or written; a
+    different scan already in `out/` raises `SpecMismatchError` listing the differing
+    fields; another process writing `out/` raises `ScanLockedError`.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from .._options import FlowOptions, checkpoint_times, default_gtol
+    from .cache import enable_compilation_cache
+
+    t_start = time.perf_counter()
+    # -- validation, before any compute ----------------------------------------------------
+    n = _positive_int(n, "n")
+    chunk_size = _positive_int(chunk_size, "chunk_size")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < _UINT32:
+        raise ValueError(f"scan: `seed` must be an integer in [0, 2**32), got {seed!r}.")
+    n_chunks = -(-n // chunk_size)
+    if n_chunks >= _UINT32:
+        raise ValueError(f"scan: {n_chunks} chunks exceed 2**32; use a larger chunk_size.")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"scan: `dtype` must be 'float32' or 'float64', got {dtype!r}.")
+    if dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "scan: dtype='float64' needs jax.config.update('jax_enable_x64', True) first."
+        )
+    if save_trajectories is None or isinstance(save_trajectories, bool) or not (
+        isinstance(save_trajectories, (int, np.integer)) and save_trajectories >= 0
+    ):
+        raise ValueError(
+            f"scan: `save_trajectories` must be an integer >= 0, got {save_trajectories!r}."
+        )
+    if not (isinstance(max_retries, int) and max_retries >= 0):
+        raise ValueError(f"scan: `max_retries` must be an integer >= 0, got {max_retries!r}.")
+    if executor is not None and devices is not None:
+        raise ValueError("scan: give `executor` or `devices`, not both (devices are the default "
+                         "executor's; an executor's workers use their own devices).")
+    if max_in_flight is not None:
+        max_in_flight = _positive_int(max_in_flight, "max_in_flight")
+    ts = checkpoint_times(t1, per_decade=checkpoints_per_decade, t_first=t_first)
+    if not float(escape_radius) > 0:
+        raise ValueError(f"scan: `escape_radius` must be positive, got {escape_radius!r}.")
+    gtol_val = default_gtol(jnp.dtype(dtype)) if gtol is None else float(gtol)
+    if not gtol_val >= 0:
+        raise ValueError(f"scan: `gtol` must be >= 0, got {gtol!r}.")
+    max_steps = _positive_int(max_steps, "max_steps")
+    # Default lanes are left to each worker's backend (1024 on CPU, up to 2^18 on GPU):
+    # a trajectory's result does not depend on the lane count.
+    lanes_val = None if lanes is None else _positive_int(lanes, "lanes")
+    classify_options = dict(classify_options or {})
+    if save_states is not None and not isinstance(save_states, bool):
+        raise TypeError(f"scan: `save_states` must be True, False or None, got {save_states!r}.")
+    Store.check_writable(out)
+
+    prob, source = resolve_problem(problem, params)
+    problem_obj = prob if source["kind"] == "object" else None
+    workers = open_executor(executor)
+    try:
+        if executor is not None:
+            check_executor(workers.executor, problem_obj)
+        solver_recorded = solver_spec(solver, prob)
+        if save_states is None:
+            save_states = prob.dim <= 3
+        save_states_val = min(int(save_trajectories), chunk_size) if save_states else 0
+        ctrl_spec = controller_spec(stepsize_controller, dt0)
+        try:
+            FlowOptions(solver=solver_instance(solver_recorded),
+                        stepsize_controller=controller_from_spec(ctrl_spec), dt0=dt0).stepper(prob)
+        except ValueError as e:
+            raise ValueError(f"scan: {e}") from None
+        if executor is None:
+            devices = _local_devices(devices)
+        order = list(range(n_chunks)) if chunks is None else [int(c) for c in chunks]
+        bad = [c for c in order if not 0 <= c < n_chunks]
+        if bad:
+            raise ValueError(f"scan: chunk ids {bad[:5]} are outside [0, {n_chunks}).")
+
+        spec = scan_spec(
+            problem={
+                "source": source,
+                "name": prob.name,
+                "dim": prob.dim,
+                "sampler": prob.sampler.describe(),
+                "nonsmooth": prob.nonsmooth,
+                "fingerprint": problem_fingerprint(prob, jnp.dtype(dtype)),
+            },
+            n=n, seed=seed, chunk_size=chunk_size, n_chunks=n_chunks, dtype=dtype, t1=t1,
+            solver=solver_recorded, stepsize_controller=ctrl_spec, dt0=dt0, gtol=gtol_val,
+            escape_radius=escape_radius, max_steps=max_steps,
+            checkpoints_per_decade=checkpoints_per_decade, t_first=t_first, lanes=lanes_val,
+            stop_at_convergence=stop_at_convergence, classify=classify_options,
+            save_trajectories=save_trajectories, save_states=save_states_val,
+        )
+        env = environment()
+        extra = {"problem": prob.describe(), "checkpoint_times": [float(t) for t in ts]}
+
+        # -- the store: refuse a different scan before touching anything --------------------
+        store = Store(out)
+        manifest = store.open_for_writing(spec, env, resume=resume, extra=extra)
+        try:
+            cache_setting = compilation_cache
+            if compilation_cache is not False:
+                cache_setting = enable_compilation_cache(compilation_cache) or False
+            done, corrupted = store.finished_chunks(n_chunks)
+            if corrupted:
+                warnings.warn(
+                    f"{out}: chunk(s) {corrupted[:10]} failed verification (truncated, modified "
+                    "or missing); recomputing them.", stacklevel=2,
+                )
+            todo = [c for c in dict.fromkeys(order) if c not in done]
+            skipped = [c for c in dict.fromkeys(order) if c in done]
+            computed = execute(
+                store, todo, workers=workers, devices=devices, max_in_flight=max_in_flight,
+                spec=spec, environment=env, source=source, problem_obj=problem_obj,
+                cache=cache_setting, spec_hash=manifest["spec_sha256"], progress=progress,
+                max_retries=max_retries, done=done, n_chunks=n_chunks, t_start=t_start,
+            )
+            entries, _ = store.finished_chunks(n_chunks)
+        finally:
+            store.release()
+    finally:
+        workers.close(wait=False)  # a no-op when `execute` closed it, or it is the caller's
+    return _read_result(store, manifest, entries, prob, computed=computed, skipped=skipped,
+                        wall_s=time.perf_counter() - t_start)
+
+
+# --------------------------------------------------------------------------- load
+def load(out, *, verify: bool = True, columns: Sequence[str] | None = None,
+         problem: Problem | None = None) -> ScanResult:
+    """Reads a scan store: the per-trajectory table (pyarrow; `.to_pandas()`) and the report.
+
+    **Arguments:**
+
+    - `out`: the scan directory.
+    - `verify`: check every chunk file against the journal's SHA-256 (raises
+      `ChunkCorruptedError` naming the bad chunks; rerun the scan to recompute them).
+    - `columns`: read only these columns of the table (then `report` is `None`: the
+      report needs the full table).
+    - `problem`: the `Problem` for the report when the scan was given a `Problem` object
+      (built-in and `module:function` problems are rebuilt from the manifest).
+
+    Partial scans load too (`result.complete` is then `False`). The chunk files are plain
+    Parquet: `polars.read_parquet("out/chunks/*.parquet")` or DuckDB
+    `SELECT * FROM 'out/chunks/*.parquet'` read them directly.
+    """
+    store = Store(out)
+    manifest = store.read_manifest()
+    if manifest is None:
+        raise FileNotFoundError(f"{out} is not a jaxflow scan (no manifest.json).")
+    n_chunks = manifest["spec"]["n_chunks"]
+    if verify:
+        entries, bad = store.finished_chunks(n_chunks)
+        if bad:
+            raise ChunkCorruptedError(out, bad)
+    else:
+        entries = {c: e for c, e in store.read_journal().items() if 0 <= c < n_chunks}
+    if problem is None and columns is None:
+        problem = _problem_for_report(manifest)
+    return _read_result(store, manifest, entries, problem,
+                        columns=list(columns) if columns is not None else None)
+
+
+def _problem_for_report(manifest: Mapping) -> Problem | None:
+    source = manifest["spec"]["problem"]["source"]
+    if source.get("kind") == "object":
+        return None
+    try:
+        return cached_problem(source)
+    except Exception as e:  # a report without the problem is still a report
+        warnings.warn(f"could not rebuild the problem {source}: {e}", stacklevel=3)
+        return None
