@@ -87,11 +87,37 @@ def parse_controller(ctrl, dt0) -> AbstractController:
             )
         values = {name: getattr(ctrl, name) for name in _PID_FIELDS}
         parsed = {k: None if v is None and k == "dtmax" else num(v, k) for k, v in values.items()}
+        _check_pid(parsed)
+        if dt0 is not None and not (math.isfinite(float(dt0)) and float(dt0) > 0):
+            raise ValueError(f"dt0 must be a positive finite first step (or None), got {dt0!r}.")
         return PIDControl(**parsed, dt0=None if dt0 is None else float(dt0))
     raise TypeError(
         "stepsize_controller must be diffrax.PIDController(...) or "
         f"diffrax.ConstantStepSize(), got {type(ctrl).__name__}."
     )
+
+
+def _check_pid(values: Mapping[str, float | None]) -> None:
+    """Refuses PID settings no step-size rule can use, naming the field."""
+    rules = {
+        "rtol": (lambda v: v >= 0, "a finite number >= 0"),
+        "atol": (lambda v: v >= 0, "a finite number >= 0"),
+        "pcoeff": (lambda v: True, "finite"),
+        "icoeff": (lambda v: True, "finite"),
+        "dcoeff": (lambda v: True, "finite"),
+        "safety": (lambda v: 0 < v <= 1, "in (0, 1]"),
+        "factormin": (lambda v: 0 < v <= 1, "in (0, 1]"),
+        "factormax": (lambda v: v >= 1, ">= 1"),
+        "dtmax": (lambda v: v > 0, "positive (or None)"),
+    }
+    for name, (ok, what) in rules.items():
+        v = values[name]
+        if v is None and name == "dtmax":
+            continue
+        if not (math.isfinite(v) and ok(v)):
+            raise ValueError(f"PIDController.{name} must be {what}, got {v!r}.")
+    if values["rtol"] == 0 and values["atol"] == 0:
+        raise ValueError("PIDController: rtol and atol cannot both be 0 (no step would pass).")
 
 
 def _controller_to_spec(control: AbstractController) -> dict:

@@ -35,6 +35,12 @@ def test_controller_parsed_once_into_the_engine_rule():
         (dict(t1=1.0, solver="NoSuchSolver"), "unknown diffrax solver"),
         (dict(t1=1.0, stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-8, dtmin=1e-3)),
          "dtmin"),
+        (dict(t1=1.0, stepsize_controller=diffrax.PIDController(rtol=float("nan"), atol=1e-8)),
+         "rtol"),
+        (dict(t1=1.0, stepsize_controller=diffrax.PIDController(rtol=-1.0, atol=1e-8)), "rtol"),
+        (dict(t1=1.0, stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=float("inf"))),
+         "atol"),
+        (dict(t1=1.0, dt0=-1.0), "dt0"),
     ],
 )
 def test_bad_options_name_the_field(kwargs, match):

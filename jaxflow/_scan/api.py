@@ -31,20 +31,13 @@ from typing import Any
 import numpy as np
 
 from .._json import float_from_json
+from .._options import _UNSET, FlowOptions, solver_name
 from .._problem import Problem
 from .._status import status_counts
 from .errors import ChunkCorruptedError
 from .references import cached_problem, problem_fingerprint, resolve_problem
 from .scheduler import ScanProgress, check_executor, execute, open_executor
-from .spec import (
-    controller_from_spec,
-    controller_spec,
-    environment,
-    scan_spec,
-    solver_instance,
-    solver_name,
-    solver_spec,
-)
+from .spec import environment, scan_spec
 from .store import Store, column_to_numpy
 
 __all__ = ["scan", "load", "ScanResult", "ScanProgress", "build_report"]
@@ -206,21 +199,22 @@ def scan(
     n: int,
     *,
     out,
-    t1: float,
+    t1: float = _UNSET,
     seed: int = 0,
     chunk_size: int = 10_000,
     params: Mapping | None = None,
     dtype: str = "float32",
-    solver: Any = "auto",
-    stepsize_controller: Any = None,
-    dt0: float | None = None,
-    gtol: float | None = None,
-    escape_radius: float = 1e6,
-    max_steps: int = 65536,
-    checkpoints_per_decade: int = 8,
-    t_first: float | None = None,
-    lanes: int | None = None,
-    stop_at_convergence: bool = True,
+    options: FlowOptions | None = None,
+    solver: Any = _UNSET,
+    stepsize_controller: Any = _UNSET,
+    dt0: float | None = _UNSET,
+    gtol: float | None = _UNSET,
+    escape_radius: float = _UNSET,
+    max_steps: int = _UNSET,
+    checkpoints_per_decade: int = _UNSET,
+    t_first: float | None = _UNSET,
+    lanes: int | None = _UNSET,
+    stop_at_convergence: bool = _UNSET,
     classify_options: Mapping | None = None,
     save_trajectories: int = 256,
     save_states: bool | None = None,
@@ -247,9 +241,11 @@ def scan(
       `(seed, chunk_size)` always gives the same starts).
     - `params`: parameters of a problem given by name.
     - `dtype`: `"float32"` or `"float64"` (needs `jax_enable_x64`).
-    - `solver`, `stepsize_controller`, `dt0`, `gtol`, `escape_radius`, `max_steps`,
-      `checkpoints_per_decade`, `t_first`, `lanes`, `stop_at_convergence`: as in
-      `jaxflow.flow`; the solver is recorded by name.
+    - `options`: a `jaxflow.FlowOptions`; `t1`, `solver`, `stepsize_controller`, `dt0`,
+      `gtol`, `escape_radius`, `max_steps`, `checkpoints_per_decade`, `t_first`, `lanes`,
+      `stop_at_convergence` are shorthands for its fields, as in `jaxflow.flow` (`t1` is
+      required one way or the other); the solver is recorded by name. `lanes=None` leaves
+      the lane count to each worker's backend (a trajectory's result does not depend on it).
     - `classify_options`: keyword options of `jaxflow.classify`.
     - `save_trajectories`: keep the checkpoint series ($\|x\|$, $f$, $\|v\|$) of the
       first this many starts (a uniform random subsample, since starts are i.i.d.) for
@@ -283,7 +279,6 @@ def scan(
     import jax
     import jax.numpy as jnp
 
-    from .._options import FlowOptions, checkpoint_times, default_gtol
     from .cache import enable_compilation_cache
 
     t_start = time.perf_counter()
@@ -314,16 +309,16 @@ def scan(
                          "executor's; an executor's workers use their own devices).")
     if max_in_flight is not None:
         max_in_flight = _positive_int(max_in_flight, "max_in_flight")
-    ts = checkpoint_times(t1, per_decade=checkpoints_per_decade, t_first=t_first)
-    if not float(escape_radius) > 0:
-        raise ValueError(f"scan: `escape_radius` must be positive, got {escape_radius!r}.")
-    gtol_val = default_gtol(jnp.dtype(dtype)) if gtol is None else float(gtol)
-    if not gtol_val >= 0:
-        raise ValueError(f"scan: `gtol` must be >= 0, got {gtol!r}.")
-    max_steps = _positive_int(max_steps, "max_steps")
-    # Default lanes are left to each worker's backend (1024 on CPU, up to 2^18 on GPU):
-    # a trajectory's result does not depend on the lane count.
-    lanes_val = None if lanes is None else _positive_int(lanes, "lanes")
+    try:
+        opts = FlowOptions.build(
+            options, t1=t1, solver=solver, stepsize_controller=stepsize_controller, dt0=dt0,
+            gtol=gtol, escape_radius=escape_radius, max_steps=max_steps,
+            checkpoints_per_decade=checkpoints_per_decade, t_first=t_first, lanes=lanes,
+            stop_at_convergence=stop_at_convergence,
+        )
+        ts = opts.checkpoint_times()
+    except ValueError as e:
+        raise ValueError(f"scan: {e}") from None
     classify_options = dict(classify_options or {})
     if save_states is not None and not isinstance(save_states, bool):
         raise TypeError(f"scan: `save_states` must be True, False or None, got {save_states!r}.")
@@ -335,14 +330,12 @@ def scan(
     try:
         if executor is not None:
             check_executor(workers.executor, problem_obj)
-        solver_recorded = solver_spec(solver, prob)
         if save_states is None:
             save_states = prob.dim <= 3
         save_states_val = min(int(save_trajectories), chunk_size) if save_states else 0
-        ctrl_spec = controller_spec(stepsize_controller, dt0)
         try:
-            FlowOptions(solver=solver_instance(solver_recorded),
-                        stepsize_controller=controller_from_spec(ctrl_spec), dt0=dt0).stepper(prob)
+            opts.stepper(prob)  # the solver exists and suits the controller
+            flow_spec = opts.to_spec(prob, jnp.dtype(dtype))
         except ValueError as e:
             raise ValueError(f"scan: {e}") from None
         if executor is None:
@@ -361,11 +354,8 @@ def scan(
                 "nonsmooth": prob.nonsmooth,
                 "fingerprint": problem_fingerprint(prob, jnp.dtype(dtype)),
             },
-            n=n, seed=seed, chunk_size=chunk_size, n_chunks=n_chunks, dtype=dtype, t1=t1,
-            solver=solver_recorded, stepsize_controller=ctrl_spec, dt0=dt0, gtol=gtol_val,
-            escape_radius=escape_radius, max_steps=max_steps,
-            checkpoints_per_decade=checkpoints_per_decade, t_first=t_first, lanes=lanes_val,
-            stop_at_convergence=stop_at_convergence, classify=classify_options,
+            n=n, seed=seed, chunk_size=chunk_size, n_chunks=n_chunks, dtype=dtype,
+            flow=flow_spec, classify=classify_options,
             save_trajectories=save_trajectories, save_states=save_states_val,
         )
         env = environment()

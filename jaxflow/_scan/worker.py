@@ -32,10 +32,13 @@ from typing import Any
 import equinox as eqx
 import numpy as np
 
+from .._engine import default_lanes
+from .._flow import flow
+from .._options import FlowOptions
 from .._problem import Problem
 from .errors import ScanError
 from .references import cached_fingerprint, cached_problem
-from .spec import flow_arguments, jaxflow_version, program_key, source_fingerprint
+from .spec import jaxflow_version, program_key, source_fingerprint
 
 __all__ = ["ChunkJob", "ChunkOutput", "run_chunk", "device_pool", "forked_from_driver",
            "FORK_REFUSAL"]
@@ -173,8 +176,6 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
     import jax
     import jax.numpy as jnp
 
-    from .._engine import default_lanes
-    from .._flow import flow
 
     dtype = jnp.dtype(spec["dtype"])
     if spec["problem"]["fingerprint"] != cached_fingerprint(problem, dtype):
@@ -188,9 +189,10 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
     # the programs are the ones a plain `jaxflow.flow` call compiles.
     key = jax.random.fold_in(jax.random.key(int(spec["seed"])), chunk)
     x0 = _sample_padded(problem, key, jnp.asarray(valid, jnp.int32), cs, dtype)
-    arguments = flow_arguments(spec["flow"])
-    arguments["lanes"] = arguments["lanes"] or default_lanes(cs, _backend(device))
-    res = flow(problem, x0, **arguments, save_states=int(spec["save_states"]))
+    options = FlowOptions.from_spec(spec["flow"], save_states=int(spec["save_states"]))
+    if options.lanes is None:  # left to the worker's backend (the result does not depend on it)
+        options = options.replace(lanes=default_lanes(cs, _backend(device)))
+    res = flow(problem, x0, options)
     cols = _trajectory_columns(res, spec["classify"])
     x0_np = np.asarray(x0)[:valid]
     index = chunk * cs + np.arange(valid, dtype=np.int64)
