@@ -127,7 +127,7 @@ def value_tolerance(dtype, gtol: float | None = None) -> float:
 
     `gtol` defaults to `jaxflow.default_gtol(dtype)`.
     """
-    from ._flow import default_gtol
+    from ._options import default_gtol
 
     eps = float(np.finfo(np.dtype(dtype)).eps)
     gtol = default_gtol(dtype) if gtol is None else float(gtol)

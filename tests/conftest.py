@@ -12,26 +12,32 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 # Programs lowered for compilation, counted through JAX's monitoring events (a lowering
 # precedes every compilation, whether or not the persistent cache then has the binary).
-_LOWERINGS = [0]
+_LOWERED: list[str] = []
 
 
-def _count_lowerings(event, duration_secs, **kwargs):
+def _record_lowering(event, duration_secs, **kwargs):
     if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-        _LOWERINGS[0] += 1
+        _LOWERED.append(str(kwargs.get("fun_name", "")))
 
 
-jax.monitoring.register_event_duration_secs_listener(_count_lowerings)
+jax.monitoring.register_event_duration_secs_listener(_record_lowering)
 
 
 @pytest.fixture
 def compilations():
-    """A callable: how many programs JAX lowered for compilation since it was created.
+    """`compilations(name="jit(_run)")`: programs of that name (default: the integration
+    engine's) JAX lowered for compilation since the fixture was created; `name=None`
+    counts every program, eager operations included.
 
     `before = compilations(); ...; assert compilations() == before` checks that nothing
     was (re)compiled in between.
     """
-    start = _LOWERINGS[0]
-    return lambda: _LOWERINGS[0] - start
+    start = len(_LOWERED)
+
+    def count(name: str | None = "jit(_run)") -> int:
+        return sum(1 for n in _LOWERED[start:] if name is None or n == name)
+
+    return count
 
 
 @pytest.fixture

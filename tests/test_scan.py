@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 import jaxflow as jf
-from jaxflow import _flow
 from jaxflow._scan import resolve_problem
 from jaxflow._scan.store import canonical_json
 from jaxflow._scan.worker import ChunkJob, forked_from_driver, run_chunk
@@ -94,10 +93,10 @@ def test_starts_come_from_two_level_keys_and_flow_matches(reference):
     assert np.all(f[esc] - 1 > 0.5 / np.sqrt(50)) and np.all(f[esc] - 1 < 1 / np.sqrt(50))
 
 
-def test_no_recompilation_across_chunks(reference, tmp_path):
-    before = _flow.TRACE_COUNT["flow"]
+def test_no_recompilation_across_chunks(reference, tmp_path, compilations):
+    before = compilations()
     res = jf.scan(PROBLEM, 200, out=tmp_path / "s", **SPEC)  # 4 chunks, last one padded
-    assert _flow.TRACE_COUNT["flow"] == before
+    assert compilations() == before
     assert res.table.num_rows == 200
 
 
@@ -274,10 +273,10 @@ def test_broken_executor_instance_is_not_rebuilt(tmp_path):
         jf.scan(PROBLEM, 10, out=tmp_path / "broken", executor=_BrokenPool(), **SPEC)
 
 
-def test_fork_pool_and_unpicklable_problem_refused_before_compute(tmp_path):
+def test_fork_pool_and_unpicklable_problem_refused_before_compute(tmp_path, compilations):
     import multiprocessing
 
-    before = _flow.TRACE_COUNT["flow"]
+    before = compilations()
     assert not forked_from_driver()  # the driver itself
     if "fork" in multiprocessing.get_all_start_methods():
         with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as ex:
@@ -292,7 +291,7 @@ def test_fork_pool_and_unpicklable_problem_refused_before_compute(tmp_path):
     with cf.ProcessPoolExecutor(1, mp_context=spawn) as ex:
         with pytest.raises(TypeError, match="closures and lambdas cannot be pickled"):
             jf.scan(problem, 10, out=tmp_path / "b", executor=ex, **SPEC)
-    assert _flow.TRACE_COUNT["flow"] == before
+    assert compilations() == before
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -362,19 +361,19 @@ def test_other_versions_are_refused(reference, monkeypatch):
         (dict(solver="NoSuchSolver"), "unknown diffrax solver"),
     ],
 )
-def test_bad_input_fails_before_any_compute(tmp_path, kwargs, match):
-    before = _flow.TRACE_COUNT["flow"]
+def test_bad_input_fails_before_any_compute(tmp_path, kwargs, match, compilations):
+    before = compilations()
     kw = dict(SPEC, n=10)
     kw.update(kwargs)
     n = kw.pop("n")
     with pytest.raises(ValueError, match=match):
         jf.scan(PROBLEM, n, out=tmp_path / "out", **kw)
-    assert _flow.TRACE_COUNT["flow"] == before
+    assert compilations() == before
     assert not (tmp_path / "out").exists()
 
 
-def test_unwritable_out_fails_before_any_compute(tmp_path):
-    before = _flow.TRACE_COUNT["flow"]
+def test_unwritable_out_fails_before_any_compute(tmp_path, compilations):
+    before = compilations()
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     with pytest.raises(ValueError, match="not a directory"):
@@ -384,7 +383,7 @@ def test_unwritable_out_fails_before_any_compute(tmp_path):
         ro.mkdir(mode=0o500)
         with pytest.raises(PermissionError, match="permission denied"):
             jf.scan(PROBLEM, 10, out=ro / "out", **SPEC)
-    assert _flow.TRACE_COUNT["flow"] == before
+    assert compilations() == before
 
 
 def test_nonfinite_trajectories_do_not_stop_the_scan(tmp_path):
