@@ -224,7 +224,7 @@ def rich_table(columns: Sequence[Column], rows: Sequence, title: str | None = No
 
 
 def outcome_table(result, title: str):
-    """The rich table of `jaxflow flow`: statuses of a `FlowResult` with 95 % Wilson
+    r"""The rich table of `jaxflow flow`: statuses of a `FlowResult` with 95 % Wilson
     intervals and the medians of $f$, $\|x\|$ and $t$ per status."""
     medians = {
         "f": np.asarray(result.f, np.float64),
