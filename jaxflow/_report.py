@@ -338,8 +338,8 @@ def _assumptions(
     elif math.isfinite(best):
         out["lower_bounded"] = Assessment(
             Verdict.SUPPORTED,
-            f"lowest value seen {format_value(best)}; no trajectory with f → −∞ (sampling cannot show a "
-            "lower bound).",
+            f"lowest value seen {format_value(best)}; no trajectory with f → −∞ (sampling "
+            "cannot show a lower bound).",
         )
     else:
         out["lower_bounded"] = Assessment(Verdict.INCONCLUSIVE, "no finite value seen.")
@@ -364,7 +364,8 @@ def _assumptions(
         out["finitely_many_critical_values"] = Assessment(
             Verdict.INCONCLUSIVE,
             f"{len(cvs)} distinct critical values among {n_lim} limits, with gaps shrinking "
-            f"geometrically: they seem to accumulate near {format_value(acc, 4)} (as in Remark 3.2).",
+            "geometrically: they seem to accumulate near "
+            f"{format_value(acc, 4)} (as in Remark 3.2).",
         )
     else:
         out["finitely_many_critical_values"] = Assessment(
