@@ -8,7 +8,6 @@ from ._detect import Classification as Classification
 from ._detect import DetectorOptions as DetectorOptions
 from ._detect import classify as classify
 from ._detect import classify_arrays as classify_arrays
-from ._detect import trajectory_table as trajectory_table
 from ._field import AbstractField as AbstractField
 from ._field import GradientField as GradientField
 from ._errors import JaxflowError as JaxflowError
@@ -30,6 +29,7 @@ from ._problem import Normal as Normal
 from ._problem import Problem as Problem
 from ._problem import Uniform as Uniform
 from ._report import Report as Report
+from ._report import Verdict as Verdict
 from ._scan import ChunkCorruptedError as ChunkCorruptedError
 from ._scan import ScanError as ScanError
 from ._scan import ScanLockedError as ScanLockedError
@@ -39,10 +39,12 @@ from ._scan import SpecMismatchError as SpecMismatchError
 from ._scan import StoreError as StoreError
 from ._scan import load as load
 from ._scan import scan as scan
+from ._schema import trajectory_table as trajectory_table
 from ._stepper import AbstractStepper as AbstractStepper
 from ._stepper import ProxLinear as ProxLinear
 from ._stepper import Rodas4 as Rodas4
 from ._status import Status as Status
+from ._values import CriticalPointType as CriticalPointType
 from ._values import CriticalValue as CriticalValue
 from ._values import ValueAtInfinity as ValueAtInfinity
 from ._values import critical_values as critical_values

@@ -75,9 +75,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._flow import FlowResult
-from ._status import Status
+from ._status import Status, status_counts
 
-__all__ = ["classify", "Classification", "DetectorOptions", "trajectory_table"]
+__all__ = ["classify", "classify_arrays", "Classification", "DetectorOptions"]
 
 
 class DetectorOptions(eqx.Module):
@@ -171,8 +171,7 @@ class Classification(eqx.Module):
 
     def counts(self) -> dict[str, int]:
         """Number of trajectories per status name."""
-        st = np.asarray(self.status)
-        return {s.name: int(np.sum(st == int(s))) for s in Status if np.any(st == int(s))}
+        return status_counts(self.status)
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(getattr(self, k)) for k in self.__dataclass_fields__}
@@ -511,61 +510,3 @@ def _truncate(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, *, horizon
         pick(t_k, t),
         pick(jnp.int8(Status.HORIZON), jnp.asarray(status)).astype(jnp.int8),
     )
-
-
-# --------------------------------------------------------------------------- table
-def trajectory_table(result: FlowResult, classification: Classification | None = None) -> dict:
-    """One row per trajectory, numeric numpy columns only (for Parquet and `Report`).
-
-    Columns: `status` (refined when `classification` is given, else the engine's),
-    `engine_status`, `f`, `stationarity`, `t`, `norm`, `steps`, `rejected`,
-    `path_length`, the final point as `x_0 .. x_{d-1}`, the classification fields
-    (`growth_exponent`, `log_growth`, `limit_value`, `malgrange`, `deceleration`,
-    `velocity_exponent`, `value_exponent`; NaN/False without a classification) and the
-    checkpoint series `cp_norm`, `cp_f`, `cp_stat` as `(n, K)` arrays. The checkpoint
-    times are `result.ts` (common to all rows, so not a column).
-    """
-    if not isinstance(result, FlowResult):
-        raise TypeError(
-            f"trajectory_table: `result` must be a jaxflow.FlowResult, got {type(result).__name__}."
-        )
-    r = result.to_numpy()
-    n = r["f"].shape[0]
-    table: dict[str, np.ndarray] = {}
-    engine_status = r["status"].astype(np.int8)
-    if classification is not None:
-        if len(classification) != n:
-            raise ValueError(
-                f"trajectory_table: classification has {len(classification)} rows, "
-                f"result has {n}; classify this result first."
-            )
-        c = classification.to_numpy()
-        table["status"] = c["status"].astype(np.int8)
-    else:
-        c = None
-        table["status"] = engine_status
-    table["engine_status"] = engine_status
-    for key in ("f", "stationarity", "t", "path_length"):
-        table[key] = r[key]
-    table["norm"] = np.linalg.norm(r["x"].astype(np.float64), axis=-1).astype(r["f"].dtype)
-    table["steps"] = r["steps"].astype(np.int32)
-    table["rejected"] = r["rejected"].astype(np.int32)
-    for j in range(r["x"].shape[1]):
-        table[f"x_{j}"] = r["x"][:, j]
-    for key in (
-        "growth_exponent",
-        "limit_value",
-        "malgrange",
-        "deceleration",
-        "velocity_exponent",
-        "value_exponent",
-    ):
-        table[key] = c[key] if c is not None else np.full(n, np.nan, r["f"].dtype)
-    if c is not None:
-        table["log_growth"] = c["log_growth"].astype(bool)
-    else:
-        table["log_growth"] = np.zeros(n, bool)
-        table["limit_value"] = r["f"].copy()
-    for key in ("cp_norm", "cp_f", "cp_stat"):
-        table[key] = r[key]
-    return table

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._schema import arrow_columns, checkpoint_states, start_points
 from ._status import Status
 
 __all__ = ["final_values", "escaping_norms", "phase_portrait", "write_plots"]
@@ -167,12 +168,10 @@ def phase_portrait(problem, trajectories: Mapping[str, np.ndarray], meta: Mappin
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 6.0))
     st = np.asarray(trajectories["status"])[:max_paths]
-    starts = np.stack([np.asarray(trajectories["start_0"]), np.asarray(trajectories["start_1"])],
-                      axis=1)[:max_paths]
-    paths = None
-    if "cp_x_0" in trajectories and "cp_x_1" in trajectories:
-        paths = np.stack([np.asarray(trajectories["cp_x_0"], np.float64),
-                          np.asarray(trajectories["cp_x_1"], np.float64)], axis=-1)[:max_paths]
+    starts = start_points(trajectories)[:max_paths, :2]
+    paths = checkpoint_states(trajectories)
+    if paths is not None:
+        paths = paths[:max_paths, :, :2].astype(np.float64)
     # The view: the box of starts, enlarged so the flow's first excursions are visible.
     lo, hi = starts.min(axis=0), starts.max(axis=0)
     span = np.maximum(hi - lo, 1e-3)
@@ -239,9 +238,7 @@ def write_plots(result, directory, *, problem=None) -> list[Path]:
 
     traj = result.trajectories
     if traj is not None and traj.num_rows:
-        from ._scan.store import column_to_numpy
-
-        tcols = {k: column_to_numpy(traj.column(k)) for k in traj.column_names}
+        tcols = arrow_columns(traj)
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         escaping_norms(tcols, result.checkpoint_times, meta, table=table, ax=ax)
         fig.tight_layout()

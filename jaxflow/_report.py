@@ -11,8 +11,12 @@ scan, the empirical evidence on each of these points:
 - the values at infinity (limits along escaping trajectories);
 - the best value seen, spurious local minima (minimum-type critical values above it)
   and suspected spurious minima at infinity (values at infinity above it);
-- a verdict per assumption of Theorem 1.2: `supported`, `contradicted`,
-  `inconclusive` or `not assessed`.
+- a `Verdict` per assumption of Theorem 1.2: `supported`, `contradicted`,
+  `inconclusive` or `not assessed`;
+- a conclusion, in words.
+
+The report holds this evidence as data; `jaxflow._render` turns it into Markdown, rich
+tables and JSON, and `Report.write` writes the files of `jaxflow report`.
 
 Everything is evidence from $N$ samples up to the horizon $T$, never a proof: a finite
 sample can miss a basin of small measure, and a finite horizon can miss a slow escape
@@ -22,56 +26,56 @@ or a late departure from a saddle.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._stats import wilson_interval
-from ._status import Status
+from ._detect import classify
+from ._json import jsonable
+from ._render import (
+    format_interval,
+    format_percent,
+    format_value,
+    report_dict,
+    report_json,
+    report_markdown,
+    report_rich,
+    write_report,
+)
+from ._schema import trajectory_table, value_dtype
+from ._stats import status_rows, wilson_interval
+from ._status import status_counts
 from ._values import (
+    CriticalPointType,
     CriticalValue,
     ValueAtInfinity,
-    _jsonable,
     critical_values,
     value_tolerance,
     values_at_infinity,
 )
 
-__all__ = ["Report"]
+__all__ = ["Report", "Verdict", "Assessment"]
 
-_ASSUMPTIONS = (
-    ("lower_bounded", "(a) bounded below"),
-    ("locally_lipschitz", "(b) locally Lipschitz"),
-    ("chain_rule", "(c) admits a chain rule"),
-    ("finitely_many_critical_values", "(d) finitely many critical values"),
-    ("bounded_trajectories", "(e) bounded subgradient trajectories"),
-)
+
+class Verdict(enum.StrEnum):
+    """What the sample says about one assumption of Theorem 1.2 (Assumption 3.1)."""
+
+    SUPPORTED = "supported"
+    CONTRADICTED = "contradicted"
+    INCONCLUSIVE = "inconclusive"
+    NOT_ASSESSED = "not assessed"  # not testable by sampling
 
 
 @dataclasses.dataclass(frozen=True)
-class Verdict:
-    """The evidence on one assumption of Theorem 1.2 (Assumption 3.1)."""
+class Assessment:
+    """The evidence on one assumption of Theorem 1.2: a `Verdict` and why."""
 
-    verdict: str  # supported | contradicted | inconclusive | not assessed
+    verdict: Verdict
     detail: str
-
-
-def _fmt(v: float, digits: int = 6) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    if math.isinf(v):
-        return "−∞" if v < 0 else "∞"
-    return f"{v:.{digits}g}"
-
-
-def _pct(p: float) -> str:
-    return f"{100 * p:.2f} %"
-
-
-def _interval(iv) -> str:
-    return f"[{_pct(iv[0])}, {_pct(iv[1])}]"
 
 
 def _accumulation(values: list[float]) -> float | None:
@@ -105,7 +109,8 @@ class Report:
 
     Build it with `Report.from_flow(problem, result)` or, from stored columns,
     `Report.from_table(problem, table, meta=...)`. Render with `to_rich()`,
-    `to_markdown()`, `to_dict()` or `to_json()`.
+    `to_markdown()`, `to_dict()` or `to_json()` (all in `jaxflow._render`); write the
+    files of `jaxflow report` with `write(directory)`.
     """
 
     problem: dict
@@ -120,7 +125,7 @@ class Report:
     spurious_minima: list[CriticalValue]
     possibly_spurious: list[CriticalValue]
     spurious_at_infinity: list[ValueAtInfinity]
-    assumptions: dict[str, Verdict]
+    assumptions: dict[str, Assessment]
     accumulation: float | None
     conclusion: str
 
@@ -128,8 +133,6 @@ class Report:
     @classmethod
     def from_flow(cls, problem, result, classification=None, **classify_options) -> Report:
         """Classifies `result` (unless `classification` is given) and builds the report."""
-        from ._detect import classify, trajectory_table
-
         if classification is None:
             classification = classify(result, **classify_options)
         elif classify_options:
@@ -166,19 +169,9 @@ class Report:
         if n == 0:
             raise ValueError("Report.from_table: the table has no rows.")
         f = np.asarray(table["f"], np.float64)
-        dtype = np.asarray(table["f"]).dtype
         gtol = meta.get("gtol")
         horizon = meta.get("t1")
-        rtol = value_tolerance(dtype if np.issubdtype(dtype, np.floating) else np.float64, gtol)
-
-        # Statuses with Wilson intervals.
-        statuses = []
-        for s in Status:
-            k = int(np.sum(status == int(s)))
-            if k:
-                statuses.append(
-                    dict(status=s.name, count=k, fraction=k / n, interval=wilson_interval(k, n))
-                )
+        rtol = value_tolerance(value_dtype(table), gtol)
         cvs = critical_values(problem, table, gtol=gtol, n_total=n, n_probe=n_probe)
         vis = values_at_infinity(table, gtol=gtol, n_total=n)
 
@@ -198,14 +191,22 @@ class Report:
         def above(value, tol):
             return math.isfinite(best) and value > best + max(tol, rtol * max(1.0, abs(best)))
 
-        spurious = [cv for cv in cvs if cv.type == "minimum" and above(cv.value, cv.tolerance)]
-        possibly = [cv for cv in cvs if cv.type == "degenerate" and above(cv.value, cv.tolerance)]
+        spurious = [
+            cv
+            for cv in cvs
+            if cv.type == CriticalPointType.MINIMUM and above(cv.value, cv.tolerance)
+        ]
+        possibly = [
+            cv
+            for cv in cvs
+            if cv.type == CriticalPointType.DEGENERATE and above(cv.value, cv.tolerance)
+        ]
         spurious_inf = [
             vi for vi in vis if math.isfinite(vi.value) and above(vi.value, vi.tolerance)
         ]
         acc = _accumulation([cv.value for cv in cvs])
 
-        counts = {s["status"]: s["count"] for s in statuses}
+        counts = status_counts(status)
         n_esc = counts.get("ESCAPING", 0) + counts.get("ESCAPED", 0)
         n_ok = counts.get("CONVERGED", 0) + counts.get("BOUNDED", 0)
         n_open = n - n_esc - n_ok
@@ -235,11 +236,11 @@ class Report:
             best=best,
         )
         return cls(
-            problem=_jsonable(prob),
+            problem=jsonable(prob),
             n=n,
             horizon=horizon,
-            meta=_jsonable(_plain(meta)),
-            statuses=statuses,
+            meta=_meta_data(meta),
+            statuses=status_rows(status),
             critical_values=cvs,
             values_at_infinity=vis,
             best_value=best,
@@ -252,307 +253,133 @@ class Report:
             conclusion=conclusion,
         )
 
-    # ------------------------------------------------------------------ rendering
+    # ------------------------------------------------------------------ presentation
+    @property
+    def evidence(self) -> str:
+        """What the evidence is: "evidence from N = ... samples to horizon T = ..."."""
+        return _evidence_phrase(self.n, self.horizon, self.meta)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (infinities as the strings "inf"/"-inf", NaN as null)."""
-        return _jsonable(
-            dict(
-                problem=self.problem,
-                n=self.n,
-                horizon=self.horizon,
-                meta=self.meta,
-                statuses=[dict(s) for s in self.statuses],
-                critical_values=[cv.to_dict() for cv in self.critical_values],
-                values_at_infinity=[vi.to_dict() for vi in self.values_at_infinity],
-                best_value=self.best_value,
-                best_source=self.best_source,
-                spurious_minima=[cv.value for cv in self.spurious_minima],
-                possibly_spurious_minima=[cv.value for cv in self.possibly_spurious],
-                suspected_spurious_minima_at_infinity=[
-                    vi.value for vi in self.spurious_at_infinity
-                ],
-                assumptions={k: dataclasses.asdict(v) for k, v in self.assumptions.items()},
-                critical_value_accumulation=self.accumulation,
-                conclusion=self.conclusion,
-            )
-        )
+        return report_dict(self)
 
     def to_json(self, **kwargs) -> str:
-        kwargs.setdefault("indent", 2)
-        return json.dumps(self.to_dict(), **kwargs)
-
-    def _title(self) -> str:
-        name = self.problem.get("name") or "problem"
-        return f"{name}: {_evidence_phrase(self.n, self.horizon, self.meta)}"
+        """The report as JSON (`json.dumps` keywords; indented by 2 by default)."""
+        return report_json(self, **kwargs)
 
     def to_markdown(self) -> str:
         """The report as GitHub-flavoured Markdown."""
-        lines = [f"## {self._title()}", ""]
-        lines += ["| status | count | fraction | 95 % interval |", "|---|---:|---:|---:|"]
-        for s in self.statuses:
-            row = (s["status"], s["count"], _pct(s["fraction"]), _interval(s["interval"]))
-            lines.append("| " + " | ".join(map(str, row)) + " |")
-        lines += ["", "### Critical values (limits of converged and bounded trajectories)", ""]
-        if self.critical_values:
-            lines += [
-                "| value | count | fraction | 95 % interval | type "
-                "| Hessian eigenvalues (min, max) | point |",
-                "|---:|---:|---:|---:|---|---|---|",
-            ]
-            for cv in self.critical_values:
-                eig = (
-                    "—"
-                    if cv.eigenvalues is None
-                    else f"({_fmt(cv.eigenvalues[0], 3)}, {_fmt(cv.eigenvalues[1], 3)})"
-                )
-                row = (
-                    _fmt(cv.value),
-                    cv.count,
-                    _pct(cv.fraction),
-                    _interval(cv.interval),
-                    f"{cv.type} ({cv.method})",
-                    eig,
-                    _point(cv.point),
-                )
-                lines.append("| " + " | ".join(map(str, row)) + " |")
-        else:
-            lines.append("None: no trajectory converged or stayed bounded.")
-        lines += ["", "### Values at infinity (limits along escaping trajectories)", ""]
-        if self.values_at_infinity:
-            lines += [
-                "| value | count | fraction | 95 % interval | growth α | log growth | ‖x‖·‖v‖ "
-                "| median ‖x‖ |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|",
-            ]
-            for vi in self.values_at_infinity:
-                row = (
-                    _fmt(vi.value),
-                    vi.count,
-                    _pct(vi.fraction),
-                    _interval(vi.interval),
-                    _fmt(vi.growth_exponent, 3),
-                    _pct(vi.log_growth),
-                    _fmt(vi.malgrange, 3),
-                    _fmt(vi.norm, 4),
-                )
-                lines.append("| " + " | ".join(map(str, row)) + " |")
-        else:
-            lines.append("None: no trajectory escaped.")
-        lines += ["", "### Findings", ""]
-        lines += self._findings()
-        lines += [
-            "",
-            "### Theorem 1.2 assumptions",
-            "",
-            "| assumption | evidence | detail |",
-            "|---|---|---|",
-        ]
-        for key, label in _ASSUMPTIONS:
-            v = self.assumptions[key]
-            lines.append(f"| {label} | **{v.verdict}** | {v.detail} |")
-        lines += ["", f"**Conclusion.** {self.conclusion}", ""]
-        return "\n".join(lines)
-
-    def _findings(self) -> list[str]:
-        out = [f"- Best value seen: {_fmt(self.best_value)} ({self.best_source})."]
-        gi = self.problem.get("global_infimum") if self.problem else None
-        if gi is not None:
-            out[-1] = out[-1][:-1] + f"; known global infimum {_fmt(gi)}."
-        out.append(
-            "- Spurious local minima (minimum-type critical values above the best value): "
-            + (", ".join(_fmt(cv.value) for cv in self.spurious_minima) or "none seen")
-            + "."
-        )
-        if self.possibly_spurious:
-            out.append(
-                "- Degenerate critical values above the best value (type undecided; possibly "
-                "spurious setwise minima): "
-                + ", ".join(_fmt(cv.value) for cv in self.possibly_spurious)
-                + "."
-            )
-        out.append(
-            "- Suspected spurious minima at infinity (values at infinity above the best value): "
-            + (", ".join(_fmt(vi.value) for vi in self.spurious_at_infinity) or "none seen")
-            + "."
-        )
-        return out
+        return report_markdown(self)
 
     def to_rich(self):
         """A rich renderable (tables and the conclusion); print it with a rich Console."""
-        from rich.console import Group
-        from rich.panel import Panel
-        from rich.table import Table
-        from rich.text import Text
-
-        st = Table(title=self._title())
-        for col in ("status", "count", "fraction", "95% interval"):
-            st.add_column(col, justify="left" if col == "status" else "right")
-        for s in self.statuses:
-            st.add_row(s["status"], str(s["count"]), _pct(s["fraction"]), _interval(s["interval"]))
-        cv = Table(title="Critical values (limits of converged and bounded trajectories)")
-        for col in (
-            "value",
-            "count",
-            "fraction",
-            "95% interval",
-            "type",
-            "eig (min, max)",
-            "point",
-        ):
-            cv.add_column(col, justify="right" if col in ("value", "count", "fraction") else "left")
-        for c in self.critical_values:
-            eig = (
-                "—"
-                if c.eigenvalues is None
-                else f"({_fmt(c.eigenvalues[0], 3)}, {_fmt(c.eigenvalues[1], 3)})"
-            )
-            cv.add_row(
-                _fmt(c.value),
-                str(c.count),
-                _pct(c.fraction),
-                _interval(c.interval),
-                f"{c.type} ({c.method})",
-                eig,
-                _point(c.point),
-            )
-        vi = Table(title="Values at infinity (limits along escaping trajectories)")
-        for col in (
-            "value",
-            "count",
-            "fraction",
-            "95% interval",
-            "growth α",
-            "log growth",
-            "‖x‖·‖v‖",
-        ):
-            vi.add_column(col, justify="right")
-        for v in self.values_at_infinity:
-            vi.add_row(
-                _fmt(v.value),
-                str(v.count),
-                _pct(v.fraction),
-                _interval(v.interval),
-                _fmt(v.growth_exponent, 3),
-                _pct(v.log_growth),
-                _fmt(v.malgrange, 3),
-            )
-        th = Table(title="Theorem 1.2 assumptions (Assumption 3.1)")
-        th.add_column("assumption")
-        th.add_column("evidence")
-        th.add_column("detail")
-        colors = {"supported": "green", "contradicted": "red", "inconclusive": "yellow"}
-        for key, label in _ASSUMPTIONS:
-            v = self.assumptions[key]
-            th.add_row(label, Text(v.verdict, style=colors.get(v.verdict, "dim")), v.detail)
-        parts = [st]
-        parts.append(
-            cv
-            if self.critical_values
-            else Text("No critical values: no trajectory converged or stayed bounded.")
-        )
-        parts.append(
-            vi if self.values_at_infinity else Text("No values at infinity: no trajectory escaped.")
-        )
-        parts.append(Text("\n".join(self._findings())))
-        parts.append(th)
-        parts.append(Panel(self.conclusion, title="Conclusion"))
-        return Group(*parts)
+        return report_rich(self)
 
     def __rich__(self):
         return self.to_rich()
 
+    def write(self, directory, *, plots: bool = True, result=None, problem=None) -> list[Path]:
+        """Writes what `jaxflow report` writes into `directory`; returns the paths.
+
+        **Arguments:**
+
+        - `directory`: created if missing.
+        - `plots`: also write the PNG figures (`final_f_by_status.png`,
+          `norm_vs_t_escaping.png`, `phase_portrait.png` for 2-D problems); they need
+          the scan, `result` (a `jaxflow.ScanResult`), and are skipped without it.
+        - `problem`: the `jaxflow.Problem`, for the level sets of the phase portrait.
+
+        **Returns:** the paths of `report.md`, `report.json` and the figures written.
+        """
+        return write_report(self, directory, plots=plots, result=result, problem=problem)
+
 
 # --------------------------------------------------------------------------- helpers
-def _point(p) -> str:
-    if not p:
-        return "—"
-    s = ", ".join(f"{x:.3g}" for x in p[:6])
-    return f"({s}{', …' if len(p) > 6 else ''})"
-
-
-def _plain(meta: dict) -> dict:
+def _meta_data(meta: dict) -> dict:
+    """The run's settings as JSON data; a value that is not data (e.g. a solver object,
+    or a list holding one) is kept as its `repr`."""
     out = {}
-    for k, v in meta.items():
-        if isinstance(v, (str, int, float, bool, type(None))):
-            out[k] = v
-        elif isinstance(v, (np.floating, np.integer, np.bool_)):
-            out[k] = v.item()
-        elif isinstance(v, (list, tuple, dict)):
+    for key, value in meta.items():
+        if isinstance(value, (list, tuple, dict)):
             try:
-                json.dumps(_jsonable(v))
-                out[k] = v
+                json.dumps(jsonable(value))
             except TypeError:
-                out[k] = repr(v)
-        else:
-            out[k] = repr(v)
-    return out
+                value = repr(value)
+        elif not isinstance(value, (str, int, float, bool, type(None), np.number, np.bool_)):
+            value = repr(value)
+        out[key] = value
+    return jsonable(out)
 
 
 def _evidence_phrase(n, horizon, meta) -> str:
     parts = [f"evidence from N = {n} samples"]
     if horizon is not None:
-        parts.append(f"to horizon T = {_fmt(float(horizon), 4)}")
+        parts.append(f"to horizon T = {format_value(float(horizon), 4)}")
     extra = [str(meta[k]) for k in ("solver", "dtype") if meta.get(k)]
     if extra:
         parts.append(f"({', '.join(extra)})")
     return " ".join(parts)
 
 
-def _assumptions(*, n, n_esc, n_open, counts, cvs, vis, best, acc, horizon, problem) -> dict:
-    T = "the horizon" if horizon is None else f"T = {_fmt(float(horizon), 4)}"
+def _assumptions(
+    *, n, n_esc, n_open, counts, cvs, vis, best, acc, horizon, problem
+) -> dict[str, Assessment]:
+    """The `Assessment` of each assumption of Theorem 1.2, in the paper's order."""
+    by = "the horizon" if horizon is None else f"T = {format_value(float(horizon), 4)}"
     out = {}
     # (a) bounded below.
     n_inf = sum(vi.count for vi in vis if vi.value == -math.inf)
     if n_inf:
-        out["lower_bounded"] = Verdict(
-            "contradicted",
+        out["lower_bounded"] = Assessment(
+            Verdict.CONTRADICTED,
             f"{n_inf} of {n} trajectories escape with f decreasing at a non-decelerating rate "
             "(limit −∞).",
         )
     elif math.isfinite(best):
-        out["lower_bounded"] = Verdict(
-            "supported",
-            f"lowest value seen {_fmt(best)}; no trajectory with f → −∞ (sampling cannot show a "
-            "lower bound).",
+        out["lower_bounded"] = Assessment(
+            Verdict.SUPPORTED,
+            f"lowest value seen {format_value(best)}; no trajectory with f → −∞ (sampling "
+            "cannot show a lower bound).",
         )
     else:
-        out["lower_bounded"] = Verdict("inconclusive", "no finite value seen.")
+        out["lower_bounded"] = Assessment(Verdict.INCONCLUSIVE, "no finite value seen.")
     nonsmooth = bool(getattr(problem, "nonsmooth", False)) if problem is not None else False
-    out["locally_lipschitz"] = Verdict(
-        "not assessed",
+    out["locally_lipschitz"] = Assessment(
+        Verdict.NOT_ASSESSED,
         "not testable by sampling (holds for C¹ losses and compositions of Lipschitz pieces)"
         + ("; the flow uses the minimal-norm Clarke subgradient." if nonsmooth else "."),
     )
-    out["chain_rule"] = Verdict(
-        "not assessed",
+    out["chain_rule"] = Assessment(
+        Verdict.NOT_ASSESSED,
         "not testable by sampling (holds for C¹ and for definable, e.g. semialgebraic, losses).",
     )
     # (d) finitely many critical values.
     n_lim = sum(cv.count for cv in cvs)
     if not cvs:
-        out["finitely_many_critical_values"] = Verdict(
-            "inconclusive",
+        out["finitely_many_critical_values"] = Assessment(
+            Verdict.INCONCLUSIVE,
             "no trajectory converged or stayed bounded, so no critical value was seen.",
         )
     elif acc is not None:
-        out["finitely_many_critical_values"] = Verdict(
-            "inconclusive",
+        out["finitely_many_critical_values"] = Assessment(
+            Verdict.INCONCLUSIVE,
             f"{len(cvs)} distinct critical values among {n_lim} limits, with gaps shrinking "
-            f"geometrically: they seem to accumulate near {_fmt(acc, 4)} (as in Remark 3.2).",
+            "geometrically: they seem to accumulate near "
+            f"{format_value(acc, 4)} (as in Remark 3.2).",
         )
     else:
-        out["finitely_many_critical_values"] = Verdict(
-            "supported",
+        out["finitely_many_critical_values"] = Assessment(
+            Verdict.SUPPORTED,
             f"{len(cvs)} distinct critical value{'s' if len(cvs) != 1 else ''} among {n_lim} "
             "limits of converged or bounded trajectories (sampling cannot show finiteness).",
         )
     # (e) bounded trajectories.
     if n_esc:
         lo, hi = wilson_interval(n_esc, n)
-        out["bounded_trajectories"] = Verdict(
-            "contradicted",
-            f"{n_esc} of {n} trajectories ({_pct(n_esc / n)}, 95 % interval {_interval((lo, hi))}) "
-            f"escape to infinity by {T}",
+        out["bounded_trajectories"] = Assessment(
+            Verdict.CONTRADICTED,
+            f"{n_esc} of {n} trajectories ({format_percent(n_esc / n)}, 95 % interval "
+            f"{format_interval((lo, hi))}) escape to infinity by {by}",
         )
     elif n_open:
         detail = ", ".join(
@@ -560,16 +387,16 @@ def _assumptions(*, n, n_esc, n_open, counts, cvs, vis, best, acc, horizon, prob
             for s in ("UNDECIDED", "MAX_STEPS", "NONFINITE", "HORIZON")
             if counts.get(s)
         )
-        out["bounded_trajectories"] = Verdict(
-            "inconclusive",
-            f"no escape seen, but {detail} of {n} trajectories are open at {T}.",
+        out["bounded_trajectories"] = Assessment(
+            Verdict.INCONCLUSIVE,
+            f"no escape seen, but {detail} of {n} trajectories are open at {by}.",
         )
     else:
         lo, hi = wilson_interval(0, n)
-        out["bounded_trajectories"] = Verdict(
-            "supported",
-            f"all {n} trajectories converged or stayed bounded up to {T}; the escaping share of "
-            f"starts is below {_pct(hi)} (95 % Wilson upper bound).",
+        out["bounded_trajectories"] = Assessment(
+            Verdict.SUPPORTED,
+            f"all {n} trajectories converged or stayed bounded up to {by}; the escaping share of "
+            f"starts is below {format_percent(hi)} (95 % Wilson upper bound).",
         )
     return out
 
@@ -579,14 +406,17 @@ def _conclusion(
 ) -> str:
     head = evidence[0].upper() + evidence[1:] + " (not a proof). "
     bt = assumptions["bounded_trajectories"].verdict
-    vals = lambda xs: ", ".join(_fmt(x.value) for x in xs)  # noqa: E731
+
+    def vals(xs):
+        return ", ".join(format_value(x.value) for x in xs)
+
     parts = []
     if spurious:
         parts.append(
             f"Spurious local minima seen at value(s) {vals(spurious)} (above the best value "
-            f"{_fmt(best)}): f has spurious local minima."
+            f"{format_value(best)}): f has spurious local minima."
         )
-    if bt == "contradicted":
+    if bt == Verdict.CONTRADICTED:
         parts.append(
             "Theorem 1.2 does not apply: its bounded-trajectory assumption fails "
             f"({assumptions['bounded_trajectories'].detail})."
@@ -594,7 +424,7 @@ def _conclusion(
         if spurious_inf:
             parts.append(
                 f"Suspected spurious minima at infinity at value(s) {vals(spurious_inf)}, above "
-                f"the best value {_fmt(best)}: trajectories get stuck at infinity there."
+                f"the best value {format_value(best)}: trajectories get stuck at infinity there."
             )
         elif vis:
             parts.append(
@@ -602,11 +432,11 @@ def _conclusion(
                 "minimum at infinity is suspected, but the infimum may only be approached at "
                 "infinity."
             )
-    elif bt == "supported" and not spurious:
+    elif bt == Verdict.SUPPORTED and not spurious:
         other = [
             k
             for k in ("lower_bounded", "finitely_many_critical_values")
-            if assumptions[k].verdict in ("contradicted", "inconclusive")
+            if assumptions[k].verdict in (Verdict.CONTRADICTED, Verdict.INCONCLUSIVE)
         ]
         if other:
             parts.append(
@@ -621,7 +451,7 @@ def _conclusion(
                 "and no minimum-type critical value above the best value. If the assumptions hold "
                 "(Assumption 3.1), f has no spurious local minima, hence none at infinity."
             )
-    elif bt == "inconclusive":
+    elif bt == Verdict.INCONCLUSIVE:
         parts.append(
             "No escape seen, but some trajectories are undecided at the horizon: rerun with a "
             "longer horizon before drawing a conclusion."

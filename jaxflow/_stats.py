@@ -1,10 +1,16 @@
-"""Small statistics helpers shared by the CLI, reports and notebooks."""
+"""Small statistics shared by the report, the CLI and the notebooks: the Wilson interval
+and the table of statuses with their intervals."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
-__all__ = ["wilson_interval"]
+import numpy as np
+
+from ._status import Status, status_counts
+
+__all__ = ["wilson_interval", "status_rows"]
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -23,3 +29,28 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
     centre = (p + z2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def status_rows(status, medians: Mapping[str, np.ndarray] | None = None) -> list[dict]:
+    """One row per status present, in `Status` order: name, count, fraction, 95 % interval.
+
+    **Arguments:**
+
+    - `status`: per-trajectory status codes `(n,)`.
+    - `medians`: optional per-trajectory columns `(n,)`; each `name` adds the median of
+      the column over the row's trajectories as `median_<name>`.
+
+    **Returns:** a list of dicts with keys `status` (the name), `count`, `fraction`,
+    `interval` (the Wilson interval of `count / n`) and the `median_*` keys.
+    """
+    st = np.asarray(status)
+    n = int(st.size)
+    rows = []
+    for name, k in status_counts(st).items():
+        row = dict(status=name, count=k, fraction=k / n, interval=wilson_interval(k, n))
+        if medians:
+            sel = st == int(Status[name])
+            for key, values in medians.items():
+                row[f"median_{key}"] = float(np.median(np.asarray(values, np.float64)[sel]))
+        rows.append(row)
+    return rows

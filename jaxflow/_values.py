@@ -36,6 +36,7 @@ asymptotic critical value (Kurdyka–Orro–Simon). Limits $-\infty$ form their 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from typing import Any
 
@@ -44,10 +45,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._field import GradientField
+from ._field_choice import field_for
+from ._json import jsonable
+from ._options import default_gtol
+from ._schema import column, final_points, value_dtype
 from ._stats import wilson_interval
 from ._status import Status
 
 __all__ = [
+    "CriticalPointType",
     "CriticalValue",
     "ValueAtInfinity",
     "critical_values",
@@ -56,6 +63,16 @@ __all__ = [
     "value_tolerance",
     "critical_point_type",
 ]
+
+
+class CriticalPointType(enum.StrEnum):
+    """The type of a critical point; the value is the name used in reports and JSON."""
+
+    MINIMUM = "minimum"
+    SADDLE = "saddle"
+    MAXIMUM = "maximum"
+    DEGENERATE = "degenerate"  # no change of f above the tolerance at any radius
+    UNKNOWN = "unknown"  # not typed (no problem given, or typing switched off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,14 +87,18 @@ class CriticalValue:
     converged: int
     bounded: int
     tolerance: float
-    type: str  # minimum | saddle | maximum | degenerate | unknown
+    type: CriticalPointType
     method: str  # hessian | perturbation | hessian+perturbation | none
     eigenvalues: tuple[float, float] | None  # (smallest, largest) at the representative
     point: list[float]
-    types_seen: dict[str, int]
+    types_seen: dict[CriticalPointType, int]
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))
+        """The fields as JSON data; types by their value (`"minimum"`, ...)."""
+        d = dataclasses.asdict(self)
+        d["type"] = self.type.value
+        d["types_seen"] = {t.value: k for t, k in self.types_seen.items()}
+        return jsonable(d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,26 +120,8 @@ class ValueAtInfinity:
     norm: float  # median final ||x||
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        if math.isnan(v):
-            return None
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return v
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+        """The fields as JSON data."""
+        return jsonable(dataclasses.asdict(self))
 
 
 # --------------------------------------------------------------------------- clustering
@@ -127,8 +130,6 @@ def value_tolerance(dtype, gtol: float | None = None) -> float:
 
     `gtol` defaults to `jaxflow.default_gtol(dtype)`.
     """
-    from ._options import default_gtol
-
     eps = float(np.finfo(np.dtype(dtype)).eps)
     gtol = default_gtol(dtype) if gtol is None else float(gtol)
     return 10.0 * max(gtol, 64 * eps)
@@ -162,8 +163,6 @@ def cluster_values(values, tolerances) -> np.ndarray:
 # --------------------------------------------------------------------------- typing
 def _field_or_none(problem):
     try:
-        from ._field_choice import field_for
-
         return field_for(problem)
     except (ImportError, AttributeError, NotImplementedError):
         return None
@@ -185,8 +184,6 @@ def _field_for_values(problem):
     """The problem's field (cached on the problem, so jit caches hit) or a plain one."""
     field = _field_or_none(problem)
     if field is None:
-        from ._field import GradientField
-
         field = GradientField(problem.f_flat)
     return field
 
@@ -248,16 +245,16 @@ def _perturbation_tests(problem, points, values, tol_f, key, n_dirs=128, directi
 
 def _type_from_perturbation(descent, ascent, rise=1.0, fall=1.0, share=0.75):
     if descent and ascent:
-        return "saddle"
+        return CriticalPointType.SADDLE
     if ascent and rise >= share:
-        return "minimum"
+        return CriticalPointType.MINIMUM
     if descent and fall >= share:
-        return "maximum"
-    return "degenerate"
+        return CriticalPointType.MAXIMUM
+    return CriticalPointType.DEGENERATE
 
 
 def critical_point_type(problem, points, values, tol_f, *, key=None, eig_tol=None):
-    r"""Types `minimum | saddle | maximum | degenerate` for each row of `points`.
+    r"""The `CriticalPointType` (minimum, saddle, maximum, degenerate) of each row of `points`.
 
     Returns `(types, methods, eig_ranges)`.
 
@@ -313,11 +310,11 @@ def critical_point_type(problem, points, values, tol_f, *, key=None, eig_tol=Non
         eig_ranges[i] = (float(ev.min()), float(ev.max()))
         methods[i] = "hessian"
         if neg and pos:
-            types[i] = "saddle"
+            types[i] = CriticalPointType.SADDLE
         elif not null.any():
             # Definite: the random test may only confirm it.
-            want = "minimum" if pos else "maximum"
-            types[i] = want if types[i] == want else "degenerate"
+            want = CriticalPointType.MINIMUM if pos else CriticalPointType.MAXIMUM
+            types[i] = want if types[i] == want else CriticalPointType.DEGENERATE
             methods[i] = "hessian+perturbation"
         else:
             basis = vecs[i][:, null]  # (d, k)
@@ -333,43 +330,19 @@ def critical_point_type(problem, points, values, tol_f, *, key=None, eig_tol=Non
         for j, (i, pos, neg) in enumerate(null_rows):
             down, up = bool(dn_any[j]), bool(up_any[j])
             if (down and up) or (pos and down) or (neg and up):
-                types[i] = "saddle"
+                types[i] = CriticalPointType.SADDLE
             elif pos or (up and not neg):
                 # Curvature up off the null space (or f rises along it), no decrease
                 # anywhere along it: e.g. a curve or surface of minima.
-                types[i] = "minimum"
+                types[i] = CriticalPointType.MINIMUM
             elif neg or down:
-                types[i] = "maximum"
+                types[i] = CriticalPointType.MAXIMUM
             else:
-                types[i] = "degenerate"  # flat to every tested radius
+                types[i] = CriticalPointType.DEGENERATE  # flat to every tested radius
     return types, methods, eig_ranges
 
 
 # --------------------------------------------------------------------------- tables
-def _col(table, name, default=None):
-    if name in table:
-        return np.asarray(table[name])
-    if default is not None:
-        return default
-    raise KeyError(
-        f"trajectory table has no column {name!r}; build it with jaxflow.trajectory_table."
-    )
-
-
-def _points(table, rows):
-    d = 0
-    while f"x_{d}" in table:
-        d += 1
-    if d == 0:
-        return None
-    return np.stack([np.asarray(table[f"x_{j}"])[rows] for j in range(d)], axis=-1)
-
-
-def _dtype_of(table):
-    f = np.asarray(table["f"])
-    return f.dtype if np.issubdtype(f.dtype, np.floating) else np.dtype(np.float64)
-
-
 def critical_values(
     problem,
     table: dict,
@@ -394,10 +367,10 @@ def critical_values(
 
     **Returns:** a list of `CriticalValue`, by increasing value.
     """
-    status = _col(table, "status")
-    f = _col(table, "f").astype(np.float64)
+    status = column(table, "status")
+    f = column(table, "f").astype(np.float64)
     n_total = int(status.shape[0]) if n_total is None else int(n_total)
-    dtype = _dtype_of(table)
+    dtype = value_dtype(table)
     rtol = value_tolerance(dtype, gtol)
     conv = status == Status.CONVERGED
     bnd = status == Status.BOUNDED
@@ -406,15 +379,15 @@ def critical_values(
         return []
     vals = f[rows]
     tol = rtol * np.maximum(1.0, np.abs(vals))
-    stat = _col(table, "stationarity").astype(np.float64)[rows]
-    t = _col(table, "t").astype(np.float64)[rows]
-    p = _col(table, "velocity_exponent", np.full(status.shape, np.nan)).astype(np.float64)[rows]
+    stat = column(table, "stationarity").astype(np.float64)[rows]
+    t = column(table, "t").astype(np.float64)[rows]
+    p = column(table, "velocity_exponent", np.full(status.shape, np.nan)).astype(np.float64)[rows]
     # Bounded members: add the decrease of f still to come if ||v|| ~ t^-p persists.
     with np.errstate(invalid="ignore", divide="ignore"):
         rest = np.where(p > 0.5, stat**2 * t / (2 * p - 1), np.inf)
     tol = np.where(bnd[rows], np.maximum(tol, np.where(np.isfinite(rest), rest, 0.0)), tol)
     labels = cluster_values(vals, tol)
-    pts = _points(table, rows)
+    pts = final_points(table, rows)
     n_clusters = int(labels.max()) + 1
     reps = []
     for lab in range(n_clusters):
@@ -439,7 +412,8 @@ def critical_values(
         k = int(m.sum())
         rep = reps[lab]
         point = pts[rep[0]].astype(np.float64).tolist() if pts is not None else []
-        ctype, method, eig, types_seen = "unknown", "none", None, {}
+        ctype, method, eig = CriticalPointType.UNKNOWN, "none", None
+        types_seen: dict[CriticalPointType, int] = {}
         if typing is not None:
             sel = np.nonzero(owner == lab)[0]
             types = [typing[0][i] for i in sel]
@@ -447,7 +421,12 @@ def critical_values(
             for ty in types:
                 types_seen[ty] = types_seen.get(ty, 0) + 1
             # The most frequent type; ties favour the less committal answer.
-            order = ["saddle", "degenerate", "maximum", "minimum"]
+            order = [
+                CriticalPointType.SADDLE,
+                CriticalPointType.DEGENERATE,
+                CriticalPointType.MAXIMUM,
+                CriticalPointType.MINIMUM,
+            ]
             ctype = max(types_seen, key=lambda s: (types_seen[s], -order.index(s)))
             method = methods[types.index(ctype)]
             eig = typing[2][sel[0]]
@@ -479,25 +458,25 @@ def values_at_infinity(
     **Returns:** a list of `ValueAtInfinity` by increasing value (a limit $-\\infty$,
     i.e. $f$ decreasing without bound, comes first).
     """
-    status = _col(table, "status")
+    status = column(table, "status")
     n_total = int(status.shape[0]) if n_total is None else int(n_total)
     esc = (status == Status.ESCAPING) | (status == Status.ESCAPED)
     rows = np.nonzero(esc)[0]
     if rows.size == 0:
         return []
-    f = _col(table, "f").astype(np.float64)[rows]
-    lim = _col(table, "limit_value", np.asarray(table["f"])).astype(np.float64)[rows]
+    f = column(table, "f").astype(np.float64)[rows]
+    lim = column(table, "limit_value", np.asarray(table["f"])).astype(np.float64)[rows]
     lim = np.where(np.isnan(lim), f, lim)
-    rtol = value_tolerance(_dtype_of(table), gtol)
+    rtol = value_tolerance(value_dtype(table), gtol)
     with np.errstate(invalid="ignore"):
         corr = np.where(np.isfinite(lim), np.abs(f - lim), 0.0)
     tol = np.maximum(rtol * np.maximum(1.0, np.abs(np.where(np.isfinite(lim), lim, 0.0))), corr)
     labels = cluster_values(lim, tol)
     nan = np.full(status.shape, np.nan)
-    alpha = _col(table, "growth_exponent", nan).astype(np.float64)[rows]
-    logg = _col(table, "log_growth", np.zeros(status.shape, bool)).astype(bool)[rows]
-    malg = _col(table, "malgrange", nan).astype(np.float64)[rows]
-    norm = _col(table, "norm", nan).astype(np.float64)[rows]
+    alpha = column(table, "growth_exponent", nan).astype(np.float64)[rows]
+    logg = column(table, "log_growth", np.zeros(status.shape, bool)).astype(bool)[rows]
+    malg = column(table, "malgrange", nan).astype(np.float64)[rows]
+    norm = column(table, "norm", nan).astype(np.float64)[rows]
     st = status[rows]
 
     def med(a):

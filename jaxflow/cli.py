@@ -22,7 +22,6 @@ import sys
 import time
 
 EXIT_OK = 0
-EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_SPEC_MISMATCH = 3
 EXIT_LOCKED = 4
@@ -107,35 +106,6 @@ def cmd_problems(args) -> int:
     return EXIT_OK
 
 
-def outcome_table(res, title: str):
-    """A rich table of statuses with 95 % Wilson intervals and medians per status."""
-    import numpy as np
-    from rich.table import Table
-
-    from ._stats import wilson_interval
-    from ._status import Status
-
-    st = np.asarray(res.status)
-    f = np.asarray(res.f, np.float64)
-    nrm = np.linalg.norm(np.asarray(res.x, np.float64), axis=-1)
-    t = np.asarray(res.t, np.float64)
-    n = st.size
-    table = Table(title=title)
-    for col in ("status", "count", "fraction", "95% interval", "median f", "median |x|", "median t"):
-        table.add_column(col, justify="right" if col != "status" else "left")
-    for s in Status:
-        sel = st == int(s)
-        k = int(sel.sum())
-        if k == 0:
-            continue
-        lo, hi = wilson_interval(k, n)
-        table.add_row(
-            s.name, str(k), f"{k / n:.2%}", f"[{lo:.2%}, {hi:.2%}]",
-            f"{np.median(f[sel]):.4g}", f"{np.median(nrm[sel]):.4g}", f"{np.median(t[sel]):.4g}",
-        )
-    return table
-
-
 def cmd_flow(args) -> int:
     _enable_dtype(args.dtype)
     import diffrax
@@ -145,6 +115,7 @@ def cmd_flow(args) -> int:
 
     from . import problems
     from ._flow import flow
+    from ._render import outcome_table
 
     console = Console()
     problem = problems.get(args.problem, **_parse_params(args.param))
@@ -319,8 +290,6 @@ def cmd_scan(args) -> int:
 
 
 def cmd_report(args) -> int:
-    import json
-
     from rich.console import Console
 
     from ._scan.store import Store
@@ -330,7 +299,6 @@ def cmd_report(args) -> int:
         raise FileNotFoundError(f"{args.out} is not a jaxflow scan (no manifest.json)")
     if manifest.get("environment", {}).get("x64"):
         _enable_dtype("float64")
-    from ._plots import write_plots
     from ._scan import _problem_for_report, load
 
     problem = _problem_for_report(manifest)
@@ -346,20 +314,9 @@ def cmd_report(args) -> int:
                 "rerun the scan command to finish it.", soft_wrap=True,
             )
     target = args.to or os.path.join(args.out, "report")
-    os.makedirs(target, exist_ok=True)
-    written = []
-    md = os.path.join(target, "report.md")
-    with open(md, "w") as fh:
-        fh.write(res.report.to_markdown())
-    written.append(md)
-    js = os.path.join(target, "report.json")
-    with open(js, "w") as fh:
-        fh.write(json.dumps(json.loads(res.report.to_json()), indent=2) + "\n")
-    written.append(js)
-    if not args.no_plots:
-        written += [str(p) for p in write_plots(res, target, problem=problem)]
+    written = res.report.write(target, plots=not args.no_plots, result=res, problem=problem)
     (Console(stderr=True) if args.json else console).print(
-        "wrote " + ", ".join(written), soft_wrap=True, highlight=False
+        "wrote " + ", ".join(map(str, written)), soft_wrap=True, highlight=False
     )
     return EXIT_OK
 

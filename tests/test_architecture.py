@@ -36,11 +36,20 @@ def _import_graph() -> dict[str, set[str]]:
                     pkg = pkg[: len(pkg) - (node.level - 1)]
                     base = ".".join(pkg + ([node.module] if node.module else []))
                 targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            own_packages = {name.rsplit(".", i)[0] for i in range(1, name.count(".") + 1)}
             for target in targets:
                 while target and target not in mods:
                     target = target.rsplit(".", 1)[0] if "." in target else ""
-                if target and target != name:
-                    edges[name].add(target)
+                if not target or target == name:
+                    continue
+                edges[name].add(target)
+                # Importing `a.b.c` runs the `__init__` of every package on the way (`a.b`),
+                # unless the importer is inside it (then that package is already loading).
+                parts = target.split(".")
+                for i in range(1, len(parts)):
+                    package = ".".join(parts[:i])
+                    if package in mods and package not in own_packages and package != name:
+                        edges[name].add(package)
     return edges
 
 

@@ -121,3 +121,79 @@ def test_report_bad_input():
     r = jf.Report.from_table(None, jf.trajectory_table(res, jf.classify(res)), meta=dict(res.meta))
     assert all(cv.type == "unknown" for cv in r.critical_values)
     assert r.to_markdown().startswith("## problem: evidence from N = 7 samples")
+
+
+# --------------------------------------------------------------------------- rendering
+def _synthetic_report():
+    """A report from a hand-made table: 6 converged at f = 0, 4 escaping towards 1."""
+    st = np.asarray([jf.Status.CONVERGED] * 6 + [jf.Status.ESCAPING] * 4, np.int8)
+    f = np.asarray([0.0] * 6 + [1.01] * 4)
+    table = dict(
+        status=st,
+        f=f,
+        stationarity=np.full(10, 1e-9),
+        t=np.full(10, 100.0),
+        limit_value=np.where(st == jf.Status.ESCAPING, 1.0, f),
+        growth_exponent=np.full(10, 0.25),
+        log_growth=np.zeros(10, bool),
+        malgrange=np.full(10, 0.01),
+        norm=np.full(10, 28.0),
+        x_0=np.ones(10),
+    )
+    return jf.Report.from_table(None, table, meta={"t1": 100.0, "gtol": 1e-8})
+
+
+def test_markdown_rich_and_json_share_the_column_specs():
+    from jaxflow._render import (
+        ASSUMPTION_TABLE,
+        CRITICAL_VALUE_TABLE,
+        STATUS_TABLE,
+        VALUE_AT_INFINITY_TABLE,
+    )
+
+    r = _synthetic_report()
+    md = r.to_markdown()
+    console = Console(record=True, width=400)
+    console.print(r)
+    text = console.export_text()
+    d = r.to_dict()
+    for spec, records in (
+        (STATUS_TABLE, d["statuses"]),
+        (CRITICAL_VALUE_TABLE, d["critical_values"]),
+        (VALUE_AT_INFINITY_TABLE, d["values_at_infinity"]),
+        (ASSUMPTION_TABLE, None),
+    ):
+        assert "| " + " | ".join(c.header for c in spec.columns) + " |" in md
+        rich_header = [line for line in text.splitlines() if (spec.columns[0].short
+                       or spec.columns[0].header) in line and "┃" in line]
+        assert any(
+            all((c.short or c.header) in line for c in spec.columns) for line in rich_header
+        ), spec.title
+        for rec in records or ():
+            assert all(c.key in rec for c in spec.columns), (spec.title, rec)
+    # The column the rich values-at-infinity table used to lack.
+    assert "median ‖x‖" in text and "28" in text
+
+
+def test_verdicts_and_types_are_enumerations_with_todays_strings():
+    r = _synthetic_report()
+    assert {v.value for v in jf.Verdict} == {
+        "supported", "contradicted", "inconclusive", "not assessed"
+    }
+    assert all(isinstance(a.verdict, jf.Verdict) for a in r.assumptions.values())
+    assert r.assumptions["bounded_trajectories"].verdict is jf.Verdict.CONTRADICTED
+    assert r.critical_values[0].type is jf.CriticalPointType.UNKNOWN
+    d = json.loads(r.to_json())
+    assert d["assumptions"]["bounded_trajectories"]["verdict"] == "contradicted"
+    assert d["assumptions"]["chain_rule"]["verdict"] == "not assessed"
+    assert d["critical_values"][0]["type"] == "unknown"
+    assert "**contradicted**" in r.to_markdown()
+
+
+def test_write_produces_the_report_files(tmp_path):
+    r = _synthetic_report()
+    written = r.write(tmp_path / "out")  # no scan result: no figures
+    assert [p.name for p in written] == ["report.md", "report.json"]
+    assert written[0].read_text(encoding="utf-8") == r.to_markdown()
+    assert written[1].read_text(encoding="utf-8") == r.to_json() + "\n"
+    assert json.loads(written[1].read_text(encoding="utf-8")) == r.to_dict()

@@ -55,6 +55,7 @@ def test_critical_point_type_smooth(f, point, expected):
     val = float(f(jnp.asarray(point)))
     types, methods, eigs = critical_point_type(p, np.asarray([point]), [val], [1e-7])
     assert types == [expected], (types, methods, eigs)
+    assert types[0] is jf.CriticalPointType(expected)
 
 
 @pytest.mark.parametrize(

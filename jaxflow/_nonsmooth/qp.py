@@ -205,7 +205,7 @@ def box_minnorm(
     g0 = jnp.asarray(g0, jac.dtype)
     w = jnp.maximum(jnp.asarray(w, jac.dtype), 0.0)
     lin = jnp.zeros_like(w) if linear is None else jnp.asarray(linear, jac.dtype)
-    jm = jac * (w > 0)
+    jm = jac * (w > 0).astype(jac.dtype)
     step = 1.0 / _lipschitz(jm)
 
     def grad(s):
@@ -275,7 +275,7 @@ def simplex_product_minnorm(
     lin = jnp.zeros((kk, rr), dtype) if linear is None else jnp.asarray(linear, dtype)
     # Rows with a single valid piece never move.
     free = jnp.sum(valid, axis=-1) > 1
-    jm = jac * (valid & free[:, None])
+    jm = jac * (valid & free[:, None]).astype(dtype)
     if rr == 2:
         ja, jb = jm[:, :, 0], jm[:, :, 1]
         ff = free.astype(dtype)

@@ -63,7 +63,7 @@ def _tied_groups(prog: KinkProgram, probe, g_dth, c, wdot, h, opts: MinNormOptio
             wd = wdot[i].reshape(g, m)
             rate = jnp.abs(jnp.take_along_axis(wd, nat[:, None], axis=-1) - wd)
             band = jnp.maximum(band, opts.reach * h * rate)
-        is_nat = jnp.arange(m)[None, :] == nat[:, None]
+        is_nat = jnp.arange(m, dtype=nat.dtype)[None, :] == nat[:, None]
         valid = (gap <= band) | is_nat
         gd = g_dth[i].reshape(g, m)
         gamma = jnp.abs(gd - jnp.take_along_axis(gd, nat[:, None], axis=-1))

@@ -38,7 +38,8 @@ from .errors import ChunkCorruptedError
 from .references import cached_problem, problem_fingerprint, resolve_problem
 from .scheduler import ScanProgress, check_executor, execute, open_executor
 from .spec import environment, scan_spec
-from .store import Store, column_to_numpy
+from .._schema import arrow_columns, column_to_numpy
+from .store import Store
 
 __all__ = ["scan", "load", "ScanResult", "ScanProgress", "build_report"]
 
@@ -145,10 +146,6 @@ def _devices_summary(entries: Mapping[int, Mapping]) -> dict[str, int]:
     return out
 
 
-def _table_columns(table) -> dict[str, np.ndarray]:
-    return {name: column_to_numpy(table.column(name)) for name in table.column_names}
-
-
 def _read_result(store: Store, manifest: Mapping, entries: Mapping[int, Mapping], problem,
                  *, computed=(), skipped=(), wall_s=None, columns=None) -> ScanResult:
     chunks = sorted(entries)
@@ -158,7 +155,7 @@ def _read_result(store: Store, manifest: Mapping, entries: Mapping[int, Mapping]
     devices = _devices_summary(entries)
     report = None
     if columns is None:
-        report = build_report(problem, manifest, _table_columns(table), complete=complete,
+        report = build_report(problem, manifest, arrow_columns(table), complete=complete,
                               devices=devices)
     if len(devices) > 1 and len({d.split(":")[0] for d in devices}) > 1:
         warnings.warn(

@@ -40,6 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._schema import column_to_numpy as column_to_numpy
+
 from .._json import canonical_json
 from .errors import ChunkCorruptedError, ScanLockedError, SpecMismatchError, StoreError
 
@@ -144,15 +146,6 @@ def columns_to_table(columns: Mapping[str, np.ndarray]) -> pa.Table:
             raise ValueError(f"column {name!r} has {col.ndim} dimensions; store 1-D or 2-D columns.")
         names.append(name)
     return pa.Table.from_arrays(arrays, names=names)
-
-
-def column_to_numpy(col: pa.ChunkedArray) -> np.ndarray:
-    """An Arrow column -> numpy; fixed-size list columns come back 2-D."""
-    if pa.types.is_fixed_size_list(col.type):
-        width = col.type.list_size
-        flat = col.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        return flat.reshape(-1, width)
-    return col.to_numpy()
 
 
 # --------------------------------------------------------------------------- the store

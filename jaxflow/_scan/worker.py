@@ -33,9 +33,11 @@ import equinox as eqx
 import numpy as np
 
 from .._engine import default_lanes
+from .._detect import classify
 from .._flow import flow
 from .._options import FlowOptions
 from .._problem import Problem
+from .._schema import checkpoint_state_columns, start_columns, trajectory_table
 from .errors import ScanError
 from .references import cached_fingerprint, cached_problem
 from .spec import jaxflow_version, program_key, source_fingerprint
@@ -99,8 +101,6 @@ def _device_label(device) -> str:
 
 def _trajectory_columns(result, classify_options: Mapping) -> dict[str, np.ndarray]:
     """Per-trajectory columns: `jaxflow.trajectory_table` of the classified result."""
-    from .._detect import classify, trajectory_table
-
     table = trajectory_table(result, classify(result, **classify_options))
     return {k: np.asarray(v) for k, v in table.items()}
 
@@ -201,20 +201,18 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
     for name, col in cols.items():
         col = np.asarray(col)[:valid]
         (main if col.ndim == 1 else series)[name] = col
-    for j in range(problem.dim):
-        main[f"start_{j}"] = x0_np[:, j]
+    starts = start_columns(x0_np)
+    main.update(starts)
     keep = index < int(spec["save_trajectories"])
     trajectories = None
     if np.any(keep) and series:
         trajectories = {"index": index[keep], "status": main["status"][keep]}
         trajectories.update({k: v[keep] for k, v in series.items()})
-        trajectories.update({f"start_{j}": main[f"start_{j}"][keep] for j in range(problem.dim)})
+        trajectories.update({k: v[keep] for k, v in starts.items()})
         if res.cp_x is not None:
             # Saved rows are the chunk's first ones (global index < save_trajectories),
             # all within the engine's first `save_states` rows.
-            cp_x = np.asarray(res.cp_x)[: int(keep.sum())]
-            for j in range(problem.dim):
-                trajectories[f"cp_x_{j}"] = cp_x[:, :, j]
+            trajectories.update(checkpoint_state_columns(np.asarray(res.cp_x)[: int(keep.sum())]))
     return main, trajectories
 
 
