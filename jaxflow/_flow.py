@@ -9,7 +9,7 @@ keyword arguments are shorthands for its fields) and return the same `FlowResult
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Unpack
 
 import equinox as eqx
 import jax
@@ -21,7 +21,7 @@ from ._controller import IterationCount, PIDControl
 from ._engine import Engine, default_lanes, run
 from ._field import AbstractField
 from ._field_choice import field_for
-from ._options import _UNSET, FlowOptions
+from ._options import FlowOptions, FlowShorthands
 from ._problem import Problem
 from ._status import Status, status_counts
 from ._stepper import OptaxStepper
@@ -151,18 +151,7 @@ def flow(
     options: FlowOptions | None = None,
     *,
     field: AbstractField | None = None,
-    t1: float = _UNSET,
-    solver: Any = _UNSET,
-    stepsize_controller: Any = _UNSET,
-    dt0: float | None = _UNSET,
-    gtol: float | None = _UNSET,
-    escape_radius: float = _UNSET,
-    max_steps: int = _UNSET,
-    checkpoints_per_decade: int = _UNSET,
-    t_first: float | None = _UNSET,
-    lanes: int | None = _UNSET,
-    stop_at_convergence: bool = _UNSET,
-    save_states: int = _UNSET,
+    **shorthands: Unpack[FlowShorthands],
 ) -> FlowResult:
     r"""Integrates $x'(t) = -v(x(t))$ from every row of `x0` up to time `t1`.
 
@@ -181,12 +170,7 @@ def flow(
 
     **Returns:** a `jaxflow.FlowResult`.
     """
-    opts = FlowOptions.build(
-        options, t1=t1, solver=solver, stepsize_controller=stepsize_controller, dt0=dt0,
-        gtol=gtol, escape_radius=escape_radius, max_steps=max_steps,
-        checkpoints_per_decade=checkpoints_per_decade, t_first=t_first, lanes=lanes,
-        stop_at_convergence=stop_at_convergence, save_states=save_states,
-    )
+    opts = FlowOptions.build(options, shorthands, caller="flow")
     xs = _flat_starts(problem, x0, "flow")
     n = int(xs.shape[0])
     ts = opts.checkpoint_times()
@@ -230,6 +214,12 @@ def iteration_checkpoints(num_steps: int, per_decade: int = 8) -> np.ndarray:
     return np.concatenate([[0], its])
 
 
+# The `FlowOptions` fields that apply to an optimiser (no solver, controller or horizon).
+_DESCEND_OPTIONS = frozenset(
+    {"gtol", "escape_radius", "checkpoints_per_decade", "lanes", "stop_at_convergence"}
+)
+
+
 def descend(
     problem: Problem,
     x0,
@@ -239,11 +229,7 @@ def descend(
     time_per_step: float = 1.0,
     options: FlowOptions | None = None,
     field: AbstractField | None = None,
-    gtol: float | None = _UNSET,
-    escape_radius: float = _UNSET,
-    checkpoints_per_decade: int = _UNSET,
-    lanes: int | None = _UNSET,
-    stop_at_convergence: bool = _UNSET,
+    **shorthands: Unpack[FlowShorthands],
 ) -> FlowResult:
     r"""Runs `num_steps` iterations of `optimizer` from every row of `x0`.
 
@@ -268,11 +254,7 @@ def descend(
         )
     if not time_per_step > 0:
         raise ValueError(f"descend: time_per_step must be positive, got {time_per_step!r}.")
-    opts = FlowOptions.build(
-        options, gtol=gtol, escape_radius=escape_radius,
-        checkpoints_per_decade=checkpoints_per_decade, lanes=lanes,
-        stop_at_convergence=stop_at_convergence,
-    )
+    opts = FlowOptions.build(options, shorthands, caller="descend", allowed=_DESCEND_OPTIONS)
     xs = _flat_starts(problem, x0, "descend")
     n = int(xs.shape[0])
     dtype = xs.dtype

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import diffrax
 import jax.numpy as jnp
@@ -308,19 +308,43 @@ class FlowOptions:
         )
 
     @classmethod
-    def build(cls, options: FlowOptions | None, **shorthands) -> FlowOptions:
-        """`options` with the keyword shorthands of `flow`/`scan` applied on top."""
-        given = {k: v for k, v in shorthands.items() if v is not _UNSET}
+    def build(cls, options: FlowOptions | None, shorthands: Mapping[str, Any], *,
+              caller: str, allowed: frozenset[str] | None = None) -> FlowOptions:
+        """`options` with the keyword shorthands of `caller` (`flow`, `scan`, ...) on top.
+
+        `allowed`: the shorthands that apply to `caller` (default: every field).
+        """
+        names = _SHORTHANDS if allowed is None else allowed
+        unknown = sorted(set(shorthands) - names)
+        if unknown:
+            raise TypeError(
+                f"{caller}: unknown option(s) {unknown}; it takes {sorted(names)} (the fields "
+                "of jaxflow.FlowOptions that apply)."
+            )
         if options is None:
-            return cls(**given)
+            return cls(**shorthands)
         if not isinstance(options, FlowOptions):
-            raise TypeError(f"options must be a jaxflow.FlowOptions, got {type(options).__name__}.")
-        return options.replace(**given) if given else options
+            raise TypeError(
+                f"{caller}: options must be a jaxflow.FlowOptions, got {type(options).__name__}."
+            )
+        return options.replace(**shorthands) if shorthands else options
 
 
-class _Unset:
-    def __repr__(self):
-        return "<default>"
+class FlowShorthands(TypedDict, total=False):
+    """The keyword arguments of `flow`/`scan` that stand for `FlowOptions` fields."""
+
+    t1: float
+    solver: Any
+    stepsize_controller: Any
+    dt0: float | None
+    gtol: float | None
+    escape_radius: float
+    max_steps: int
+    checkpoints_per_decade: int
+    t_first: float | None
+    lanes: int | None
+    stop_at_convergence: bool
+    save_states: int
 
 
-_UNSET: Any = _Unset()
+_SHORTHANDS = frozenset(FlowShorthands.__annotations__)

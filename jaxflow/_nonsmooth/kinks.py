@@ -63,67 +63,24 @@ _COMPARE = {"gt": (1, True), "ge": (1, False), "lt": (-1, True), "le": (-1, Fals
 # Predicates that never switch on an open set of x (NaN / infinity tests, equality of
 # continuous values): bound as they are.
 _OPAQUE_PRED = frozenset({"eq", "ne", "is_finite"})
-_DISCRETE = frozenset(
-    {
-        "sign",
-        "floor",
-        "ceil",
-        "round",
-        "nextafter",
-        "argmax",
-        "argmin",
-        "sort",
-        "top_k",
-        "cummax",
-        "cummin",
-        "reduce_precision",
-        "rem",
-        "reduce_and",
-        "reduce_or",
-        "reduce_xor",
-        "population_count",
-        "clz",
-        "shift_left",
-        "shift_right_logical",
-        "shift_right_arithmetic",
-        "reduce_window_max",
-        "reduce_window_min",
-        "select_and_scatter_add",
-        "select_and_gather_add",
-        "random_bits",
-        "approx_top_k",
-    }
-)
+_DISCRETE = frozenset({
+    "sign", "floor", "ceil", "round", "nextafter", "argmax", "argmin", "sort", "top_k",
+    "cummax", "cummin", "reduce_precision", "rem", "reduce_and", "reduce_or", "reduce_xor",
+    "population_count", "clz", "shift_left", "shift_right_logical",
+    "shift_right_arithmetic", "reduce_window_max", "reduce_window_min",
+    "select_and_scatter_add", "select_and_gather_add", "random_bits", "approx_top_k",
+})
 _KINK_PRIMS = frozenset({"abs", "max", "min", "clamp", "reduce_max", "reduce_min"})
 # Call-like primitives whose body is interpreted (see `_inner`).
 _CALL_LIKE = ("jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint")
 _SMOOTH_CUSTOM = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})
 # Shape-only primitives: magnitudes (and comparison operands) go through them unchanged.
-_STRUCTURAL = frozenset(
-    {
-        "broadcast_in_dim",
-        "reshape",
-        "transpose",
-        "squeeze",
-        "expand_dims",
-        "slice",
-        "dynamic_slice",
-        "gather",
-        "concatenate",
-        "pad",
-        "rev",
-        "copy",
-        "copy_p",
-        "convert_element_type",
-        "select_n",
-        "dynamic_update_slice",
-        "scatter",
-        "scatter-add",
-        "scatter_add",
-        "reduce_sum",
-        "cumsum",
-    }
-)
+_STRUCTURAL = frozenset({
+    "broadcast_in_dim", "reshape", "transpose", "squeeze", "expand_dims", "slice",
+    "dynamic_slice", "gather", "concatenate", "pad", "rev", "copy", "copy_p",
+    "convert_element_type", "select_n", "dynamic_update_slice", "scatter", "scatter-add",
+    "scatter_add", "reduce_sum", "cumsum",
+})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,12 +26,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from .._json import float_from_json
-from .._options import _UNSET, FlowOptions, solver_name
+from .._options import FlowOptions, FlowShorthands, solver_name
 from .._problem import Problem
 from .._status import status_counts
 from .errors import ChunkCorruptedError
@@ -191,27 +191,21 @@ def _local_devices(devices) -> list:
     return devices
 
 
+# Every `FlowOptions` field is a shorthand of `scan` except `save_states`, which `scan`
+# takes in its own sense (whether to keep the saved trajectories' states).
+_SCAN_OPTIONS = frozenset(FlowShorthands.__annotations__) - {"save_states"}
+
+
 def scan(
     problem,
     n: int,
     *,
     out,
-    t1: float = _UNSET,
     seed: int = 0,
     chunk_size: int = 10_000,
     params: Mapping | None = None,
     dtype: str = "float32",
     options: FlowOptions | None = None,
-    solver: Any = _UNSET,
-    stepsize_controller: Any = _UNSET,
-    dt0: float | None = _UNSET,
-    gtol: float | None = _UNSET,
-    escape_radius: float = _UNSET,
-    max_steps: int = _UNSET,
-    checkpoints_per_decade: int = _UNSET,
-    t_first: float | None = _UNSET,
-    lanes: int | None = _UNSET,
-    stop_at_convergence: bool = _UNSET,
     classify_options: Mapping | None = None,
     save_trajectories: int = 256,
     save_states: bool | None = None,
@@ -223,6 +217,7 @@ def scan(
     progress: Callable[[ScanProgress], Any] | None = None,
     max_retries: int = 3,
     compilation_cache: Any = None,
+    **shorthands: Unpack[FlowShorthands],
 ) -> ScanResult:
     r"""Integrates and classifies the flow from `n` random starts, chunk by chunk, into `out/`.
 
@@ -307,12 +302,7 @@ def scan(
     if max_in_flight is not None:
         max_in_flight = _positive_int(max_in_flight, "max_in_flight")
     try:
-        opts = FlowOptions.build(
-            options, t1=t1, solver=solver, stepsize_controller=stepsize_controller, dt0=dt0,
-            gtol=gtol, escape_radius=escape_radius, max_steps=max_steps,
-            checkpoints_per_decade=checkpoints_per_decade, t_first=t_first, lanes=lanes,
-            stop_at_convergence=stop_at_convergence,
-        )
+        opts = FlowOptions.build(options, shorthands, caller="scan", allowed=_SCAN_OPTIONS)
         ts = opts.checkpoint_times()
     except ValueError as e:
         raise ValueError(f"scan: {e}") from None

@@ -14,7 +14,7 @@ import equinox as eqx
 
 from .._field import AbstractField
 
-__all__ = ["AbstractStepper"]
+__all__ = ["AbstractStepper", "AbstractTableauStepper"]
 
 
 class AbstractStepper(eqx.Module):
@@ -52,3 +52,17 @@ class AbstractStepper(eqx.Module):
     @abc.abstractmethod
     def name(self) -> str:
         """Name recorded in results (`FlowResult.meta["solver"]`)."""
+
+
+class AbstractTableauStepper(AbstractStepper):
+    """A stepper that reads the Butcher tableau of a diffrax solver (`solver.tableau`)."""
+
+    solver: Any = eqx.field(static=True)
+
+    @property
+    def error_order(self) -> int:
+        return int(self.solver.order(None))
+
+    @property
+    def name(self) -> str:
+        return type(self.solver).__name__

@@ -7,36 +7,19 @@ tableau and emitting the stages as straight-line code removes it.
 
 from __future__ import annotations
 
-from typing import Any
-
-import equinox as eqx
 import jax.numpy as jnp
 
-from .base import AbstractStepper
+from .base import AbstractTableauStepper
 from .linalg import lincomb
 
 __all__ = ["ERKStepper"]
 
 
-class ERKStepper(AbstractStepper):
+class ERKStepper(AbstractTableauStepper):
     """Explicit Runge–Kutta (`Tsit5`, `Dopri5`, `Dopri8`, `Bosh3`, `Heun`, ...) fused."""
 
-    solver: Any = eqx.field(static=True)
-
-    @property
-    def tableau(self):
-        return self.solver.tableau
-
-    @property
-    def error_order(self):
-        return int(self.solver.order(None))
-
-    @property
-    def name(self):
-        return type(self.solver).__name__
-
     def step(self, field, x, f, v, h, state):
-        tab = self.tableau
+        tab = self.solver.tableau
         stage_derivs = [-v]
         n_stages = len(tab.b_sol)
         # With FSAL the last stage sits at x1 and equals -v(x1), which we evaluate anyway.

@@ -9,19 +9,17 @@ curvature grows like $\|x\|^2$).
 
 from __future__ import annotations
 
-from typing import Any
-
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from .base import AbstractStepper
+from .base import AbstractTableauStepper
 from .linalg import lincomb, lu_factor, lu_solve
 
 __all__ = ["ESDIRKStepper"]
 
 
-class ESDIRKStepper(AbstractStepper):
+class ESDIRKStepper(AbstractTableauStepper):
     r"""ESDIRK (explicit first stage, stiffly accurate) from a diffrax tableau.
 
     Stage $i$ solves $z_i = x + h\sum_{j<i} a_{ij}k_j + h\gamma k_i$ with
@@ -33,7 +31,6 @@ class ESDIRKStepper(AbstractStepper):
     the step, and the controller retries with a smaller one.
     """
 
-    solver: Any = eqx.field(static=True)
     # Measured on Example 1.1 (benchmarks/solver_choice.py): 6 chord iterations with a
     # unit tolerance minimise wall time; fewer iterations fail stages at large steps and
     # inflate the number of rejected steps, at no gain in accuracy.
@@ -41,14 +38,6 @@ class ESDIRKStepper(AbstractStepper):
     rtol: float = eqx.field(static=True, default=1e-6)
     atol: float = eqx.field(static=True, default=1e-8)
     newton_tol: float = eqx.field(static=True, default=1.0)
-
-    @property
-    def error_order(self):
-        return int(self.solver.order(None))
-
-    @property
-    def name(self):
-        return type(self.solver).__name__
 
     def step(self, field, x, f, v, h, state):
         tab = self.solver.tableau
