@@ -843,18 +843,10 @@ def _kink_abs(ctx, eqn, z):
     if ctx.track_mag:
         mz = _absmag(z)
         mag = jnp.stack([2 * mz, 2 * mz], axis=-1)
-    kink = _Kink(
-        kind="abs",
-        key=("abs", z.token),
-        pieces=pv,
-        scores=pv,
-        natural=nat,
-        mag=mag,
-        value=val,
-        upstream=_union([z]),
-        out_mag=_absmag(z) if ctx.track_mag else None,
-        tie=lambda tol: jnp.abs(z.val) <= tol * _absmag(z),
-    )
+    kink = _Kink(kind="abs", key=("abs", z.token), pieces=pv, scores=pv, natural=nat, mag=mag,
+                 value=val, upstream=_union([z]),
+                 out_mag=_absmag(z) if ctx.track_mag else None,
+                 tie=lambda tol: jnp.abs(z.val) <= tol * _absmag(z))
     return _register_kink(ctx, eqn, kink)
 
 
@@ -883,18 +875,8 @@ def _kink_binary(ctx, eqn, kind, a, b):
             jnp.broadcast_to(_absmag(a), shape) + jnp.broadcast_to(_absmag(b), shape)
         )
 
-    kink = _Kink(
-        kind=kind,
-        key=key,
-        pieces=pv,
-        scores=w,
-        natural=nat,
-        mag=mag,
-        value=val,
-        upstream=_union([a, b]),
-        out_mag=out_mag,
-        tie=tie,
-    )
+    kink = _Kink(kind=kind, key=key, pieces=pv, scores=w, natural=nat, mag=mag, value=val,
+                 upstream=_union([a, b]), out_mag=out_mag, tie=tie)
     return _register_kink(ctx, eqn, kink)
 
 
@@ -923,18 +905,8 @@ def _kink_reduce(ctx, eqn, name, z):
         close = (top - w) <= tol * (mz + jnp.max(mz, axis=-1, keepdims=True))
         return jnp.sum(close, axis=-1) > 1
 
-    kink = _Kink(
-        kind=kind,
-        key=(kind, axes, z.token),
-        pieces=pv,
-        scores=w,
-        natural=nat,
-        mag=mag,
-        value=val,
-        upstream=_union([z]),
-        out_mag=out_mag,
-        tie=tie,
-    )
+    kink = _Kink(kind=kind, key=(kind, axes, z.token), pieces=pv, scores=w, natural=nat, mag=mag,
+                 value=val, upstream=_union([z]), out_mag=out_mag, tie=tie)
     return _register_kink(ctx, eqn, kink)
 
 
@@ -1000,16 +972,6 @@ def _select_from_pred(ctx, eqn, pred, cases):
         pm = jnp.broadcast_to(pr.mag, shape).astype(dtype) if pr.mag is not None else 0.0
         return jnp.abs(sd) <= tol * pm
 
-    kink = _Kink(
-        kind="select",
-        key=key,
-        pieces=pv,
-        scores=w,
-        natural=nat,
-        mag=mag,
-        value=val,
-        upstream=upstream,
-        out_mag=out_mag,
-        tie=tie,
-    )
+    kink = _Kink(kind="select", key=key, pieces=pv, scores=w, natural=nat, mag=mag, value=val,
+                 upstream=upstream, out_mag=out_mag, tie=tie)
     return _register_kink(ctx, eqn, kink)
