@@ -250,7 +250,7 @@ def cmd_scan(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     out = args.out = args.out or _default_out(args, params)
     cache = False if args.no_compilation_cache else (args.compilation_cache or None)
-    executor = client = None
+    executor = client = max_in_flight = None
     if args.dask:
         try:
             from distributed import Client
@@ -258,6 +258,8 @@ def cmd_scan(args) -> int:
             raise ValueError("--dask needs Dask: pip install 'jaxflow[dask]'") from None
         client = Client(args.dask)
         executor = client.get_executor()
+        # Two chunks in flight per worker thread of the cluster keep every thread busy.
+        max_in_flight = max(2, 2 * sum(client.nthreads().values()))
         devices = None
     console = Console()
     err_console = Console(stderr=True)
@@ -270,7 +272,7 @@ def cmd_scan(args) -> int:
                 stepsize_controller=diffrax.PIDController(rtol=args.rtol, atol=args.atol),
                 gtol=args.gtol, escape_radius=args.escape_radius,
                 save_trajectories=args.save_trajectories, executor=executor, devices=devices,
-                progress=bar, compilation_cache=cache,
+                progress=bar, compilation_cache=cache, max_in_flight=max_in_flight,
             )
     finally:
         if client is not None:
