@@ -204,16 +204,16 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     last_cp = jnp.max(jnp.where(valid, tk, 0.0))
     end_ok = (t_end > 0) & jnp.isfinite(x_norm) & jnp.isfinite(f_end) & jnp.isfinite(s_end)
     end_new = end_ok & (t_end > last_cp * (1 + 16 * eps))
-    T = jnp.concatenate([tk, t_end[None]])
-    N = jnp.concatenate([nk, x_norm[None]])
-    F = jnp.concatenate([fk, f_end[None]])
-    S = jnp.concatenate([sk, s_end[None]])
-    V = jnp.concatenate([valid, end_new[None]])
+    times = jnp.concatenate([tk, t_end[None]])
+    norms = jnp.concatenate([nk, x_norm[None]])
+    values = jnp.concatenate([fk, f_end[None]])
+    speeds = jnp.concatenate([sk, s_end[None]])
+    has_point = jnp.concatenate([valid, end_new[None]])
     # Forward fill with the final state so that times are non-decreasing for interp.
-    Tf = jnp.where(V, T, t_end)
-    Nf = jnp.where(V, N, x_norm)
-    Ff = jnp.where(V, F, f_end)
-    logT = jnp.log(jnp.maximum(Tf, tiny))
+    times_ff = jnp.where(has_point, times, t_end)
+    norms_ff = jnp.where(has_point, norms, x_norm)
+    values_ff = jnp.where(has_point, values, f_end)
+    log_times_ff = jnp.log(jnp.maximum(times_ff, tiny))
 
     t_c = t_end
     t_min = ts[1]
@@ -226,71 +226,72 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     lt_b, lt_a = lt_c - logq, lt_c - 2 * logq
 
     def at(lt, vals):
-        # Linear interpolation on the sorted logT (counting instead of jnp.interp's
+        # Linear interpolation on the sorted log_times_ff (counting instead of jnp.interp's
         # searchsorted keeps the compiled program small).
-        m = logT.shape[0]
-        j = jnp.clip(jnp.sum(logT <= lt) - 1, 0, m - 2)
-        x0, x1 = logT[j], logT[j + 1]
+        m = log_times_ff.shape[0]
+        j = jnp.clip(jnp.sum(log_times_ff <= lt) - 1, 0, m - 2)
+        x0, x1 = log_times_ff[j], log_times_ff[j + 1]
         w = jnp.clip((lt - x0) / jnp.where(x1 > x0, x1 - x0, 1.0), 0.0, 1.0)
         return vals[j] + w * (vals[j + 1] - vals[j])
 
-    N_a, N_b, N_c = at(lt_a, Nf), at(lt_b, Nf), x_norm
-    F_a, F_b, F_c = at(lt_a, Ff), at(lt_b, Ff), f_end
-    S_c = s_end
+    norm_a, norm_b, norm_c = at(lt_a, norms_ff), at(lt_b, norms_ff), x_norm
+    value_a, value_b, value_c = at(lt_a, values_ff), at(lt_b, values_ff), f_end
+    speed_c = s_end
 
     slack = 1e-9
-    in_last = V & (jnp.log(T) >= lt_b - slack) & (T <= t_c)
-    in_tail = V & (jnp.log(T) >= lt_a - slack) & (T <= t_c)
+    in_last = has_point & (jnp.log(times) >= lt_b - slack) & (times <= t_c)
+    in_tail = has_point & (jnp.log(times) >= lt_a - slack) & (times <= t_c)
     enough = enough_time & (jnp.sum(in_last) >= 3)
 
-    logN = jnp.log(jnp.maximum(N, tiny))
-    logS = jnp.log(jnp.maximum(S, tiny))
-    logTv = jnp.log(jnp.maximum(T, tiny))
-    alpha = _wslope(logTv, logN, in_last.astype(dtype))
-    p_vel = -_wslope(logTv, logS, in_last.astype(dtype))
+    log_norms = jnp.log(jnp.maximum(norms, tiny))
+    log_speeds = jnp.log(jnp.maximum(speeds, tiny))
+    log_times = jnp.log(jnp.maximum(times, tiny))
+    alpha = _wslope(log_times, log_norms, in_last.astype(dtype))
+    p_vel = -_wslope(log_times, log_speeds, in_last.astype(dtype))
 
     # Norm increments.
-    n_noise = 16 * eps * jnp.maximum(N_c, 1.0)
-    d1, d2 = N_b - N_a, N_c - N_b
+    n_noise = 16 * eps * jnp.maximum(norm_c, 1.0)
+    d1, d2 = norm_b - norm_a, norm_c - norm_b
     ratio_n = d2 / jnp.where(d1 > n_noise, d1, 1.0)
     gamma = jnp.where((d1 > n_noise) & (d2 > n_noise), -jnp.log(ratio_n) / logq, jnp.nan)
     # The same at the finest scale, near the end: the last two quarter windows. A
     # trajectory moving between two critical points grows, then decelerates; over the
     # half windows the two phases can average out.
     lt_m = lt_c - 0.5 * logq
-    N_m, F_m = at(lt_m, Nf), at(lt_m, Ff)
-    d3, d4 = N_m - N_b, N_c - N_m
+    norm_m, value_m = at(lt_m, norms_ff), at(lt_m, values_ff)
+    d3, d4 = norm_m - norm_b, norm_c - norm_m
     gamma_end = jnp.where(
         (d3 > n_noise) & (d4 > n_noise),
         -jnp.log(d4 / jnp.where(d3 > n_noise, d3, 1.0)) / (0.5 * logq),
         jnp.nan,
     )
     # Every step of the tail non-decreasing (up to rounding).
-    dN = jnp.diff(Nf)
+    norm_steps = jnp.diff(norms_ff)
     both = in_tail[1:] & in_tail[:-1]
-    monotone = jnp.all(jnp.where(both, dN >= -16 * eps * jnp.maximum(Nf[1:], 1.0), True))
+    rises = norm_steps >= -16 * eps * jnp.maximum(norms_ff[1:], 1.0)
+    monotone = jnp.all(jnp.where(both, rises, True))
     # ||v|| non-increasing over the last half window (up to 1 % wiggles).
-    Sf = jnp.where(V, S, s_end)
+    speeds_ff = jnp.where(has_point, speeds, s_end)
     both_last = in_last[1:] & in_last[:-1]
-    vel_monotone = jnp.all(jnp.where(both_last, jnp.diff(Sf) <= 0.01 * Sf[:-1], True))
+    vel_monotone = jnp.all(jnp.where(both_last, jnp.diff(speeds_ff) <= 0.01 * speeds_ff[:-1], True))
 
     # Value decrements and the extrapolated limit.
-    f_noise = 16 * eps * jnp.maximum(jnp.abs(F_c), 1.0)
-    e1, e2 = F_a - F_b, F_b - F_c
+    f_noise = 16 * eps * jnp.maximum(jnp.abs(value_c), 1.0)
+    e1, e2 = value_a - value_b, value_b - value_c
     f_flat = jnp.abs(e2) <= f_noise
     f_increased = (e2 < -f_noise) | (e1 < -f_noise)
     rho = e2 / jnp.where(e1 > f_noise, e1, 1.0)
     beta = jnp.where((e1 > f_noise) & (e2 > f_noise), -jnp.log(rho) / logq, jnp.nan)
     settles = f_flat | (beta >= opt.value_exponent_min)
-    extrap = jnp.where(f_flat, F_c, F_c - e2 * rho / jnp.where(rho < 1, 1 - rho, 1.0))
-    e3, e4 = F_b - F_m, F_m - F_c
+    extrap = jnp.where(f_flat, value_c, value_c - e2 * rho / jnp.where(rho < 1, 1 - rho, 1.0))
+    e3, e4 = value_b - value_m, value_m - value_c
     f_decel_end = e4 <= e3 + f_noise
     settles = settles & (f_flat | f_decel_end)
     # f drops at a non-decelerating rate, at both scales.
     diverges = (e1 > f_noise) & (e2 >= e1) & (e3 > f_noise) & (e4 >= e3)
 
     # --- escape evidence
-    growing = monotone & (d2 >= opt.escape_growth * N_c) & (d1 > n_noise)
+    growing = monotone & (d2 >= opt.escape_growth * norm_c) & (d1 > n_noise)
     not_decel = (gamma <= opt.escape_deceleration) & (gamma_end <= opt.escape_deceleration)
     vel_falls = (p_vel > opt.escape_velocity_exponent) & vel_monotone
     # An unbounded trajectory has an infinite path length, so its velocity cannot be
@@ -305,7 +306,7 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     escape_inf = (
         sustained
         & diverges
-        & (N_c >= 2 * N_a)
+        & (norm_c >= 2 * norm_a)
         & (p_vel <= opt.escape_velocity_exponent)
         & ~escape_finite
     )
@@ -315,8 +316,8 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     integrable = p_vel >= opt.bounded_velocity_exponent
     # If ||v|| keeps decaying like t^-p (p > 1), the path left to travel is at most
     # int_{t_c}^inf ||v(t_c)|| (t / t_c)^-p dt = ||v(t_c)|| t_c / (p - 1).
-    remaining_path = S_c * t_c / jnp.where(integrable, p_vel - 1, 1.0)
-    scale = jnp.maximum(N_c, 1.0)
+    remaining_path = speed_c * t_c / jnp.where(integrable, p_vel - 1, 1.0)
+    scale = jnp.maximum(norm_c, 1.0)
     plateau = (d2 <= opt.plateau_rtol * scale) | (remaining_path <= opt.plateau_rtol * scale)
     decays = (d1 > n_noise) & (gamma >= opt.bounded_deceleration)
     bounded = enough & (plateau | decays) & integrable & ~f_increased
