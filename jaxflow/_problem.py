@@ -8,6 +8,7 @@ its vector field, is cached outside it, see `jaxflow._field.cached_field`).
 
 from __future__ import annotations
 
+import abc
 import math
 import types
 from collections.abc import Callable, Mapping
@@ -21,13 +22,16 @@ __all__ = ["Problem", "Uniform", "Normal", "AbstractSampler", "CallableSampler"]
 
 
 # --------------------------------------------------------------------------- samplers
-class AbstractSampler:
-    """Draws initial points. Subclasses implement `sample(key, n, dim, dtype) -> (n, dim)`."""
+class AbstractSampler(abc.ABC):
+    """Draws initial points. Subclasses implement `sample(key, n, dim, dtype) -> (n, dim)`
+    and, to be recorded in scan manifests, `describe() -> dict` (JSON data)."""
 
-    def sample(self, key, n: int, dim: int, dtype) -> jax.Array:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sample(self, key, n: int, dim: int, dtype) -> jax.Array:
+        """`n` points of dimension `dim` in `dtype`, drawn with the PRNG `key`."""
 
-    def describe(self) -> dict[str, Any]:  # pragma: no cover - overridden
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description (kind and parameters)."""
         return {"kind": type(self).__name__}
 
 
