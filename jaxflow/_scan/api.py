@@ -36,7 +36,7 @@ from .._problem import Problem
 from .._status import status_counts
 from .references import cached_problem, problem_fingerprint, resolve_problem
 from .scheduler import ScanProgress, check_executor, execute, open_executor
-from .spec import environment, scan_spec
+from .spec import check_classify_options, environment, scan_spec
 from .._schema import arrow_columns, column_to_numpy
 from .store import Store
 
@@ -315,7 +315,7 @@ def scan(
         ts = opts.checkpoint_times()
     except ValueError as e:
         raise ValueError(f"scan: {e}") from None
-    classify_options = dict(classify_options or {})
+    classify_options = check_classify_options(classify_options)
     if save_states is not None and not isinstance(save_states, bool):
         raise TypeError(f"scan: `save_states` must be True, False or None, got {save_states!r}.")
     Store.check_writable(out)
