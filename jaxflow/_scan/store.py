@@ -329,6 +329,28 @@ class Store:
                 f"is {stored!r} but the stored spec hashes to {actual!r} (the spec was edited)",
             )
         _check_spec_shape(self.path, spec)
+        self._check_checkpoint_times(manifest)
+
+    def _check_checkpoint_times(self, manifest: Mapping) -> None:
+        # Stored beside the spec (outside its hash) but implied by it: the report indexes
+        # the checkpoint series with them.
+        if "checkpoint_times" not in manifest:
+            return
+        from .._json import float_from_json
+        from .._options import checkpoint_times
+
+        try:
+            fs = manifest["spec"]["flow"]
+            t_first = float_from_json(fs["t_first"])
+            expected = checkpoint_times(float_from_json(fs["t1"]),
+                                        per_decade=fs["checkpoints_per_decade"], t_first=t_first)
+            ok = np.array_equal(np.asarray(manifest["checkpoint_times"], np.float64), expected)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise StoreIntegrityError(self.path, MANIFEST, "checkpoint_times",
+                                      "does not match the spec's flow.t1, t_first and "
+                                      "checkpoints_per_decade")
 
     @staticmethod
     def make_manifest(spec: Mapping, environment: Mapping, extra: Mapping | None = None) -> dict:
