@@ -101,7 +101,6 @@ WRITER = ".writer.json"
 CHUNKS = "chunks"
 TRAJECTORIES = "trajectories"
 REPORT = "report"
-_SHA256_HEX = frozenset("0123456789abcdef")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -298,7 +297,9 @@ class Store:
         try:
             manifest = json.loads(read_bytes(self.path, MANIFEST))
         except (OSError, ValueError) as e:
-            raise StoreError(f"{self.manifest_path} is unreadable ({e}); not a jaxflow scan?") from e
+            raise StoreError(
+                f"{self.manifest_path} is unreadable ({e}); not a jaxflow scan?"
+            ) from e
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise StoreError(f"{self.path} is not a jaxflow scan directory (format field missing).")
         if manifest.get("format_version") != FORMAT_VERSION:
@@ -433,7 +434,8 @@ class Store:
             holder = ""
             with contextlib.suppress(OSError, ValueError, StoreError, AttributeError):
                 info = json.loads(read_bytes(self.path, WRITER))
-                holder = f" (pid {info.get('pid')} on {info.get('host')}, since {info.get('since')})"
+                holder = (f" (pid {info.get('pid')} on {info.get('host')}, "
+                          f"since {info.get('since')})")
             raise ScanLockedError(
                 f"{self.path} is being written by another jaxflow process{holder}. Wait for it "
                 "to finish, or use another output directory."
