@@ -37,6 +37,9 @@ from ._scan import ScanProgress as ScanProgress
 from ._scan import ScanResult as ScanResult
 from ._scan import SpecMismatchError as SpecMismatchError
 from ._scan import StoreError as StoreError
+from ._scan import StoreIntegrityError as StoreIntegrityError
+from ._scan import UnsafePathError as UnsafePathError
+from ._scan import ChunkWriteError as ChunkWriteError
 from ._scan import load as load
 from ._scan import scan as scan
 from ._schema import trajectory_table as trajectory_table

@@ -11,12 +11,14 @@ r"""Figures of a scan (matplotlib, Agg): what `jaxflow report OUT` writes as PNG
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from ._files import write_bytes
 from ._schema import arrow_columns, checkpoint_states, start_points
 from ._status import Status
 
@@ -218,11 +220,19 @@ def phase_portrait(problem, trajectories: Mapping[str, np.ndarray], meta: Mappin
     return ax
 
 
+def _save(plt, fig, directory: Path, name: str) -> Path:
+    # Rendered in memory, then written atomically without following links
+    # (`jaxflow._files`): a planted symlink never redirects a figure.
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130)
+    plt.close(fig)
+    return write_bytes(directory, name, buf.getvalue())
+
+
 def write_plots(result, directory, *, problem=None) -> list[Path]:
     """Writes the PNG figures of a `ScanResult` into `directory`; returns their paths."""
     plt = _plt()
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     sp = result.spec
     meta = {"problem": sp["problem"]["name"], "n": len(result), "t1": float(sp["flow"]["t1"])}
     table = {k: result.column(k) for k in ("f", "status", "growth_exponent")
@@ -232,9 +242,7 @@ def write_plots(result, directory, *, problem=None) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     final_values(table, meta, ax=ax)
     fig.tight_layout()
-    written.append(directory / "final_f_by_status.png")
-    fig.savefig(written[-1], dpi=130)
-    plt.close(fig)
+    written.append(_save(plt, fig, directory, "final_f_by_status.png"))
 
     traj = result.trajectories
     if traj is not None and traj.num_rows:
@@ -242,14 +250,10 @@ def write_plots(result, directory, *, problem=None) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         escaping_norms(tcols, result.checkpoint_times, meta, table=table, ax=ax)
         fig.tight_layout()
-        written.append(directory / "norm_vs_t_escaping.png")
-        fig.savefig(written[-1], dpi=130)
-        plt.close(fig)
+        written.append(_save(plt, fig, directory, "norm_vs_t_escaping.png"))
         if sp["problem"]["dim"] == 2:
             fig, ax = plt.subplots(figsize=(6.5, 6.0))
             phase_portrait(problem, tcols, meta, ax=ax)
             fig.tight_layout()
-            written.append(directory / "phase_portrait.png")
-            fig.savefig(written[-1], dpi=130)
-            plt.close(fig)
+            written.append(_save(plt, fig, directory, "phase_portrait.png"))
     return written

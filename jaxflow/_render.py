@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._files import write_bytes
 from ._json import dumps, jsonable
 from ._plots import write_plots
 from ._stats import status_rows
@@ -34,6 +37,8 @@ __all__ = [
     "format_percent",
     "format_interval",
     "format_point",
+    "terminal_text",
+    "markdown_text",
     "markdown_table",
     "outcome_table",
     "rich_table",
@@ -77,6 +82,42 @@ def _format_eigenvalues(eig) -> str:
     if eig is None:
         return "—"
     return f"({format_value(eig[0], 3)}, {format_value(eig[1], 3)})"
+
+
+# --------------------------------------------------------------------------- untrusted text
+# Strings from a store (problem names, descriptions) are data someone else wrote: an
+# escape sequence in them could retitle the terminal, hide text or forge output, and
+# Markdown/HTML in them could forge report lines. Terminal output strips them; Markdown
+# escapes them.
+_ESCAPE_SEQUENCE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"                   # CSI: colours, cursor moves
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"        # OSC: titles, hyperlinks
+    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"             # DCS, SOS, PM, APC strings
+    r"|\x1b[@-~]?"                               # any other escape
+    r"|\x9b[0-?]*[ -/]*[@-~]"                     # 8-bit CSI
+)
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#!|~])")
+
+
+def _is_control(ch: str, keep_newlines: bool) -> bool:
+    if keep_newlines and ch in "\n\t":
+        return False
+    # Cc: C0/C1 controls and DEL; Cf: invisible format characters (bidi overrides, ...).
+    return unicodedata.category(ch) in ("Cc", "Cf")
+
+
+def terminal_text(text, *, keep_newlines: bool = False) -> str:
+    """`text` without terminal escape sequences and control characters (for stdout)."""
+    text = _ESCAPE_SEQUENCE.sub("", str(text))
+    return "".join(ch for ch in text if not _is_control(ch, keep_newlines))
+
+
+def markdown_text(text) -> str:
+    """`text` for Markdown/HTML: control characters shown as `U+001B`, Markdown
+    punctuation backslash-escaped, `<`, `>`, `&` as entities."""
+    out = "".join(f"U+{ord(ch):04X}" if _is_control(ch, False) else ch for ch in str(text))
+    out = _MARKDOWN_SPECIALS.sub(r"\\\1", out)
+    return out.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 # --------------------------------------------------------------------------- specs
@@ -242,9 +283,9 @@ def _assumption_rows(report) -> list[dict]:
     ]
 
 
-def _title(report) -> str:
-    name = report.problem.get("name") or "problem"
-    return f"{name}: {report.evidence}"
+def _title(report, escape: Callable[[Any], str] = terminal_text) -> str:
+    name = (report.problem.get("name") if report.problem else None) or "problem"
+    return f"{escape(name)}: {report.evidence}"
 
 
 def _findings(report) -> list[str]:
@@ -277,7 +318,7 @@ def _findings(report) -> list[str]:
 # --------------------------------------------------------------------------- report
 def report_markdown(report) -> str:
     """The report as GitHub-flavoured Markdown."""
-    lines = [f"## {_title(report)}", ""]
+    lines = [f"## {_title(report, markdown_text)}", ""]
     lines += markdown_table(STATUS_TABLE.columns, report.statuses)
     for spec, rows in (
         (CRITICAL_VALUE_TABLE, report.critical_values),
@@ -299,7 +340,8 @@ def report_rich(report):
     from rich.panel import Panel
     from rich.text import Text
 
-    parts = [rich_table(STATUS_TABLE.columns, report.statuses, title=_title(report))]
+    # The title as `Text`: a name from a store is never parsed as rich markup.
+    parts = [rich_table(STATUS_TABLE.columns, report.statuses, title=Text(_title(report)))]
     for spec, rows in (
         (CRITICAL_VALUE_TABLE, report.critical_values),
         (VALUE_AT_INFINITY_TABLE, report.values_at_infinity),
@@ -354,12 +396,16 @@ def report_json(report, **kwargs) -> str:
 def write_report(report, directory, *, plots: bool = True, result=None,
                  problem=None) -> list[Path]:
     """Writes `report.md`, `report.json` and (with `plots` and a scan `result`) the PNG
-    figures of `jaxflow._plots.write_plots` into `directory`; returns the paths written."""
+    figures of `jaxflow._plots.write_plots` into `directory`; returns the paths written.
+
+    Every file is written atomically and never through a symbolic link inside
+    `directory` (`jaxflow._files.write_bytes`; a link raises `UnsafePathError`).
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    written = [directory / "report.md", directory / "report.json"]
-    written[0].write_text(report_markdown(report), encoding="utf-8")
-    written[1].write_text(report_json(report) + "\n", encoding="utf-8")
+    written = [
+        write_bytes(directory, "report.md", report_markdown(report).encode("utf-8")),
+        write_bytes(directory, "report.json", (report_json(report) + "\n").encode("utf-8")),
+    ]
     if plots and result is not None:
         written += write_plots(result, directory, problem=problem)
     return written

@@ -9,8 +9,10 @@ Exit codes (stable; messages go to stderr, prefixed `jaxflow: error:`):
 | 2 | bad usage or bad input (unknown problem, n <= 0, NaN bounds, unwritable out/, ...) |
 | 3 | out/ holds a different scan; refused, nothing modified (the differing fields are listed) |
 | 4 | out/ is being written by another process (lock held) |
-| 5 | out/ is not a readable scan, or a stored chunk is corrupted (`report`) |
-| 6 | a chunk failed on a worker; finished chunks are stored, rerun to resume |
+| 5 | out/ is not a readable scan, is damaged or inconsistent (manifest hash, journal, a chunk's
+      hash, metadata or rows), or holds a symbolic link where jaxflow writes |
+| 6 | a chunk failed on a worker, or could not be written (disk full); finished chunks are
+      stored, rerun to resume |
 | 130 | interrupted (Ctrl-C); finished chunks are stored, rerun the same command to resume |
 """
 
@@ -296,10 +298,12 @@ def cmd_report(args) -> int:
 
     from ._scan.store import Store
 
-    manifest = Store(args.out).read_manifest()
+    store = Store(args.out)
+    manifest = store.read_manifest()
     if manifest is None:
         raise FileNotFoundError(f"{args.out} is not a jaxflow scan (no manifest.json)")
-    if manifest.get("environment", {}).get("x64"):
+    env = manifest.get("environment")
+    if isinstance(env, dict) and env.get("x64") is True:
         _enable_dtype("float64")
     from ._scan import _problem_for_report, load
 
@@ -315,8 +319,16 @@ def cmd_report(args) -> int:
                 f"[yellow]partial scan:[/] {len(res):,} of {res.spec['n']:,} trajectories stored; "
                 "rerun the scan command to finish it.", soft_wrap=True,
             )
+    if args.to is None:
+        store.check_links()  # OUT/report and the files in it: never written through a link
     target = args.to or os.path.join(args.out, "report")
-    written = res.report.write(target, plots=not args.no_plots, result=res, problem=problem)
+    try:
+        written = res.report.write(target, plots=not args.no_plots, result=res, problem=problem)
+    except OSError as e:  # a read-only store, a full disk: the report was printed above
+        raise ValueError(
+            f"cannot write the report files into {target}: {e.strerror or e}. The report was "
+            "printed; write the files elsewhere with --to DIR."
+        ) from None
     (Console(stderr=True) if args.json else console).print(
         "wrote " + ", ".join(map(str, written)), soft_wrap=True, highlight=False
     )
@@ -343,8 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         "into a crash-safe store (rerun the same command to resume), then print the report. "
         f"Defaults: --n {SCAN_N_DEFAULT}, --t1 2e4, --chunk-size {SCAN_CHUNK_DEFAULT}, --seed 0.",
         epilog="exit codes: 0 done; 1 internal error; 2 bad input; 3 OUT holds a different "
-        "scan (nothing modified); 4 OUT locked by another process; 6 a chunk failed (finished "
-        "chunks kept, rerun to resume); 130 interrupted (rerun to resume).",
+        "scan (nothing modified); 4 OUT locked by another process; 5 OUT damaged, edited or "
+        "holding a symbolic link; 6 a chunk failed or could not be written (finished chunks "
+        "kept, rerun to resume); 130 interrupted (rerun to resume).",
     )
     _common_flow_args(p, n_default=SCAN_N_DEFAULT, t1_default=2e4)
     p.add_argument("--out", default=None,
@@ -371,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-print a scan's report; write Markdown, JSON and PNG plots",
         description="Read the store OUT (verifying every chunk's hash), print the report and "
         "write report.md, report.json and PNG figures into OUT/report (or --to DIR).",
-        epilog="exit codes: 0 done; 1 internal error; 2 no such store; 5 corrupted chunk file "
-        "(rerun the scan to recompute it).",
+        epilog="exit codes: 0 done; 1 internal error; 2 no such store, or the report files "
+        "cannot be written (the report is still printed; use --to); 5 damaged or edited store "
+        "(rerun the scan to recompute a corrupted chunk).",
     )
     p.add_argument("out", help="the scan directory")
     p.add_argument("--to", default=None, help="output directory (default OUT/report)")
@@ -389,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def fail(code: int, msg: str) -> int:
-        print(f"jaxflow: error: {msg}", file=sys.stderr)
+        from ._render import terminal_text
+
+        # Messages can quote a store's strings: no escape sequence reaches the terminal.
+        print(f"jaxflow: error: {terminal_text(msg, keep_newlines=True)}", file=sys.stderr)
         return code
 
     try:

@@ -19,10 +19,13 @@ from .api import build_report as build_report
 from .api import load as load
 from .api import scan as scan
 from .errors import ChunkCorruptedError as ChunkCorruptedError
+from .errors import ChunkWriteError as ChunkWriteError
 from .errors import ScanError as ScanError
 from .errors import ScanLockedError as ScanLockedError
 from .errors import SpecMismatchError as SpecMismatchError
 from .errors import StoreError as StoreError
+from .errors import StoreIntegrityError as StoreIntegrityError
+from .errors import UnsafePathError as UnsafePathError
 from .references import problem_fingerprint as problem_fingerprint
 from .references import resolve_problem as resolve_problem
 from .spec import source_fingerprint as source_fingerprint

@@ -34,10 +34,9 @@ from .._json import float_from_json
 from .._options import FlowOptions, FlowShorthands, solver_name
 from .._problem import Problem
 from .._status import status_counts
-from .errors import ChunkCorruptedError
 from .references import cached_problem, problem_fingerprint, resolve_problem
 from .scheduler import ScanProgress, check_executor, execute, open_executor
-from .spec import environment, scan_spec
+from .spec import check_classify_options, environment, scan_spec
 from .._schema import arrow_columns, column_to_numpy
 from .store import Store
 
@@ -306,7 +305,7 @@ def scan(
         ts = opts.checkpoint_times()
     except ValueError as e:
         raise ValueError(f"scan: {e}") from None
-    classify_options = dict(classify_options or {})
+    classify_options = check_classify_options(classify_options)
     if save_states is not None and not isinstance(save_states, bool):
         raise TypeError(f"scan: `save_states` must be True, False or None, got {save_states!r}.")
     Store.check_writable(out)
@@ -386,8 +385,10 @@ def load(out, *, verify: bool = True, columns: Sequence[str] | None = None,
     **Arguments:**
 
     - `out`: the scan directory.
-    - `verify`: check every chunk file against the journal's SHA-256 (raises
-      `ChunkCorruptedError` naming the bad chunks; rerun the scan to recompute them).
+    - `verify`: check every chunk file against the journal's SHA-256, its Parquet
+      metadata and rows against the manifest (raises `ChunkCorruptedError` naming the bad
+      chunks and why; rerun the scan to recompute them). The manifest's own hash and a
+      well-formed journal are checked either way (`StoreIntegrityError`).
     - `columns`: read only these columns of the table (then `report` is `None`: the
       report needs the full table).
     - `problem`: the `Problem` for the report when the scan was given a `Problem` object
@@ -403,9 +404,7 @@ def load(out, *, verify: bool = True, columns: Sequence[str] | None = None,
         raise FileNotFoundError(f"{out} is not a jaxflow scan (no manifest.json).")
     n_chunks = manifest["spec"]["n_chunks"]
     if verify:
-        entries, bad = store.finished_chunks(n_chunks)
-        if bad:
-            raise ChunkCorruptedError(out, bad)
+        entries, _ = store.finished_chunks(n_chunks, strict=True)
     else:
         entries = {c: e for c, e in store.read_journal().items() if 0 <= c < n_chunks}
     if problem is None and columns is None:

@@ -75,8 +75,21 @@ def _build_from_source(source: Mapping) -> Problem:
                     f"objective {target!r}: unknown params {sorted(params)}; an objective "
                     "takes dim, low, high, global_infimum."
                 )
+            from ..problems._registry import check_int, check_real
+
+            dim = check_int(dim, "dim", target)
+            low, high = (np.asarray(v).tolist() if hasattr(v, "__array__") else v
+                         for v in (low, high))
+            for name, v in (("low", low), ("high", high)):
+                for x in v if isinstance(v, list) else [v]:
+                    check_real(x, name, target)
+            if infimum is not None:
+                infimum = check_real(infimum, "global_infimum", target)
             return Problem(obj, dim=dim, sampler=Uniform(low, high), name=target,
                            global_infimum=infimum)
+        from ..problems._registry import check_params
+
+        check_params(obj, params, target)
         try:
             problem = obj(**params)
         except TypeError as e:

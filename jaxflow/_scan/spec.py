@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .._json import canonical_json
 
-__all__ = ["scan_spec", "program_key", "environment", "jaxflow_version", "source_fingerprint"]
+__all__ = ["scan_spec", "check_classify_options", "program_key", "environment", "jaxflow_version", "source_fingerprint"]
 
 
 # --------------------------------------------------------------------------- the spec
@@ -47,6 +47,47 @@ def scan_spec(*, problem: Mapping, n: int, seed: int, chunk_size: int, n_chunks:
     except (TypeError, ValueError) as e:
         raise TypeError(f"scan: classify_options must be JSON-able, got {classify!r}.") from e
     return spec
+
+
+def check_classify_options(options: Mapping | None) -> dict:
+    """`classify_options` of a scan, checked before anything is written: the fields of
+    `jaxflow.DetectorOptions` (built here, so its own checks run) and `horizon`, as
+    finite real numbers. Returns them as a plain dict."""
+    import math
+
+    from .._detect import DetectorOptions
+
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"scan: classify_options must be a mapping of DetectorOptions fields, got "
+            f"{type(options).__name__}."
+        )
+    options = dict(options)
+    fields = set(DetectorOptions.__dataclass_fields__)
+    unknown = sorted(set(map(str, options)) - fields - {"horizon"})
+    if unknown:
+        raise ValueError(
+            f"scan: classify_options has unknown key(s) {unknown}; valid keys are the "
+            f"DetectorOptions fields {sorted(fields)} and 'horizon'."
+        )
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+            value
+        ):
+            raise ValueError(
+                f"scan: classify_options[{key!r}] must be a finite real number, got {value!r}."
+            )
+    if "horizon" in options and not options["horizon"] > 0:
+        raise ValueError(
+            f"scan: classify_options['horizon'] must be positive, got {options['horizon']!r}."
+        )
+    try:
+        DetectorOptions(**{k: float(v) for k, v in options.items() if k != "horizon"})
+    except ValueError as e:
+        raise ValueError(f"scan: classify_options: {e}") from None
+    return options
 
 
 def program_key(spec: Mapping) -> str:

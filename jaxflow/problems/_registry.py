@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -51,6 +53,7 @@ def get(name: str, **params) -> Problem:
             f"problem {name!r} has no parameter(s) {unknown}; it takes "
             f"{list(sig.parameters)}."
         )
+    check_params(factory, params, name)
     problem = factory(**params)
     bound = sig.bind(**params)
     bound.apply_defaults()
@@ -77,6 +80,68 @@ def _jsonable_params(arguments: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- checks
+def _annotation_kinds(annotation) -> tuple[set, bool] | None:
+    """The simple types (int, float, bool, str) an annotation allows, and whether None is
+    allowed; None when the annotation is something else (then nothing is checked)."""
+    if annotation in (int, float, bool, str):
+        return {annotation}, False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds, optional = set(), False
+        for arg in typing.get_args(annotation):
+            if arg is type(None):
+                optional = True
+            elif arg in (int, float, bool, str):
+                kinds.add(arg)
+            else:
+                return None
+        return kinds, optional
+    return None
+
+
+def _has_kind(value, kind) -> bool:
+    if kind is bool:
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, (bool, np.bool_)):
+        return False  # `--param dim=true` is not dim = 1
+    if kind is int:
+        return isinstance(value, (int, np.integer)) or (
+            isinstance(value, float) and value.is_integer())
+    if kind is float:
+        return isinstance(value, (int, float, np.integer, np.floating))
+    return isinstance(value, str)
+
+
+def check_params(factory: Callable, params: Mapping, problem: str) -> None:
+    """Checks `params` against the names and simple annotations (`int`, `float`, `bool`,
+    `str`, their unions with `None`) of `factory`'s signature before it is called:
+    a `TypeError` naming the parameter, what it takes and what it got."""
+    try:
+        sig = inspect.signature(factory, eval_str=True)
+    except (NameError, TypeError, ValueError):
+        return
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    for key, value in params.items():
+        p = sig.parameters.get(key)
+        if p is None:
+            if not takes_kwargs:
+                raise TypeError(
+                    f"{problem}: no parameter `{key}`; it takes {list(sig.parameters)}."
+                )
+            continue
+        kinds = _annotation_kinds(p.annotation)
+        if kinds is None or hasattr(value, "__array__") and not isinstance(value, np.generic):
+            continue
+        allowed, optional = kinds
+        if value is None and optional:
+            continue
+        if not any(_has_kind(value, k) for k in allowed):
+            want = " or ".join(sorted(k.__name__ for k in allowed)) + (" or None" if optional
+                                                                        else "")
+            raise TypeError(
+                f"{problem}: `{key}` must be {want}, got {value!r} ({type(value).__name__})."
+            )
+
+
 def check_int(value, field: str, problem: str, *, minimum: int = 1) -> int:
     """`value` as an int `>= minimum`, or a `ValueError`/`TypeError` naming `field`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
