@@ -28,14 +28,19 @@ class AbstractController(eqx.Module):
     def initial_step(self, x, v):
         """First step size of trajectories starting at `x` with velocity `v`."""
 
-    def propose(self, h_lane, remaining, steps, k, cp_iters):
+    def propose(self, h_lane, remaining, segment, eps, steps, k, cp_iters):
         """The step to try and whether it lands on the next checkpoint.
 
-        `h_lane`: each lane's step size; `remaining`: time to the next checkpoint;
-        `steps`: accepted steps so far; `k`: current checkpoint segment.
+        `h_lane`: each lane's step size; `remaining`: time to the next checkpoint in the
+        current segment of length `segment`; `steps`: accepted steps so far; `k`: the
+        current segment.
         """
         del steps, k, cp_iters
-        clipped = h_lane >= remaining
+        # A step that would end within the segment's time resolution of the checkpoint
+        # lands on it. Otherwise `tau + h` can round up to the segment's length while
+        # `h < remaining`, and the next step would have length exactly zero (an implicit
+        # stage then divides 0 by 0, and the trajectory was lost).
+        clipped = h_lane >= remaining - 4 * eps * segment
         return jnp.where(clipped, remaining, h_lane), clipped
 
     @abc.abstractmethod
@@ -132,7 +137,7 @@ class IterationCount(AbstractController):
     def initial_step(self, x, v):
         return jnp.full(x.shape[:-1], self.time_per_step, x.dtype)
 
-    def propose(self, h_lane, remaining, steps, k, cp_iters):
+    def propose(self, h_lane, remaining, segment, eps, steps, k, cp_iters):
         last = cp_iters.shape[0] - 1
         clipped = steps + 1 >= cp_iters[jnp.minimum(k + 1, last)]
         return jnp.full_like(h_lane, self.time_per_step), clipped

@@ -24,6 +24,7 @@ and chooses the next; the loop itself knows neither. Everything runs in one comp
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -35,7 +36,7 @@ from ._field import AbstractField, stationarity
 from ._status import Status
 from ._stepper import AbstractStepper
 
-__all__ = ["Engine", "run", "default_lanes"]
+__all__ = ["Engine", "run", "default_lanes", "MIN_LANES"]
 
 
 class Engine(eqx.Module):
@@ -57,7 +58,7 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters):
     n, d = x0.shape
     dtype = x0.dtype
     n_cp = ts.shape[0]
-    n_lanes = engine.lanes
+    n_lanes = max(engine.lanes, MIN_LANES)
     seg = jnp.diff(ts)  # (n_cp - 1,)
     order = stepper.error_order
 
@@ -137,7 +138,7 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters):
         k = lanes["k"]
         segment = seg[jnp.minimum(k, n_cp - 2)]
         h, clipped = controller.propose(
-            lanes["h"], segment - lanes["tau"], lanes["steps"], k, cp_iters
+            lanes["h"], segment - lanes["tau"], segment, eps, lanes["steps"], k, cp_iters
         )
         x1, err, f1, v1, ok, state1 = step_fn(
             lanes["x"], lanes["f"], lanes["v"], h, lanes["stepper_state"]
@@ -179,10 +180,14 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters):
             save_idx = jnp.where(rec_idx < n_saved, rec_idx, n_saved)
             out["cp_x"] = out["cp_x"].at[save_idx, k_new].set(x_new, mode="drop")
 
-        # Decide which trajectories are finished (first matching rule wins).
+        # Decide which trajectories are finished (first matching rule wins). A non-finite
+        # trial is only a rejected step; once the step size has underflowed, the step at
+        # the resolution limit is final: the trajectory is NONFINITE if even that step
+        # leaves the domain of f (or overflows), and MAX_STEPS otherwise (error too large,
+        # or an implicit solve that keeps failing), with the last finite state kept.
         status = jnp.zeros((n_lanes,), jnp.int8)
         rules = [
-            (underflow & ~(ok & finite1), Status.NONFINITE),
+            (underflow & ~finite1, Status.NONFINITE),
             (accept & (norm_new >= radius), Status.ESCAPED),
             (accept & (stat_new <= gtol) & engine.stop_at_convergence, Status.CONVERGED),
             (accept & (k_new >= n_cp - 1), Status.HORIZON),
@@ -234,7 +239,45 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters):
     return out, iterations
 
 
-run = eqx.filter_jit(_run)
+# XLA:CPU hands reductions whose operands have at least 4096 elements to the YNNPACK
+# library, together with the elementwise arithmetic fused into them, and YNNPACK's
+# kernels round differently from XLA's own loop code. In the engine that threshold is
+# crossed by the lane count (`lanes * d >= 4096`) and by the number of starts, so the
+# arithmetic of a trajectory, and through rounding its status, would depend on its
+# batch: Example 1.1 with 1024 lanes differed in the last bits from 512 lanes, and one
+# start of the README's scan ran into a zero-length step (see
+# `AbstractController.propose`) with 1024 lanes only. The engine is therefore compiled
+# with XLA's own code for every width; the option is left out where this jaxlib does
+# not know it.
+_DETERMINISTIC_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+# Fewest lanes the engine runs (the second idles when n = 1): XLA fuses a single-lane
+# program differently and so contracts other multiply-adds into FMAs; a trajectory run
+# alone would round differently than in a batch.
+MIN_LANES = 2
+
+
+@functools.cache
+def _engine_compiler_options() -> tuple[tuple[str, str], ...]:
+    """The options of `_DETERMINISTIC_OPTIONS` that this jaxlib accepts."""
+    accepted = []
+    for name, value in _DETERMINISTIC_OPTIONS.items():
+        try:
+            jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(0.0).compile()
+        except Exception:  # an unknown option: XLA raises at compile time
+            continue
+        accepted.append((name, value))
+    return tuple(accepted)
+
+
+@functools.cache
+def _engine_program():
+    return eqx.filter_jit(_run, compiler_options=dict(_engine_compiler_options()))
+
+
+def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
+    """The compiled engine (`_run`), one program per configuration and shapes."""
+    return _engine_program()(engine, x0, ts, gtol, radius, cp_iters)
 
 
 def default_lanes(n: int, backend: str | None = None) -> int:

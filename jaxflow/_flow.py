@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from ._controller import IterationCount, PIDControl
-from ._engine import Engine, default_lanes, run
+from ._engine import MIN_LANES, Engine, default_lanes, run
 from ._field import AbstractField
 from ._field_choice import field_for
 from ._options import FlowOptions, FlowShorthands
@@ -177,7 +177,7 @@ def flow(
     dtype = xs.dtype
     gtol_value = opts.gtol_for(dtype)
     stepper = opts.stepper(problem)
-    n_lanes = min(default_lanes(n) if opts.lanes is None else int(opts.lanes), n)
+    n_lanes = max(min(default_lanes(n) if opts.lanes is None else int(opts.lanes), n), MIN_LANES)
     engine = Engine(
         field=field_for(problem) if field is None else field,
         stepper=stepper,
@@ -264,7 +264,7 @@ def descend(
         field=field_for(problem) if field is None else field,
         stepper=OptaxStepper(optimizer),
         controller=IterationCount(time_per_step=float(time_per_step)),
-        lanes=min(default_lanes(n) if opts.lanes is None else int(opts.lanes), n),
+        lanes=max(min(default_lanes(n) if opts.lanes is None else int(opts.lanes), n), MIN_LANES),
         max_steps=int(num_steps) + 1,
         stop_at_convergence=bool(opts.stop_at_convergence),
     )
