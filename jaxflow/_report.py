@@ -46,16 +46,14 @@ from ._render import (
     report_rich,
     write_report,
 )
-from ._schema import trajectory_table, value_dtype
-from ._stats import status_rows, wilson_interval
-from ._status import status_counts
+from ._schema import trajectory_table
+from ._stats import count_rows, wilson_interval
+from ._summaries import TableSummary, table_points
 from ._values import (
     CriticalPointType,
     CriticalValue,
     ValueAtInfinity,
-    critical_values,
     value_tolerance,
-    values_at_infinity,
 )
 
 __all__ = ["Report", "Verdict", "Assessment"]
@@ -164,22 +162,50 @@ class Report:
                 "'status' and 'f' (build it with jaxflow.trajectory_table)."
             )
         meta = dict(meta or {})
-        status = np.asarray(table["status"]).astype(np.int64)
-        n = int(status.shape[0])
-        if n == 0:
+        if int(np.asarray(table["status"]).shape[0]) == 0:
             raise ValueError("Report.from_table: the table has no rows.")
-        f = np.asarray(table["f"], np.float64)
+        summary = TableSummary.from_table(table, gtol=meta.get("gtol"), n_probe=n_probe)
+        report, _ = cls.from_summary(summary, problem=problem, meta=meta,
+                                     points_of=table_points(table))
+        return report
+
+    @classmethod
+    def from_summary(
+        cls, summary: TableSummary, *, problem=None, typing=None, points_of=None,
+        meta: dict | None = None, description: dict | None = None,
+        nonsmooth: bool | None = None,
+    ) -> tuple[Report, list[dict] | None]:
+        """Builds the report from a `TableSummary` (merged chunk by chunk for a scan).
+
+        **Arguments:**
+
+        - `summary`: the table's summary (`jaxflow._summaries.TableSummary`).
+        - `problem`: the `jaxflow.Problem`, to type critical points (or `None`).
+        - `typing`: a typing record of an earlier call on the same summary (stored by
+          a scan), used instead of `problem`.
+        - `points_of`: rows -> their final points `(m, d)`, for the representatives.
+        - `meta`: the run's settings, as in `from_table`.
+        - `description`, `nonsmooth`: the problem's `describe()` and whether it is
+          nonsmooth, when `problem` is not given (a stored scan records both).
+
+        **Returns:** `(report, typing record)`; the record is `None` when untyped.
+        """
+        meta = dict(meta or {})
+        n = int(summary.n)
+        if n == 0:
+            raise ValueError("Report.from_summary: the summary has no rows.")
         gtol = meta.get("gtol")
         horizon = meta.get("t1")
-        rtol = value_tolerance(value_dtype(table), gtol)
-        cvs = critical_values(problem, table, gtol=gtol, n_total=n, n_probe=n_probe)
-        vis = values_at_infinity(table, gtol=gtol, n_total=n)
+        rtol = value_tolerance(summary.dtype, gtol)
+        cvs, record = summary.critical_values(problem=problem, typing=typing,
+                                              points_of=points_of)
+        vis = summary.values_at_infinity()
 
         # Best value seen: lowest final f of any trajectory, or lowest finite limit along
         # an escape (extrapolated), or -inf when f decreases without bound.
         candidates = (
-            [(float(np.min(f[np.isfinite(f)])), "final value of a trajectory")]
-            if np.any(np.isfinite(f))
+            [(summary.best_f, "final value of a trajectory")]
+            if math.isfinite(summary.best_f)
             else []
         )
         for vi in vis:
@@ -206,10 +232,12 @@ class Report:
         ]
         acc = _accumulation([cv.value for cv in cvs])
 
-        counts = status_counts(status)
+        counts = summary.status_counts()
         n_esc = counts.get("ESCAPING", 0) + counts.get("ESCAPED", 0)
         n_ok = counts.get("CONVERGED", 0) + counts.get("BOUNDED", 0)
         n_open = n - n_esc - n_ok
+        if nonsmooth is None:
+            nonsmooth = bool(getattr(problem, "nonsmooth", False)) if problem is not None else False
         assumptions = _assumptions(
             n=n,
             n_esc=n_esc,
@@ -220,9 +248,12 @@ class Report:
             best=best,
             acc=acc,
             horizon=horizon,
-            problem=problem,
+            nonsmooth=nonsmooth,
         )
-        prob = problem.describe() if problem is not None and hasattr(problem, "describe") else {}
+        if description is not None:
+            prob = description
+        else:
+            prob = problem.describe() if problem is not None and hasattr(problem, "describe") else {}
         evidence = _evidence_phrase(n, horizon, meta)
         conclusion = _conclusion(
             evidence=evidence,
@@ -235,12 +266,12 @@ class Report:
             vis=vis,
             best=best,
         )
-        return cls(
+        report = cls(
             problem=jsonable(prob),
             n=n,
             horizon=horizon,
             meta=_meta_data(meta),
-            statuses=status_rows(status),
+            statuses=count_rows(counts, n),
             critical_values=cvs,
             values_at_infinity=vis,
             best_value=best,
@@ -252,6 +283,7 @@ class Report:
             accumulation=acc,
             conclusion=conclusion,
         )
+        return report, record
 
     # ------------------------------------------------------------------ presentation
     @property
@@ -322,7 +354,7 @@ def _evidence_phrase(n, horizon, meta) -> str:
 
 
 def _assumptions(
-    *, n, n_esc, n_open, counts, cvs, vis, best, acc, horizon, problem
+    *, n, n_esc, n_open, counts, cvs, vis, best, acc, horizon, nonsmooth
 ) -> dict[str, Assessment]:
     """The `Assessment` of each assumption of Theorem 1.2, in the paper's order."""
     by = "the horizon" if horizon is None else f"T = {format_value(float(horizon), 4)}"
@@ -343,7 +375,6 @@ def _assumptions(
         )
     else:
         out["lower_bounded"] = Assessment(Verdict.INCONCLUSIVE, "no finite value seen.")
-    nonsmooth = bool(getattr(problem, "nonsmooth", False)) if problem is not None else False
     out["locally_lipschitz"] = Assessment(
         Verdict.NOT_ASSESSED,
         "not testable by sampling (holds for C¹ losses and compositions of Lipschitz pieces)"

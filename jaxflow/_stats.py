@@ -10,7 +10,7 @@ import numpy as np
 
 from ._status import Status, status_counts
 
-__all__ = ["wilson_interval", "status_rows"]
+__all__ = ["wilson_interval", "status_rows", "count_rows"]
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -29,6 +29,12 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
     centre = (p + z2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def count_rows(counts: Mapping[str, int], n: int) -> list[dict]:
+    """`status_rows` from the counts per status name (`status_counts`) of `n` rows."""
+    return [dict(status=name, count=k, fraction=k / n, interval=wilson_interval(k, n))
+            for name, k in counts.items()]
 
 
 def status_rows(status, medians: Mapping[str, np.ndarray] | None = None) -> list[dict]:

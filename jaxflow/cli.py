@@ -305,10 +305,21 @@ def cmd_report(args) -> int:
     env = manifest.get("environment")
     if isinstance(env, dict) and env.get("x64") is True:
         _enable_dtype("float64")
-    from ._scan import _problem_for_report, load
+    from ._scan import load
+    from ._scan.references import bounded_builtin, resolve_problem
 
-    problem = _problem_for_report(manifest)
-    res = load(args.out, problem=problem)
+    # Opening a store never runs code it names: the problem is imported only when the
+    # user names it; a stored built-in is rebuilt (for the phase portrait) only with
+    # small params.
+    problem = None
+    if args.problem is not None:
+        problem, _ = resolve_problem(args.problem, _parse_params(args.param))
+    elif not args.no_plots and manifest["spec"]["problem"].get("dim") == 2:
+        try:
+            problem = bounded_builtin(manifest["spec"]["problem"].get("source", {}), 2)
+        except Exception:
+            problem = None
+    res = load(args.out, problem=problem if args.problem is not None else None)
     console = Console()
     if args.json:
         print(res.report.to_json())
@@ -392,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", default=None, help="output directory (default OUT/report)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument(
+        "--problem", default=None, metavar="PROBLEM",
+        help="type critical points with this problem (built-in name or package.module:function, "
+        "imported because you name it) instead of the types stored by the scan",
+    )
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="parameter of --problem (repeatable)")
     p.set_defaults(func=cmd_report)
     return parser
 

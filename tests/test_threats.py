@@ -107,12 +107,6 @@ def one_line_error(err: str) -> str:
 
 
 # --------------------------------------------------------------------------- 1. execution
-@pytest.mark.xfail(
-    strict=True,
-    reason="opening a store still rebuilds its problem from the manifest; passes once "
-    "load/report build the report from stored summaries (issue 12, item 1): then remove "
-    "this marker",
-)
 def test_crafted_manifest_reference_is_never_run_on_open(copy, tmp_path, capsys):
     marker = tmp_path / "executed"
     m = manifest_of(copy)

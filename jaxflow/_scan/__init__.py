@@ -8,13 +8,13 @@ One concern per module:
 - `spec`: the scan spec (solvers, controllers, flow options) and the environment record;
 - `references`: problem references, rebuilding problems on workers, fingerprints;
 - `store`: the on-disk store (manifest, Parquet chunks, journal, lock);
+- `summary`: the report of a stored scan, streamed chunk by chunk, and the stored types;
 - `cache`: JAX's persistent compilation cache;
 - `errors`: `ScanError`, `StoreError` and its subclasses.
 """
 
 from .api import ScanProgress as ScanProgress
 from .api import ScanResult as ScanResult
-from .api import _problem_for_report as _problem_for_report
 from .api import build_report as build_report
 from .api import load as load
 from .api import scan as scan

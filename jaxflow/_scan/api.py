@@ -5,7 +5,8 @@ stores one row per trajectory, chunk by chunk, in a crash-safe store (`store.py`
 summary is the Theorem 1.2 report.
 
 **Determinism.** A chunk's rows depend only on (spec, chunk index) (`worker.py`), and
-summaries are computed from the stored table in chunk order. Results are bit-identical
+the report is computed from per-chunk summaries merged in chunk order
+(`jaxflow._summaries`), so the driver never holds the whole table. Results are bit-identical
 whatever the order, the number of workers or devices, for the same device kind,
 jax/jaxlib/jaxflow versions, x64 flag and XLA flags (on GPU add
 `XLA_FLAGS=--xla_gpu_deterministic_ops=true`); they are not bit-identical between CPU
@@ -34,11 +35,12 @@ from .._json import float_from_json
 from .._options import FlowOptions, FlowShorthands, solver_name
 from .._problem import Problem
 from .._status import status_counts
-from .references import cached_problem, problem_fingerprint, resolve_problem
+from .._schema import column_to_numpy
+from .references import bounded_builtin, problem_fingerprint, resolve_problem
 from .scheduler import ScanProgress, check_executor, execute, open_executor
 from .spec import check_classify_options, environment, scan_spec
-from .._schema import arrow_columns, column_to_numpy
 from .store import Store
+from .summary import read_typing, store_points, summarize, write_typing
 
 __all__ = ["scan", "load", "ScanResult", "ScanProgress", "build_report"]
 
@@ -51,18 +53,25 @@ class ScanResult:
 
     - `table`: a `pyarrow.Table`, one row per trajectory in start order (column `index`),
       with the detectors' columns (`status`, `f`, `stationarity`, `t`, `growth_exponent`,
-      `limit_value`, ..., final point `x_j`) and the start point `start_j`;
+      `limit_value`, ..., final point `x_j`) and the start point `start_j`. Read from the
+      chunk files on first access (a scan of $10^9$ starts does not fit in memory: the
+      report and `counts()` do not need it);
     - `trajectories`: the checkpoint series (`cp_norm`, `cp_f`, `cp_stat`, one list per
-      row, at `checkpoint_times`) of the saved subsample, or `None`;
-    - `report`: the Theorem 1.2 report built from `table`;
+      row, at `checkpoint_times`) of the saved subsample, or `None` (read on first access);
+    - `report`: the Theorem 1.2 report, built from per-chunk summaries;
     - `manifest`, `out`; `complete` (all chunks stored); `computed_chunks`,
       `skipped_chunks` (this call; empty for `load`); `devices` (chunks per device kind).
     """
 
-    def __init__(self, *, table, trajectories, manifest, out, complete, report,
+    def __init__(self, *, manifest, out, complete, report, table=None, trajectories=None,
+                 store=None, entries=None, columns=None, status_counts=None,
                  computed_chunks=(), skipped_chunks=(), devices=None, wall_s=None):
-        self.table = table
-        self.trajectories = trajectories
+        self._table = table
+        self._trajectories = trajectories
+        self._store = store
+        self._entries = entries
+        self._columns = columns
+        self._status_counts = status_counts
         self.manifest = manifest
         self.out = Path(out)
         self.complete = complete
@@ -73,6 +82,18 @@ class ScanResult:
         self.wall_s = wall_s
 
     @property
+    def table(self):
+        if self._table is None:
+            self._table = self._store.read_table(sorted(self._entries), columns=self._columns)
+        return self._table
+
+    @property
+    def trajectories(self):
+        if self._trajectories is None and self._store is not None:
+            self._trajectories = self._store.read_trajectories(self._entries)
+        return self._trajectories
+
+    @property
     def spec(self) -> dict:
         return self.manifest["spec"]
 
@@ -81,6 +102,8 @@ class ScanResult:
         return np.asarray(self.manifest["checkpoint_times"], np.float64)
 
     def __len__(self) -> int:
+        if self._table is None and self._entries is not None:
+            return sum(int(e["rows"]) for e in self._entries.values())
         return self.table.num_rows
 
     def to_pandas(self):
@@ -95,6 +118,8 @@ class ScanResult:
 
     def counts(self) -> dict[str, int]:
         """Number of trajectories per status name."""
+        if self._status_counts is not None:
+            return dict(self._status_counts)
         st = self.column("status") if self.table.num_rows else np.zeros(0, np.int8)
         return status_counts(st)
 
@@ -121,10 +146,10 @@ def _report_meta(manifest: Mapping, complete: bool, devices: Mapping) -> dict:
 
 def build_report(problem: Problem | None, manifest: Mapping, table: Mapping[str, np.ndarray],
                  *, complete: bool, devices: Mapping):
-    """`jaxflow.Report.from_table` on a scan's table (None for an empty table).
+    """`jaxflow.Report.from_table` on an in-memory scan table (None for an empty table).
 
-    Without the `Problem` (a scan of a `Problem` object, loaded elsewhere), critical
-    points are not typed and the problem's description comes from the manifest.
+    Without the `Problem`, critical points are not typed; the problem's description comes
+    from the manifest.
     """
     from .._report import Report
 
@@ -145,26 +170,68 @@ def _devices_summary(entries: Mapping[int, Mapping]) -> dict[str, int]:
     return out
 
 
+def _scan_report(store: Store, manifest: Mapping, entries: Mapping[int, Mapping], problem,
+                 *, complete: bool, devices: Mapping, record: bool = False):
+    """The report of the stored `entries`, streamed chunk by chunk (`summary.py`), and the
+    summary's status counts. Critical points are typed with `problem` when given, else
+    with the types stored by the scan's driver; with `record`, the types are stored."""
+    from .._report import Report
+
+    summary = summarize(store, manifest, entries)
+    if summary is None:
+        return None, {}
+    typing = None if problem is not None else read_typing(store, manifest, entries)
+    if typing is None and problem is None:
+        problem = _stored_builtin(manifest)
+    meta = _report_meta(manifest, complete, devices)
+    sp = manifest["spec"]["problem"]
+    report, types = Report.from_summary(
+        summary, problem=problem, typing=typing, points_of=store_points(store, manifest),
+        meta=meta, description=dict(manifest["problem"]) if manifest.get("problem") else None,
+        nonsmooth=bool(sp.get("nonsmooth", False)) if problem is None else None,
+    )
+    if summary.critical and types is None:
+        warnings.warn(
+            f"the critical points of {store.path} are not typed: the store holds no types for "
+            "these chunks and opening a store never runs its problem. Pass the problem "
+            "(jaxflow.load(out, problem=...) or jaxflow report DIR --problem module:function).",
+            stacklevel=4,
+        )
+    if record and types is not None and typing is None:
+        write_typing(store, manifest, entries, types)
+    return report, summary.status_counts()
+
+
+def _stored_builtin(manifest: Mapping) -> Problem | None:
+    """A built-in problem rebuilt from the manifest when its params are small; else None."""
+    sp = manifest["spec"]["problem"]
+    if sp.get("source", {}).get("kind") != "builtin":
+        return None
+    try:
+        return bounded_builtin(sp["source"], sp.get("dim"))
+    except Exception:  # a report without types is still a report (the warning says so)
+        return None
+
+
 def _read_result(store: Store, manifest: Mapping, entries: Mapping[int, Mapping], problem,
-                 *, computed=(), skipped=(), wall_s=None, columns=None) -> ScanResult:
-    chunks = sorted(entries)
-    table = store.read_table(chunks, columns=columns)
-    trajectories = store.read_trajectories(entries)
-    complete = len(chunks) == manifest["spec"]["n_chunks"]
+                 *, computed=(), skipped=(), wall_s=None, columns=None,
+                 record: bool = False) -> ScanResult:
+    complete = len(entries) == manifest["spec"]["n_chunks"]
     devices = _devices_summary(entries)
-    report = None
+    report, counts = None, None
     if columns is None:
-        report = build_report(problem, manifest, arrow_columns(table), complete=complete,
-                              devices=devices)
+        report, counts = _scan_report(store, manifest, entries, problem, complete=complete,
+                                      devices=devices, record=record)
     if len(devices) > 1 and len({d.split(":")[0] for d in devices}) > 1:
         warnings.warn(
             f"chunks of {store.path} were computed on different device kinds {sorted(devices)}; "
             "each chunk is correct but the table is not bit-reproducible on one kind.",
             stacklevel=3,
         )
-    return ScanResult(table=table, trajectories=trajectories, manifest=dict(manifest),
-                      out=store.path, complete=complete, report=report, computed_chunks=computed,
-                      skipped_chunks=skipped, devices=devices, wall_s=wall_s)
+    return ScanResult(store=store, entries=entries, columns=columns, status_counts=counts,
+                      manifest=dict(manifest), out=store.path, complete=complete,
+                      report=report, computed_chunks=computed, skipped_chunks=skipped,
+                      devices=devices, wall_s=wall_s)
 
 
 # --------------------------------------------------------------------------- scan
@@ -229,7 +296,9 @@ def scan(
     - `n`: number of starts; `seed`: the root PRNG seed ($0 \le$ seed $< 2^{32}$).
     - `out`: the store directory (created; an existing scan there is resumed).
     - `t1`: horizon; `chunk_size`: starts per chunk (fixed by the spec: the same
-      `(seed, chunk_size)` always gives the same starts).
+      `(seed, chunk_size)` always gives the same starts). A `chunk_size` above `n` is
+      clamped to `n`, and the spec records `n` (so a scan with `chunk_size > n` is the
+      same scan as one with `chunk_size = n`).
     - `params`: parameters of a problem given by name.
     - `dtype`: `"float32"` or `"float64"` (needs `jax_enable_x64`).
     - `options`: a `jaxflow.FlowOptions`; `t1`, `solver`, `stepsize_controller`, `dt0`,
@@ -275,7 +344,9 @@ def scan(
     t_start = time.perf_counter()
     # -- validation, before any compute ----------------------------------------------------
     n = _positive_int(n, "n")
-    chunk_size = _positive_int(chunk_size, "chunk_size")
+    # A chunk larger than the scan would only pad it (and allocate for the padding): clamp.
+    # The clamped value is what the spec records.
+    chunk_size = min(_positive_int(chunk_size, "chunk_size"), n)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < _UINT32:
         raise ValueError(f"scan: `seed` must be an integer in [0, 2**32), got {seed!r}.")
     n_chunks = -(-n // chunk_size)
@@ -369,18 +440,26 @@ def scan(
                 max_retries=max_retries, done=done, n_chunks=n_chunks, t_start=t_start,
             )
             entries, _ = store.finished_chunks(n_chunks)
+            # The driver has the problem: it types the critical points and stores the
+            # types, so the store later opens and reports without running anything.
+            result = _read_result(store, manifest, entries, prob, computed=computed,
+                                  skipped=skipped, wall_s=time.perf_counter() - t_start,
+                                  record=True)
         finally:
             store.release()
     finally:
         workers.close(wait=False)  # a no-op when `execute` closed it, or it is the caller's
-    return _read_result(store, manifest, entries, prob, computed=computed, skipped=skipped,
-                        wall_s=time.perf_counter() - t_start)
+    return result
 
 
 # --------------------------------------------------------------------------- load
 def load(out, *, verify: bool = True, columns: Sequence[str] | None = None,
-         problem: Problem | None = None) -> ScanResult:
+         problem: Problem | str | None = None, params: Mapping | None = None) -> ScanResult:
     """Reads a scan store: the per-trajectory table (pyarrow; `.to_pandas()`) and the report.
+
+    Opening a store never imports or calls anything the store names: the report is built
+    from the stored chunks, chunk by chunk, and the critical-point types the scan's driver
+    stored in `summary.json`.
 
     **Arguments:**
 
@@ -389,10 +468,13 @@ def load(out, *, verify: bool = True, columns: Sequence[str] | None = None,
       metadata and rows against the manifest (raises `ChunkCorruptedError` naming the bad
       chunks and why; rerun the scan to recompute them). The manifest's own hash and a
       well-formed journal are checked either way (`StoreIntegrityError`).
-    - `columns`: read only these columns of the table (then `report` is `None`: the
-      report needs the full table).
-    - `problem`: the `Problem` for the report when the scan was given a `Problem` object
-      (built-in and `module:function` problems are rebuilt from the manifest).
+    - `columns`: read only these columns of the table (then `report` is `None`).
+    - `problem`: the problem to type critical points with, instead of the stored types:
+      a `Problem`, a built-in name or `"package.module:function"` (imported because the
+      caller asks; `params` as in `scan`). Without it and without stored types (e.g. the
+      scan was interrupted), a built-in problem is rebuilt only if its stored params are
+      small (`references.bounded_builtin`); other critical points stay untyped, with a
+      warning.
 
     Partial scans load too (`result.complete` is then `False`). The chunk files are plain
     Parquet: `polars.read_parquet("out/chunks/*.parquet")` or DuckDB
@@ -402,23 +484,14 @@ def load(out, *, verify: bool = True, columns: Sequence[str] | None = None,
     manifest = store.read_manifest()
     if manifest is None:
         raise FileNotFoundError(f"{out} is not a jaxflow scan (no manifest.json).")
+    if problem is not None and not isinstance(problem, Problem):
+        problem, _ = resolve_problem(problem, params)
+    elif params:
+        raise ValueError("load: params= applies to a problem given by name.")
     n_chunks = manifest["spec"]["n_chunks"]
     if verify:
         entries, _ = store.finished_chunks(n_chunks, strict=True)
     else:
         entries = {c: e for c, e in store.read_journal().items() if 0 <= c < n_chunks}
-    if problem is None and columns is None:
-        problem = _problem_for_report(manifest)
     return _read_result(store, manifest, entries, problem,
                         columns=list(columns) if columns is not None else None)
-
-
-def _problem_for_report(manifest: Mapping) -> Problem | None:
-    source = manifest["spec"]["problem"]["source"]
-    if source.get("kind") == "object":
-        return None
-    try:
-        return cached_problem(source)
-    except Exception as e:  # a report without the problem is still a report
-        warnings.warn(f"could not rebuild the problem {source}: {e}", stacklevel=3)
-        return None

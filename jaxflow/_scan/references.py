@@ -22,7 +22,13 @@ import numpy as np
 from .._json import canonical_json
 from .._problem import Problem, Uniform
 
-__all__ = ["resolve_problem", "cached_problem", "problem_fingerprint", "cached_fingerprint"]
+__all__ = [
+    "resolve_problem",
+    "cached_problem",
+    "bounded_builtin",
+    "problem_fingerprint",
+    "cached_fingerprint",
+]
 
 _PROBLEM_CACHE: dict[str, Problem] = {}
 _PROBLEM_CACHE_LOCK = threading.Lock()
@@ -117,6 +123,55 @@ def cached_problem(source: Mapping) -> Problem:
         if key not in _PROBLEM_CACHE:
             _PROBLEM_CACHE[key] = _build_from_source(source)
         return _PROBLEM_CACHE[key]
+
+
+# Bounds on a stored built-in's params before `bounded_builtin` rebuilds it: the factories
+# allocate roughly in proportion to the product of their integer params.
+_MAX_PARAM_INT = 10**6
+_MAX_PARAM_PRODUCT = 10**7
+_MAX_PARAM_LIST = 64
+_MAX_DIM = 10**6
+
+
+def bounded_builtin(source: Mapping, dim: int | None = None) -> Problem:
+    """Rebuilds a built-in problem named by a stored `source`, only if its params are small.
+
+    Refuses (`ValueError`) anything but `{"kind": "builtin"}` with a registered name, and
+    params that are not scalars (bool, int, float, str) or short lists of numbers, an
+    integer above 10^6 in absolute value, integer params whose product exceeds 10^7, or a
+    rebuilt problem whose dimension differs from `dim` (the manifest's) or exceeds 10^6.
+    The registry then checks the params' types and ranges.
+    """
+    from ..problems import get, names
+
+    if not isinstance(source, Mapping) or source.get("kind") != "builtin":
+        raise ValueError("only built-in problems are rebuilt from a store; pass the problem.")
+    name, params = source.get("name"), source.get("params") or {}
+    if name not in names() or not isinstance(params, Mapping):
+        raise ValueError(f"stored problem {name!r} is not a built-in problem with params.")
+    product = 1
+    for key, value in params.items():
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and len(value) > _MAX_PARAM_LIST:
+            raise ValueError(f"stored param {key!r} is a list of {len(value)} entries.")
+        for v in items:
+            if not isinstance(v, (bool, int, float, str)) or (isinstance(v, str) and len(v) > 64):
+                raise ValueError(f"stored param {key!r} = {value!r} is not a small scalar.")
+            if isinstance(v, int) and not isinstance(v, bool):
+                if abs(v) > _MAX_PARAM_INT:
+                    raise ValueError(f"stored param {key!r} = {v} exceeds {_MAX_PARAM_INT}.")
+                product *= max(1, abs(v))
+    if product > _MAX_PARAM_PRODUCT:
+        raise ValueError(
+            f"stored params {dict(params)} are too large to rebuild (the product of their "
+            f"integers exceeds {_MAX_PARAM_PRODUCT}); pass the problem explicitly."
+        )
+    problem = cached_problem({"kind": "builtin", "name": name, "params": dict(params)})
+    if problem.dim > _MAX_DIM or (dim is not None and problem.dim != dim):
+        raise ValueError(
+            f"rebuilt {name!r} has dimension {problem.dim}, the store says {dim}."
+        )
+    return problem
 
 
 def resolve_problem(problem, params: Mapping | None = None) -> tuple[Problem, dict]:
