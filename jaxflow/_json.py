@@ -42,8 +42,10 @@ def jsonable(obj) -> Any:
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
+    if isinstance(obj, np.ndarray) or (
+        hasattr(obj, "__array__") and not isinstance(obj, (int, float, bool, str))
+    ):
+        return jsonable(np.asarray(obj).tolist())
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):

@@ -260,7 +260,7 @@ class Problem:
         self.dim = int(sum(self.sizes))
         self.example = example
         self.global_infimum = None if global_infimum is None else float(global_infimum)
-        self.facts = dict(facts or {})
+        self.facts = types.MappingProxyType(dict(facts or {}))
         self.nonsmooth = bool(nonsmooth)
         self.data = types.MappingProxyType(dict(data or {}))
         self._objective = _FlatObjective(f, treedef, self.shapes, self.sizes)
@@ -288,12 +288,21 @@ class Problem:
         raise AttributeError(f"Problem `{self.name}` is immutable: cannot delete `{name}`.")
 
     def __getstate__(self):
-        # A mappingproxy does not pickle: ship the data as a plain dict.
-        return {**self.__dict__, "data": dict(self.data)}
+        # A mappingproxy does not pickle: ship `data` and `facts` as plain dicts.
+        return {**self.__dict__, "data": dict(self.data), "facts": dict(self.facts)}
 
     def __setstate__(self, state):
-        state = {**state, "data": types.MappingProxyType(state["data"])}
+        state = {**state, "data": types.MappingProxyType(state["data"]),
+                 "facts": types.MappingProxyType(state["facts"])}
         self.__dict__.update(state)
+
+    def with_facts(self, **facts) -> Problem:
+        """A copy of this problem with more known facts (the objective, sampler and
+        validation are shared; nothing is re-evaluated)."""
+        state = {**self.__dict__, "facts": types.MappingProxyType({**self.facts, **facts})}
+        new = object.__new__(type(self))
+        new.__dict__.update(state)
+        return new
 
     # -- flat <-> pytree --------------------------------------------------------------
     def unravel(self, x_flat):
@@ -414,12 +423,12 @@ class Problem:
             "sampler": self.sampler.describe(),
             "global_infimum": self.global_infimum,
             "nonsmooth": self.nonsmooth,
-            "facts": {k: v for k, v in self.facts.items() if _jsonable(v)},
+            "facts": {k: v for k, v in self.facts.items() if _is_json_data(v)},
         }
 
     def __repr__(self):
         return f"Problem(name={self.name!r}, dim={self.dim}, sampler={self.sampler!r})"
 
 
-def _jsonable(v) -> bool:
+def _is_json_data(v) -> bool:
     return isinstance(v, (str, int, float, bool, type(None), list, tuple, dict))

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from .._json import jsonable
 from .._problem import Problem
 
 _REGISTRY: dict[str, Callable[..., Problem]] = {}
@@ -57,8 +58,7 @@ def get(name: str, **params) -> Problem:
     problem = factory(**params)
     bound = sig.bind(**params)
     bound.apply_defaults()
-    problem.facts["registry"] = {"name": name, **_jsonable_params(bound.arguments)}
-    return problem
+    return problem.with_facts(registry={"name": name, **jsonable(dict(bound.arguments))})
 
 
 def info(name: str) -> str:
@@ -66,17 +66,6 @@ def info(name: str) -> str:
     if name not in _REGISTRY:
         get(name)  # raises the helpful KeyError
     return inspect.getdoc(_REGISTRY[name]) or ""
-
-
-def _jsonable_params(arguments: dict) -> dict:
-    out = {}
-    for k, v in arguments.items():
-        if hasattr(v, "__array__") and not isinstance(v, (int, float, bool, str)):
-            v = np.asarray(v).tolist()
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[k] = v
-    return out
 
 
 # --------------------------------------------------------------------------- checks
