@@ -73,7 +73,7 @@ def _kinds(fun, dim=3):
         (lambda z: jax.lax.clamp(-1.0, z[0], 1.0), [("max", (), 2), ("min", (), 2)]),
         (lambda z: jnp.where(z[0] > 0, z[0], 0.1 * z[0]), [("select", (), 2)]),
         (lambda z: jax.nn.leaky_relu(z[1]), [("select", (), 2)]),
-        (lambda z: (z[0] > 0) * z[0], [("select", (), 2)]),
+        (lambda z: (z[0] > 0).astype(z.dtype) * z[0], [("select", (), 2)]),
         (lambda z: jnp.linalg.norm(z, 1), [("abs", (3,), 2)]),
         (lambda z: jax.checkpoint(lambda y: jnp.abs(y).sum())(z), [("abs", (3,), 2)]),
         (lambda z: jax.jit(lambda y: jnp.maximum(y, 0.0))(z).sum(), [("max", (3,), 2)]),

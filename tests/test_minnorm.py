@@ -205,7 +205,8 @@ def test_l1_factorization_float32_band():
     mj = jnp.asarray(mm, jnp.float32)
 
     def f(p):
-        return jnp.sum(jnp.abs(p[:m, None] * p[None, m:] - mj))
+        # The problem is also traced at float64 (its example): cast the data to p's dtype.
+        return jnp.sum(jnp.abs(p[:m, None] * p[None, m:] - mj.astype(p.dtype)))
 
     res = jf.minnorm_subgradient(
         jf.Problem(f, dim=m + n, nonsmooth=True), jnp.asarray(z, jnp.float32)

@@ -50,7 +50,7 @@ def test_sampler_per_coordinate_bounds(getkey):
     "make, exc, words",
     [
         (lambda: jf.Problem(lambda x: x * 2, dim=3), ValueError, ["scalar", "shape (3,)"]),
-        (lambda: jf.Problem(lambda x: jnp.sum(x) * 1j, dim=3), TypeError, ["complex"]),
+        (lambda: jf.Problem(lambda x: jnp.sum(x).astype(jnp.complex128) * 1j, dim=3), TypeError, ["complex"]),
         (lambda: jf.Problem(quad, example=jnp.zeros(3, jnp.int32)), TypeError, ["int32", "float"]),
         (lambda: jf.Problem(quad, example=jnp.zeros(3, jnp.complex64)), TypeError, ["complex"]),
         (lambda: jf.Problem(quad, dim=3, sampler=jf.Uniform(float("nan"), 1.0)), ValueError, ["low", "NaN"]),

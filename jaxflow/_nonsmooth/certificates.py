@@ -70,7 +70,7 @@ def certify(an: KinkAnalysis):
     row_ok = an.s_valid & ~an.s_nat & an.s_active[:, None]
     likq = _likq(rows.reshape(k * r_max, an.d), row_ok.reshape(-1), an.d, an.dtype)
     orient = jnp.asarray(an.lay.orient)[an.sel]
-    oc = orient * an.s_c
+    oc = orient.astype(an.s_c.dtype) * an.s_c
     conv_ok = jnp.all(jnp.where(an.s_active, (oc >= 0) & (orient != 0), True))
     conc_ok = jnp.all(jnp.where(an.s_active, (oc <= 0) & (orient != 0), True))
     # Site-level test: some tied kink feeds another tied kink.
@@ -150,7 +150,7 @@ def _realisable(grad_at, jac, g0, lam0, s_valid, rows, order, kv, r_max, k, dtyp
         chosen_ok = jnp.all(jnp.take_along_axis(valid_s, omega[:, None], axis=-1)[:, 0])
         rw = jnp.take_along_axis(rows_s, omega[:, None, None], axis=1)  # (kv, 1, d)
         cand = rw - rows_s  # grad(w_omega - w_i), (kv, R, d)
-        other = valid_s & (jnp.arange(r_max)[None, :] != omega[:, None])
+        other = valid_s & (jnp.arange(r_max, dtype=omega.dtype)[None, :] != omega[:, None])
         pts = cand.reshape(kv * r_max, d)
         pv = other.reshape(-1)
         has = jnp.any(pv)

@@ -111,7 +111,9 @@ def project_simplex(y, valid=None):
     j = jnp.arange(1, m + 1, dtype=y.dtype)
     cond = fin & (u - (css - 1.0) / j > 0)
     rho = jnp.maximum(jnp.sum(cond, axis=-1), 1)
-    tau = (jnp.take_along_axis(css, (rho - 1)[..., None], axis=-1)[..., 0] - 1.0) / rho
+    tau = (jnp.take_along_axis(css, (rho - 1)[..., None], axis=-1)[..., 0] - 1.0) / rho.astype(
+        y.dtype
+    )
     return jnp.where(valid, jnp.maximum(y - tau[..., None], 0.0), 0.0)
 
 

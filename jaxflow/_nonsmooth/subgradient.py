@@ -37,7 +37,7 @@ def _compacted(fn, xs, mask, res, chunk):
 
     def body(i, res):
         idx = jax.lax.dynamic_slice(padded, (i * chunk,), (chunk,))
-        live = (i * chunk + jnp.arange(chunk)) < m
+        live = (i * chunk + jnp.arange(chunk, dtype=m.dtype)) < m
         idx = jnp.where(live, idx, n)
         new = jax.vmap(fn)(xs[jnp.minimum(idx, n - 1)])
         return {
