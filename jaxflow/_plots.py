@@ -92,7 +92,8 @@ def final_values(table: Mapping[str, np.ndarray], meta: Mapping, ax=None):
 def _escape_statuses(st: np.ndarray) -> tuple[np.ndarray, str]:
     sel = np.isin(st, [int(s) for s in _ESCAPE_LIKE])
     if sel.any():
-        return sel, f"‖x(t)‖ of the {int(sel.sum())} escaping trajectories"
+        return sel, (f"‖x(t)‖ of the {int(sel.sum())} escaping trajectories among the "
+                     f"{st.size} saved")
     # No escape: show every saved trajectory, which is the evidence of boundedness.
     return np.ones_like(st, bool), f"‖x(t)‖ of all {st.size} saved trajectories (none escaping)"
 
