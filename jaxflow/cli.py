@@ -97,13 +97,14 @@ def cmd_problems(args) -> int:
     from rich.table import Table
 
     from . import problems
+    from ._unicode_math import docstring_text
 
     table = Table(title="jaxflow built-in problems")
-    table.add_column("name", style="bold")
-    table.add_column("what it is")
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("what it is", overflow="fold")
     for name in problems.names():
         doc = problems.info(name).strip().split("\n\n")[0].replace("\n", " ")
-        table.add_row(name, doc)
+        table.add_row(name, docstring_text(doc))
     Console().print(table)
     return EXIT_OK
 
