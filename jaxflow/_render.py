@@ -3,7 +3,9 @@
 Each table (statuses, critical values, values at infinity, Theorem 1.2 assumptions) is
 one `TableSpec`: its columns say which field of a row they show and how. Markdown and
 rich tables are both drawn from the spec, so they have the same columns; the JSON record
-of each row carries every column's field (and more). Nothing here computes evidence:
+of each row carries every column's field (and more). Terminal tables are laid out for the
+width they are drawn at (`rich_table`): wrapped at spaces, less important columns stacked
+or left out when narrow, numbers never cut. Nothing here computes evidence:
 the numbers and the verdicts come from `jaxflow.Report`.
 """
 
@@ -135,6 +137,10 @@ class Column:
       shows more than one field.
     - `align`: "left" or "right".
     - `style`: the row's rich style for the cell (bold in Markdown), if emphasised.
+    - `drop_rank`: in a terminal too narrow for the whole table, the columns with a
+      drop rank are taken out of the grid, lowest rank first, until the rest fits
+      without cutting a number: stacked into the last column, or named under the table
+      (the Markdown and JSON reports keep every column).
     """
 
     key: str
@@ -144,6 +150,7 @@ class Column:
     short: str | None = None
     cell: Callable[[Any], str] | None = None
     style: Callable[[Any], str] | None = None
+    drop_rank: int | None = None
 
     def text(self, row) -> str:
         return self.cell(row) if self.cell is not None else self.format(_field(row, self.key))
@@ -164,7 +171,8 @@ def _status_columns() -> tuple[Column, ...]:
         Column("status", "status", align="left"),
         Column("count", "count"),
         Column("fraction", "fraction", format_percent),
-        Column("interval", "95 % interval", format_interval, short="95% interval"),
+        Column("interval", "95 % interval", format_interval, short="95% interval",
+               drop_rank=3),
     )
 
 
@@ -182,8 +190,9 @@ CRITICAL_VALUE_TABLE = TableSpec(
             _format_eigenvalues,
             align="left",
             short="eig (min, max)",
+            drop_rank=2,
         ),
-        Column("point", "point", format_point, align="left"),
+        Column("point", "point", format_point, align="left", drop_rank=1),
     ),
     subject="critical values",
     empty="no trajectory converged or stayed bounded",
@@ -195,8 +204,8 @@ VALUE_AT_INFINITY_TABLE = TableSpec(
         Column("value", "value", format_value),
         *_status_columns()[1:],
         Column("growth_exponent", "growth α", lambda v: format_value(v, 3)),
-        Column("log_growth", "log growth", format_percent),
-        Column("malgrange", "‖x‖·‖v‖", lambda v: format_value(v, 3)),
+        Column("log_growth", "log growth", format_percent, drop_rank=1),
+        Column("malgrange", "‖x‖·‖v‖", lambda v: format_value(v, 3), drop_rank=2),
         Column("norm", "median ‖x‖", lambda v: format_value(v, 4)),
     ),
     subject="values at infinity",
@@ -232,7 +241,7 @@ OUTCOME_COLUMNS = (
     *_status_columns(),
     Column("median_f", "median f", lambda v: f"{v:.4g}"),
     Column("median_norm", "median |x|", lambda v: f"{v:.4g}"),
-    Column("median_t", "median t", lambda v: f"{v:.4g}"),
+    Column("median_t", "median t", lambda v: f"{v:.4g}", drop_rank=1),
 )
 
 
@@ -249,19 +258,114 @@ def markdown_table(columns: Sequence[Column], rows: Sequence) -> list[str]:
     return lines
 
 
-def rich_table(columns: Sequence[Column], rows: Sequence, title: str | None = None):
-    """A `rich.table.Table` (short headers; emphasised cells styled)."""
-    from rich.table import Table
-    from rich.text import Text
+def _terminal_cell(text: str) -> str:
+    # "8.40 %" as "8.40%": a percentage is one word, so a line break never splits it.
+    return text.replace(" %", "%")
 
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c.short or c.header, justify=c.align)
-    for row in rows:
-        table.add_row(
-            *(Text(c.text(row), style=c.style(row)) if c.style else c.text(row) for c in columns)
-        )
-    return table
+
+def _longest_word(text: str) -> int:
+    from rich.cells import cell_len
+
+    return max((cell_len(w) for w in text.split()), default=0)
+
+
+def _longest_line(text: str) -> int:
+    from rich.cells import cell_len
+
+    return max((cell_len(line) for line in text.splitlines()), default=0)
+
+
+def _share_out(minimum: list[int], natural: list[int], room: int) -> list[int]:
+    """Column widths from `minimum` up to `natural`, the space `room` shared out."""
+    widths = list(minimum)
+    for _ in range(max(0, room - sum(minimum))):
+        # The next cell of space to the column furthest (relatively) from its natural width.
+        growing = [k for k in range(len(widths)) if widths[k] < natural[k]]
+        if not growing:
+            break
+        widths[min(growing, key=lambda k: widths[k] / natural[k])] += 1
+    return widths
+
+
+class _TerminalTable:
+    """A table laid out for the width it is drawn at.
+
+    A column is never narrower than its longest word (a number is one word), so rich
+    wraps cells at spaces and never cuts or ellipsises a number. While the table does
+    not fit, the columns with a drop rank are taken out, lowest first: stacked as
+    `header: value` lines into the last column when that is a text column, else named
+    under the table. The others share the space left over their minimum widths.
+    """
+
+    def __init__(self, columns: Sequence[Column], rows: Sequence, title=None):
+        self.columns = tuple(columns)
+        self.title = title
+        self.headers = [_terminal_cell(c.short or c.header) for c in self.columns]
+        self.cells = [[_terminal_cell(c.text(row)) for c in self.columns] for row in rows]
+        self.styles = [[c.style(row) if c.style else None for c in self.columns]
+                       for row in rows]
+
+    def _arrange(self, shown: list[int]) -> tuple[list[str], list[list[str]], bool]:
+        taken_out = [i for i in range(len(self.columns)) if i not in shown]
+        stacked = bool(taken_out) and self.columns[shown[-1]].align == "left"
+        cells = []
+        for row in self.cells:
+            cells.append([row[i] for i in shown])
+            if stacked:
+                cells[-1][-1] = "\n".join(
+                    [cells[-1][-1], *(f"{self.headers[i]}: {row[i]}" for i in taken_out)]
+                )
+        return [self.headers[i] for i in shown], cells, stacked
+
+    def _layout(self, width: int):
+        shown = list(range(len(self.columns)))
+        droppable = sorted((c.drop_rank, i) for i, c in enumerate(self.columns)
+                           if c.drop_rank is not None)
+        while True:
+            headers, cells, stacked = self._arrange(shown)
+            texts = [[h, *(row[k] for row in cells)] for k, h in enumerate(headers)]
+            natural = [max(map(_longest_line, col)) for col in texts]
+            minimum = [max(map(_longest_word, col)) for col in texts]
+            room = width - (3 * len(shown) + 1)  # a border and two spaces of padding a column
+            if sum(natural) <= room:
+                return shown, headers, cells, stacked, natural
+            if sum(minimum) <= room or not droppable:
+                return shown, headers, cells, stacked, _share_out(minimum, natural, room)
+            shown.remove(droppable.pop(0)[1])
+
+    def table(self, width: int):
+        """The `rich.table.Table` for a width of `width` cells."""
+        from rich.table import Table
+        from rich.text import Text
+
+        shown, headers, cells, stacked, widths = self._layout(width)
+        left_out = [self.headers[i] for i in range(len(self.columns)) if i not in shown]
+        caption = None
+        if left_out and not stacked:
+            caption = Text(f"not shown at {width} columns: {', '.join(left_out)} (in "
+                           "report.md and report.json; wider: --width)", style="dim")
+        table = Table(title=self.title, caption=caption)
+        for i, header, w in zip(shown, headers, widths, strict=True):
+            table.add_column(header, justify=self.columns[i].align, width=w, overflow="fold")
+        for row, styles in zip(cells, self.styles, strict=True):
+            table.add_row(*(Text(text, style=styles[i] or "")
+                            for i, text in zip(shown, row, strict=True)))
+        return table
+
+    def __rich_console__(self, console, options):
+        yield self.table(options.max_width)
+
+    def __rich_measure__(self, console, options):
+        from rich.measure import Measurement
+
+        return Measurement.get(console, options, self.table(options.max_width))
+
+
+def rich_table(columns: Sequence[Column], rows: Sequence, title: str | None = None):
+    """A rich renderable table (short headers; emphasised cells styled) that fits the
+    width it is printed at: cells wrap at spaces, numbers are never cut, and at narrow
+    widths the columns with a `drop_rank` are left out (and named under the table)."""
+    return _TerminalTable(columns, rows, title)
 
 
 def outcome_table(result, title: str):
@@ -351,11 +455,11 @@ def report_rich(report):
             if rows
             else Text(f"No {spec.subject}: {spec.empty}.")
         )
-    parts.append(Text("\n".join(_findings(report))))
+    parts.append(Text(_terminal_cell("\n".join(_findings(report)))))
     parts.append(
         rich_table(ASSUMPTION_TABLE.columns, _assumption_rows(report), ASSUMPTION_TABLE.title)
     )
-    parts.append(Panel(report.conclusion, title="Conclusion"))
+    parts.append(Panel(_terminal_cell(report.conclusion), title="Conclusion"))
     return Group(*parts)
 
 

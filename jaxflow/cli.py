@@ -59,6 +59,24 @@ def _common_flow_args(p: argparse.ArgumentParser, *, n_default: int, t1_default:
     )
 
 
+def _width_arg(p: argparse.ArgumentParser):
+    p.add_argument(
+        "--width", type=int, default=None, metavar="N",
+        help="draw the report N columns wide (default: the terminal's width, 80 in a pipe); "
+        "narrow tables wrap and stack columns, never cutting a number",
+    )
+
+
+def _console(args):
+    """The stdout console, `--width` columns wide when given."""
+    from rich.console import Console
+
+    width = getattr(args, "width", None)
+    if width is not None and width < 40:
+        raise ValueError(f"--width must be at least 40, got {width}")
+    return Console(width=width)
+
+
 def _parse_params(items: list[str]) -> dict:
     import json
 
@@ -97,13 +115,14 @@ def cmd_problems(args) -> int:
     from rich.table import Table
 
     from . import problems
+    from ._unicode_math import docstring_text
 
     table = Table(title="jaxflow built-in problems")
-    table.add_column("name", style="bold")
-    table.add_column("what it is")
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("what it is", overflow="fold")
     for name in problems.names():
         doc = problems.info(name).strip().split("\n\n")[0].replace("\n", " ")
-        table.add_row(name, doc)
+        table.add_row(name, docstring_text(doc))
     Console().print(table)
     return EXIT_OK
 
@@ -113,13 +132,12 @@ def cmd_flow(args) -> int:
     import diffrax
     import jax
     import jax.numpy as jnp
-    from rich.console import Console
 
     from . import problems
     from ._flow import flow
     from ._render import outcome_table
 
-    console = Console()
+    console = _console(args)
     problem = problems.get(args.problem, **_parse_params(args.param))
     if args.n <= 0:
         raise ValueError(f"--n must be positive, got {args.n}")
@@ -263,7 +281,7 @@ def cmd_scan(args) -> int:
         # Two chunks in flight per worker thread of the cluster keep every thread busy.
         max_in_flight = max(2, 2 * sum(client.nthreads().values()))
         devices = None
-    console = Console()
+    console = _console(args)
     err_console = Console(stderr=True)
     try:
         with _ScanProgressBar(err_console, enabled=not args.quiet) as bar:
@@ -320,7 +338,7 @@ def cmd_report(args) -> int:
         except Exception:
             problem = None
     res = load(args.out, problem=problem if args.problem is not None else None)
-    console = Console()
+    console = _console(args)
     if args.json:
         print(res.report.to_json())
     else:
@@ -357,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_problems)
     p = sub.add_parser("flow", help="integrate the flow from random starts, print outcomes")
     _common_flow_args(p, n_default=10000, t1_default=2e4)
+    _width_arg(p)
     p.set_defaults(func=cmd_flow)
 
     p = sub.add_parser(
@@ -388,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not use the persistent compilation cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    _width_arg(p)
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser(
@@ -410,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="parameter of --problem (repeatable)")
+    _width_arg(p)
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -1,6 +1,11 @@
+import re
 import subprocess
 import sys
 
+import pytest
+
+from jaxflow import problems
+from jaxflow._unicode_math import docstring_text, unicode_math
 from jaxflow.cli import main
 
 
@@ -13,7 +18,30 @@ def test_flow_command_prints_outcome_table(capsys):
 
 def test_problems_command_lists_builtins(capsys):
     assert main(["problems"]) == 0
-    assert "matrix-completion" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "matrix-completion" in out
+    # Descriptions are rendered for the terminal: no LaTeX left.
+    assert re.search(r"\\[A-Za-z|,]", out) is None and "$" not in out
+    assert "L̃(θ, a, b)" in out and "½‖W_L" in out
+
+
+@pytest.mark.parametrize("latex, text", [
+    (r"\tilde L(\theta) = L(\theta)(1 + (a e^b - 1)^2) + \lambda a^2",
+     "L̃(θ) = L(θ)(1 + (a eᵇ - 1)²) + λ a²"),
+    (r"\tfrac12\|W_L\cdots W_1 X - Y\|_F^2", "½‖W_L⋯ W₁ X - Y‖_F²"),
+    (r"\frac{1}{2m}\sum_i (\langle A_i, XY^T\rangle_F - b_i)^2", "1/(2m)Σᵢ (⟨Aᵢ, XYᵀ⟩_F - bᵢ)²"),
+    (r"w_{L-1}, M_{ij} \ne 0, x \le y, \mathbb R, \operatorname{rank} M",
+     "w_(L-1), Mᵢⱼ ≠ 0, x ≤ y, ℝ, rank M"),
+    (r"\unknown{x}", "unknownx"),
+])
+def test_unicode_math(latex, text):
+    assert unicode_math(latex) == text
+
+
+def test_every_problem_docstring_renders_without_latex():
+    for name in problems.names():
+        text = docstring_text(problems.info(name))
+        assert re.search(r"\\[A-Za-z|,]", text) is None and "$" not in text, name
 
 
 def test_bad_input_exit_code_and_message():

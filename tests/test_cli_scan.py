@@ -181,3 +181,41 @@ def test_default_out_and_exit_code_from_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("jaxflow: error: unknown problem 'no-such-problem'")
     assert not (tmp_path / "jaxflow-out").exists()
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_report_fits_the_width_and_never_cuts_a_number(scanned, tmp_path, capsys, width):
+    to = tmp_path / "report"
+    argv = ["report", str(scanned), "--no-plots", "--to", str(to), "--width", str(width)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    report = json.loads((to / "report.json").read_text(encoding="utf-8"))
+    # The tables fit (only the closing "wrote ..." line is a soft-wrapped path list) ...
+    assert all(len(line) <= width for line in out.splitlines() if not line.startswith("wrote"))
+    # ... and nothing is ellipsised: every number of the JSON report is printed whole.
+    assert "…" not in out
+
+    def pct(p):
+        return f"{100 * p:.2f}%"
+
+    numbers = []
+    for row in report["statuses"]:
+        numbers += [str(row["count"]), pct(row["fraction"]), *map(pct, row["interval"])]
+    for cv in report["critical_values"]:
+        numbers += [f"{cv['value']:.6g}", str(cv["count"]), pct(cv["fraction"]),
+                    *(f"{e:.3g}" for e in cv["eigenvalues"]), *(f"{x:.3g}" for x in cv["point"])]
+    for vi in report["values_at_infinity"]:
+        numbers += [f"{vi['value']:.6g}", str(vi["count"]), f"{vi['growth_exponent']:.3g}",
+                    f"{vi['norm']:.4g}"]
+    assert report["critical_values"] and report["values_at_infinity"]
+    missing = [s for s in numbers if s not in out]
+    assert not missing, (width, missing)
+
+
+def test_width_option_on_scan_and_bad_width(scanned, capsys):
+    assert main(["scan", "matrix-completion", *ARGS, "--out", str(scanned), "--width", "100"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()[:-1]) > 80  # the wide tables
+    assert all(len(line) <= 100 for line in out.splitlines()[:-1])
+    assert main(["report", str(scanned), "--no-plots", "--width", "10"]) == cli.EXIT_USAGE
+    assert "--width must be at least 40" in capsys.readouterr().err

@@ -107,7 +107,14 @@ class ScanResult:
         return self.table.num_rows
 
     def to_pandas(self):
-        """The table as a pandas DataFrame."""
+        """The table as a pandas DataFrame (needs pandas: `pip install 'jaxflow[pandas]'`)."""
+        try:
+            import pandas  # noqa: F401  (pyarrow imports it lazily; fail here, and say how to fix)
+        except ImportError:
+            raise ModuleNotFoundError(
+                "ScanResult.to_pandas() needs pandas: pip install 'jaxflow[pandas]' "
+                "(or pip install pandas); ScanResult.table is the same table in pyarrow"
+            ) from None
         return self.table.to_pandas()
 
     def column(self, name: str) -> np.ndarray:
