@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from . import _html
 from ._files import write_bytes
 from ._json import dumps, jsonable
-from ._plots import write_plots
+from ._plots import plot_images, write_plots
 from ._stats import status_rows
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
     "report_json",
     "report_markdown",
     "report_rich",
+    "report_html",
+    "FIGURE_CAPTIONS",
     "write_report",
 ]
 
@@ -497,19 +500,89 @@ def report_json(report, **kwargs) -> str:
     return dumps(report_dict(report), **kwargs)
 
 
+# The figures of a scan (`jaxflow._plots.plot_images`), in the order the page shows them.
+FIGURE_CAPTIONS = {
+    "final_f_by_status.png": "Final value f(x(t₁)) by status (log count axis).",
+    "norm_vs_t_escaping.png": "‖x(t)‖ against t (log–log) for the escaping trajectories of "
+    "the saved subsample, with the fitted t^α.",
+    "phase_portrait.png": "Level sets of f, the direction field −v(x) and the saved "
+    "trajectories, coloured by status.",
+}
+
+
+def _run_items(report) -> list[tuple[str, object]]:
+    items = []
+    for key, value in (report.problem or {}).items():
+        if key not in ("name",) and value not in (None, "", {}, []):
+            items.append((f"problem.{key}", value))
+    items += [(key, value) for key, value in (report.meta or {}).items()
+              if value not in (None, "", {}, [])]
+    return items
+
+
+def report_html(report, images: Mapping[str, bytes] | None = None) -> str:
+    """The report as one self-contained HTML page (`Report.to_html`).
+
+    The same tables as `report_markdown` (drawn from the same column specs) with the
+    findings, the Assumption 3.1 verdicts, the conclusion, the run's settings and the
+    figures in `images` (file name → PNG bytes, `jaxflow._plots.plot_images`) inlined
+    as data URIs. Styles are inline too: the page loads nothing. Every string is escaped.
+    """
+    name = (report.problem.get("name") if report.problem else None) or "problem"
+    sections: dict[str, tuple[str, str]] = {}
+    sections["statuses"] = (
+        "Statuses", _html.table(STATUS_TABLE.columns, report.statuses)
+    )
+    for sid, heading, spec, rows in (
+        ("critical-values", "Critical values", CRITICAL_VALUE_TABLE, report.critical_values),
+        ("values-at-infinity", "Values at infinity", VALUE_AT_INFINITY_TABLE,
+         report.values_at_infinity),
+    ):
+        sections[sid] = (
+            heading,
+            _html.table(spec.columns, rows, caption=spec.title) if rows
+            else _html.element("p", _html.text(f"None: {spec.empty}."), class_="empty"),
+        )
+    findings = "".join(_html.element("li", _html.text(line.removeprefix("- ")))
+                       for line in _findings(report))
+    sections["findings"] = ("Findings", _html.element("ul", findings, class_="findings"))
+    sections["assumptions"] = (
+        "Theorem 1.2: Assumption 3.1",
+        _html.table(ASSUMPTION_TABLE.columns, _assumption_rows(report)),
+    )
+    sections["conclusion"] = (
+        "Conclusion", _html.element("p", _html.text(report.conclusion), class_="conclusion")
+    )
+    if images:
+        ordered = [k for k in FIGURE_CAPTIONS if k in images]
+        ordered += [k for k in images if k not in FIGURE_CAPTIONS]
+        sections["figures"] = (
+            "Figures",
+            "".join(_html.figure(k, images[k], FIGURE_CAPTIONS.get(k, k)) for k in ordered),
+        )
+    sections["run"] = ("Run", _html.definition_list(_run_items(report)))
+    return _html.document(
+        f"jaxflow report: {name}", report.evidence,
+        sections, footer="Evidence from sampling, not a proof (Josz & Li 2023, Theorem 1.2).",
+    )
+
+
 def write_report(report, directory, *, plots: bool = True, result=None,
                  problem=None) -> list[Path]:
-    """Writes `report.md`, `report.json` and (with `plots` and a scan `result`) the PNG
-    figures of `jaxflow._plots.write_plots` into `directory`; returns the paths written.
+    """Writes `report.md`, `report.json`, `index.html` and (with `plots` and a scan
+    `result`) the PNG figures of `jaxflow._plots.plot_images` into `directory`; returns
+    the paths written. `index.html` is one self-contained page with the figures inlined.
 
     Every file is written atomically and never through a symbolic link inside
     `directory` (`jaxflow._files.write_bytes`; a link raises `UnsafePathError`).
     """
     directory = Path(directory)
+    images = plot_images(result, problem=problem) if plots and result is not None else {}
     written = [
         write_bytes(directory, "report.md", report_markdown(report).encode("utf-8")),
         write_bytes(directory, "report.json", (report_json(report) + "\n").encode("utf-8")),
+        write_bytes(directory, "index.html", report_html(report, images).encode("utf-8")),
     ]
-    if plots and result is not None:
-        written += write_plots(result, directory, problem=problem)
+    if images:
+        written += write_plots(result, directory, images=images)
     return written
