@@ -101,8 +101,10 @@ ul.findings li { margin: .2rem 0; }
 .conclusion { background: #fff; border-left: 4px solid #37474f; padding: .8rem 1rem;
               box-shadow: 0 1px 2px rgba(0,0,0,.06); }
 .empty { color: #6e7781; font-style: italic; }
-figure { display: inline-block; margin: .5rem 1rem 1rem 0; background: #fff;
-         padding: .5rem; box-shadow: 0 1px 2px rgba(0,0,0,.08); vertical-align: top; }
+.figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr));
+           gap: 1rem; align-items: start; }
+figure { margin: 0; background: #fff; padding: .5rem;
+         box-shadow: 0 1px 2px rgba(0,0,0,.08); }
 figure img { max-width: 100%; height: auto; display: block; }
 figcaption { font-size: .85rem; color: #57606a; margin-top: .3rem; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1rem;

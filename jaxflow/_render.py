@@ -21,8 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from . import _html
 from ._files import write_bytes
+from ._html import definition_list as html_definition_list
+from ._html import document as html_document
+from ._html import element as html_element
+from ._html import figure as html_figure
+from ._html import table as html_table
+from ._html import text as html_text
 from ._json import dumps, jsonable
 from ._plots import plot_images, write_plots
 from ._stats import status_rows
@@ -531,7 +536,7 @@ def report_html(report, images: Mapping[str, bytes] | None = None) -> str:
     name = (report.problem.get("name") if report.problem else None) or "problem"
     sections: dict[str, tuple[str, str]] = {}
     sections["statuses"] = (
-        "Statuses", _html.table(STATUS_TABLE.columns, report.statuses)
+        "Statuses", html_table(STATUS_TABLE.columns, report.statuses)
     )
     for sid, heading, spec, rows in (
         ("critical-values", "Critical values", CRITICAL_VALUE_TABLE, report.critical_values),
@@ -540,28 +545,29 @@ def report_html(report, images: Mapping[str, bytes] | None = None) -> str:
     ):
         sections[sid] = (
             heading,
-            _html.table(spec.columns, rows, caption=spec.title) if rows
-            else _html.element("p", _html.text(f"None: {spec.empty}."), class_="empty"),
+            html_table(spec.columns, rows, caption=spec.title) if rows
+            else html_element("p", html_text(f"None: {spec.empty}."), class_="empty"),
         )
-    findings = "".join(_html.element("li", _html.text(line.removeprefix("- ")))
+    findings = "".join(html_element("li", html_text(line.removeprefix("- ")))
                        for line in _findings(report))
-    sections["findings"] = ("Findings", _html.element("ul", findings, class_="findings"))
+    sections["findings"] = ("Findings", html_element("ul", findings, class_="findings"))
     sections["assumptions"] = (
         "Theorem 1.2: Assumption 3.1",
-        _html.table(ASSUMPTION_TABLE.columns, _assumption_rows(report)),
+        html_table(ASSUMPTION_TABLE.columns, _assumption_rows(report)),
     )
     sections["conclusion"] = (
-        "Conclusion", _html.element("p", _html.text(report.conclusion), class_="conclusion")
+        "Conclusion", html_element("p", html_text(report.conclusion), class_="conclusion")
     )
     if images:
         ordered = [k for k in FIGURE_CAPTIONS if k in images]
         ordered += [k for k in images if k not in FIGURE_CAPTIONS]
         sections["figures"] = (
             "Figures",
-            "".join(_html.figure(k, images[k], FIGURE_CAPTIONS.get(k, k)) for k in ordered),
+            html_element("div", "".join(html_figure(k, images[k], FIGURE_CAPTIONS.get(k, k))
+                                         for k in ordered), class_="figures"),
         )
-    sections["run"] = ("Run", _html.definition_list(_run_items(report)))
-    return _html.document(
+    sections["run"] = ("Run", html_definition_list(_run_items(report)))
+    return html_document(
         f"jaxflow report: {name}", report.evidence,
         sections, footer="Evidence from sampling, not a proof (Josz & Li 2023, Theorem 1.2).",
     )
