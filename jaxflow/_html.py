@@ -15,7 +15,8 @@ import html
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["text", "element", "table", "figure", "definition_list", "document", "STYLE"]
+__all__ = ["text", "element", "table", "figure", "definition_list", "document", "fragment",
+           "STYLE"]
 
 
 def text(value) -> str:
@@ -77,60 +78,77 @@ def definition_list(items: Iterable[tuple[str, object]]) -> str:
 
 
 STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
-       color: #1b1f24; background: #fafafa; line-height: 1.45; }
-main { max-width: 1100px; margin: 0 auto; padding: 1.5rem 2rem 3rem; }
-header { background: #37474f; color: #fff; padding: 1.2rem 2rem; }
-header h1 { margin: 0; font-size: 1.45rem; font-weight: 600; }
-header p { margin: .3rem 0 0; opacity: .85; }
-h2 { font-size: 1.2rem; margin: 2rem 0 .6rem; border-bottom: 1px solid #d0d7de;
-     padding-bottom: .25rem; }
-section { margin-bottom: 1rem; }
-table { border-collapse: collapse; margin: .4rem 0 1rem; background: #fff;
-        font-size: .92rem; box-shadow: 0 1px 2px rgba(0,0,0,.06); }
-caption { text-align: left; font-weight: 600; padding: .3rem 0; }
-th, td { border: 1px solid #d0d7de; padding: .35rem .7rem; text-align: left;
-         vertical-align: top; }
-th { background: #eef1f4; font-weight: 600; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.verdict-green { color: #116329; font-weight: 600; }
-td.verdict-red { color: #b3261e; font-weight: 600; }
-td.verdict-yellow { color: #8a5a00; font-weight: 600; }
-td.verdict-dim { color: #6e7781; }
-ul.findings li { margin: .2rem 0; }
-.conclusion { background: #fff; border-left: 4px solid #37474f; padding: .8rem 1rem;
-              box-shadow: 0 1px 2px rgba(0,0,0,.06); }
-.empty { color: #6e7781; font-style: italic; }
-.figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr));
-           gap: 1rem; align-items: start; }
-figure { margin: 0; background: #fff; padding: .5rem;
-         box-shadow: 0 1px 2px rgba(0,0,0,.08); }
-figure img { max-width: 100%; height: auto; display: block; }
-figcaption { font-size: .85rem; color: #57606a; margin-top: .3rem; }
-dl { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1rem;
-     font-size: .9rem; }
-dt { color: #57606a; }
-dd { margin: 0; font-family: ui-monospace, SFMono-Regular, Menlo, monospace;
-     word-break: break-all; }
-footer { color: #6e7781; font-size: .8rem; margin-top: 2rem; }
+.jaxflow-report { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+    margin: 0; color: #1b1f24; background: #fafafa; line-height: 1.45; }
+.jaxflow-report main { max-width: 1100px; margin: 0 auto; padding: 1.5rem 2rem 3rem; }
+.jaxflow-report header { background: #37474f; color: #fff; padding: 1.2rem 2rem; }
+.jaxflow-report header h1 { margin: 0; font-size: 1.45rem; font-weight: 600; }
+.jaxflow-report header p { margin: .3rem 0 0; opacity: .85; }
+.jaxflow-report h2 { font-size: 1.2rem; margin: 2rem 0 .6rem; border-bottom: 1px solid #d0d7de;
+    padding-bottom: .25rem; }
+.jaxflow-report section { margin-bottom: 1rem; }
+.jaxflow-report table { border-collapse: collapse; margin: .4rem 0 1rem; background: #fff;
+    font-size: .92rem; box-shadow: 0 1px 2px rgba(0,0,0,.06); }
+.jaxflow-report caption { text-align: left; font-weight: 600; padding: .3rem 0; }
+.jaxflow-report th, .jaxflow-report td { border: 1px solid #d0d7de; padding: .35rem .7rem;
+    text-align: left; vertical-align: top; }
+.jaxflow-report th { background: #eef1f4; font-weight: 600; }
+.jaxflow-report td.num, .jaxflow-report th.num { text-align: right;
+    font-variant-numeric: tabular-nums; white-space: nowrap; }
+.jaxflow-report td.verdict-green { color: #116329; font-weight: 600; }
+.jaxflow-report td.verdict-red { color: #b3261e; font-weight: 600; }
+.jaxflow-report td.verdict-yellow { color: #8a5a00; font-weight: 600; }
+.jaxflow-report td.verdict-dim { color: #6e7781; }
+.jaxflow-report ul.findings li { margin: .2rem 0; }
+.jaxflow-report .conclusion { background: #fff; border-left: 4px solid #37474f;
+    padding: .8rem 1rem; box-shadow: 0 1px 2px rgba(0,0,0,.06); }
+.jaxflow-report .empty { color: #6e7781; font-style: italic; }
+.jaxflow-report .figures { display: grid;
+    grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 1rem; align-items: start; }
+.jaxflow-report figure { margin: 0; background: #fff; padding: .5rem;
+    box-shadow: 0 1px 2px rgba(0,0,0,.08); }
+.jaxflow-report figure img { max-width: 100%; height: auto; display: block; }
+.jaxflow-report figcaption { font-size: .85rem; color: #57606a; margin-top: .3rem; }
+.jaxflow-report dl { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1rem;
+    font-size: .9rem; }
+.jaxflow-report dt { color: #57606a; }
+.jaxflow-report dd { margin: 0; font-family: ui-monospace, SFMono-Regular, Menlo, monospace;
+    word-break: break-all; }
+.jaxflow-report footer { color: #6e7781; font-size: .8rem; margin-top: 2rem; }
+body { margin: 0; }
 """
+
+
+def _content(title: str, subtitle: str, sections: Mapping[str, tuple[str, str]],
+             footer: str) -> str:
+    body = "".join(
+        element("section", element("h2", text(heading)) + content, id=sid)
+        for sid, (heading, content) in sections.items()
+    )
+    return (
+        element("header", element("h1", text(title)) + element("p", text(subtitle)))
+        + element("main", body + (element("footer", text(footer)) if footer else ""))
+    )
 
 
 def document(title: str, subtitle: str, sections: Mapping[str, tuple[str, str]],
              *, footer: str = "") -> str:
     """A complete HTML page: `title` and `subtitle` (plain text, escaped) in the header,
     then one `<section id=...>` per entry `id: (heading, html)` of `sections`."""
-    body = "".join(
-        element("section", element("h2", text(heading)) + content, id=sid)
-        for sid, (heading, content) in sections.items()
-    )
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{text(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-        + element("header", element("h1", text(title)) + element("p", text(subtitle)))
-        + "\n"
-        + element("main", body + (element("footer", text(footer)) if footer else ""))
+        + element("div", _content(title, subtitle, sections, footer), class_="jaxflow-report")
         + "\n</body>\n</html>\n"
     )
+
+
+def fragment(title: str, subtitle: str, sections: Mapping[str, tuple[str, str]],
+             *, footer: str = "") -> str:
+    """The same content as `document` as one `<div>` (for a notebook cell): its styles
+    apply only inside the div, so they never restyle the page around it."""
+    styles = element("style", STYLE.replace("\nbody { margin: 0; }", ""))
+    return element("div", styles + _content(title, subtitle, sections, footer),
+                   class_="jaxflow-report")

@@ -26,6 +26,7 @@ from ._html import definition_list as html_definition_list
 from ._html import document as html_document
 from ._html import element as html_element
 from ._html import figure as html_figure
+from ._html import fragment as html_fragment
 from ._html import table as html_table
 from ._html import text as html_text
 from ._json import dumps, jsonable
@@ -525,8 +526,10 @@ def _run_items(report) -> list[tuple[str, object]]:
     return items
 
 
-def report_html(report, images: Mapping[str, bytes] | None = None) -> str:
-    """The report as one self-contained HTML page (`Report.to_html`).
+def report_html(report, images: Mapping[str, bytes] | None = None, *,
+                fragment: bool = False) -> str:
+    """The report as one self-contained HTML page (`Report.to_html`), or with
+    `fragment=True` as one `<div>` whose styles apply only inside it (for notebooks).
 
     The same tables as `report_markdown` (drawn from the same column specs) with the
     findings, the Assumption 3.1 verdicts, the conclusion, the run's settings and the
@@ -567,7 +570,8 @@ def report_html(report, images: Mapping[str, bytes] | None = None) -> str:
                                          for k in ordered), class_="figures"),
         )
     sections["run"] = ("Run", html_definition_list(_run_items(report)))
-    return html_document(
+    build = html_fragment if fragment else html_document
+    return build(
         f"jaxflow report: {name}", report.evidence,
         sections, footer="Evidence from sampling, not a proof (Josz & Li 2023, Theorem 1.2).",
     )

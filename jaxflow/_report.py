@@ -330,8 +330,9 @@ class Report:
         return report_html(self, images)
 
     def _repr_html_(self) -> str:
-        # Jupyter shows a report as its HTML page (without figures: those need the scan).
-        return report_html(self)
+        # Jupyter shows a report as its HTML page (without figures: those need the scan),
+        # as a <div> whose styles are scoped to it, so the notebook's own are untouched.
+        return report_html(self, fragment=True)
 
     def write(self, directory, *, plots: bool = True, result=None, problem=None) -> list[Path]:
         """Writes what `jaxflow report` writes into `directory`; returns the paths.

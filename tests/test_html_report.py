@@ -8,6 +8,7 @@ beside it, nothing loaded from anywhere, and strings from a store escaped.
 import base64
 import dataclasses
 import html.parser
+import re
 
 import numpy as np
 import pytest
@@ -147,7 +148,17 @@ def test_to_html_sections_tables_and_notebook_repr():
     assert page.images == []
     _check_tables(page, r)
     assert "contradicted" in page.text and "matrix-completion" in page.text
-    assert r._repr_html_() == r.to_html()
+
+    # A notebook shows a <div> with the same sections, its styles scoped to the div so the
+    # notebook's own page is not restyled.
+    cell = r._repr_html_()
+    assert cell.startswith('<div class="jaxflow-report">') and cell.endswith("</div>")
+    cell_page = _parse(cell)
+    assert cell_page.sections == SECTIONS and cell_page.tables == page.tables
+    assert {"html", "head", "body"}.isdisjoint(cell_page.tags)
+    css = re.search(r"<style>(.*?)</style>", cell, re.S).group(1)
+    selectors = [sel.strip() for rule in re.findall(r"([^{}]+)\{", css) for sel in rule.split(",")]
+    assert selectors and all(sel.startswith(".jaxflow-report") for sel in selectors), selectors
 
 
 @pytest.mark.parametrize(
