@@ -111,12 +111,17 @@ def _check_tables(page: _Page, report):
         assert table[1:] == [[c.text(r) for c in spec.columns] for r in rows], spec.title
 
 
-def test_report_command_writes_a_self_contained_index_html(tmp_path):
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory):
     # A 2-D problem, so that all three figures are drawn (the phase portrait included).
-    out = tmp_path / "scan"
+    out = tmp_path_factory.mktemp("html") / "scan"
     res = jf.scan("sigmoid-two-points", 128, out=out, t1=300.0, chunk_size=64, seed=0,
-                  dtype="float64",
-                  save_trajectories=32)
+                  dtype="float64", save_trajectories=32)
+    return out, res
+
+
+def test_report_command_writes_a_self_contained_index_html(scanned):
+    out, res = scanned
     assert main(["report", str(out)]) == 0
     index = out / "report" / "index.html"
     page = _parse(index.read_text(encoding="utf-8"))
@@ -176,3 +181,19 @@ def test_names_and_strings_are_escaped(name):
     visible = name.replace("\x1b", "U+001B").replace("\x07", "U+0007")
     assert f"jaxflow report: {visible}" in page.text  # shown literally, as text
     assert "</style><script>s()</script>" in page.text
+
+
+def test_index_html_is_never_written_through_a_link(scanned, tmp_path):
+    out, _ = scanned
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (out / "report").mkdir(exist_ok=True)
+    link = out / "report" / "index.html"
+    if link.exists() or link.is_symlink():
+        link.unlink()
+    link.symlink_to(victim)
+    try:
+        assert main(["report", str(out)]) == 5  # UnsafePathError, before anything is written
+        assert victim.read_text() == "keep me"
+    finally:
+        link.unlink()
