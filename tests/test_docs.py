@@ -147,8 +147,10 @@ def test_runnable_examples_run(tmp_path):
         assert page in pages, page
     (tmp_path / "pages.json").write_text(json.dumps(pages))
     (tmp_path / "runner.py").write_text(_RUNNER)
+    # Scans in the examples keep their compilation cache here, not in the user's cache dir.
+    env = dict(_env(), JAXFLOW_COMPILATION_CACHE=str(tmp_path / "xla-cache"))
     proc = subprocess.run(
-        [sys.executable, "runner.py", "pages.json"], cwd=tmp_path, env=_env(),
+        [sys.executable, "runner.py", "pages.json"], cwd=tmp_path, env=env,
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
