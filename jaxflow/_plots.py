@@ -22,7 +22,7 @@ from ._files import write_bytes
 from ._schema import arrow_columns, checkpoint_states, start_points
 from ._status import Status
 
-__all__ = ["final_values", "escaping_norms", "phase_portrait", "write_plots"]
+__all__ = ["final_values", "escaping_norms", "phase_portrait", "plot_images", "write_plots"]
 
 # One colour per status, stable across figures (colour-blind friendly Okabe–Ito).
 STATUS_COLOURS = {
@@ -221,29 +221,28 @@ def phase_portrait(problem, trajectories: Mapping[str, np.ndarray], meta: Mappin
     return ax
 
 
-def _save(plt, fig, directory: Path, name: str) -> Path:
-    # Rendered in memory, then written atomically without following links
-    # (`jaxflow._files`): a planted symlink never redirects a figure.
+def _png(plt, fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130)
     plt.close(fig)
-    return write_bytes(directory, name, buf.getvalue())
+    return buf.getvalue()
 
 
-def write_plots(result, directory, *, problem=None) -> list[Path]:
-    """Writes the PNG figures of a `ScanResult` into `directory`; returns their paths."""
+def plot_images(result, *, problem=None) -> dict[str, bytes]:
+    """The PNG figures of a `ScanResult`, by file name (what `write_plots` writes and the
+    HTML report inlines): `final_f_by_status.png`, and with saved trajectories
+    `norm_vs_t_escaping.png` and, for 2-D problems, `phase_portrait.png`."""
     plt = _plt()
-    directory = Path(directory)
     sp = result.spec
     meta = {"problem": sp["problem"]["name"], "n": len(result), "t1": float(sp["flow"]["t1"])}
     table = {k: result.column(k) for k in ("f", "status", "growth_exponent")
              if k in result.table.column_names}
-    written = []
+    images = {}
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     final_values(table, meta, ax=ax)
     fig.tight_layout()
-    written.append(_save(plt, fig, directory, "final_f_by_status.png"))
+    images["final_f_by_status.png"] = _png(plt, fig)
 
     traj = result.trajectories
     if traj is not None and traj.num_rows:
@@ -251,10 +250,22 @@ def write_plots(result, directory, *, problem=None) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         escaping_norms(tcols, result.checkpoint_times, meta, table=table, ax=ax)
         fig.tight_layout()
-        written.append(_save(plt, fig, directory, "norm_vs_t_escaping.png"))
+        images["norm_vs_t_escaping.png"] = _png(plt, fig)
         if sp["problem"]["dim"] == 2:
             fig, ax = plt.subplots(figsize=(6.5, 6.0))
             phase_portrait(problem, tcols, meta, ax=ax)
             fig.tight_layout()
-            written.append(_save(plt, fig, directory, "phase_portrait.png"))
-    return written
+            images["phase_portrait.png"] = _png(plt, fig)
+    return images
+
+
+def write_plots(result, directory, *, problem=None, images=None) -> list[Path]:
+    """Writes the PNG figures of a `ScanResult` into `directory`; returns their paths.
+
+    Rendered in memory (`plot_images`, or the given `images`), then written atomically
+    without following links (`jaxflow._files`): a planted symlink never redirects a figure.
+    """
+    if images is None:
+        images = plot_images(result, problem=problem)
+    directory = Path(directory)
+    return [write_bytes(directory, name, data) for name, data in images.items()]

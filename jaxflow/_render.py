@@ -22,8 +22,15 @@ from typing import Any
 import numpy as np
 
 from ._files import write_bytes
+from ._html import definition_list as html_definition_list
+from ._html import document as html_document
+from ._html import element as html_element
+from ._html import figure as html_figure
+from ._html import fragment as html_fragment
+from ._html import table as html_table
+from ._html import text as html_text
 from ._json import dumps, jsonable
-from ._plots import write_plots
+from ._plots import plot_images, write_plots
 from ._stats import status_rows
 
 __all__ = [
@@ -48,6 +55,8 @@ __all__ = [
     "report_json",
     "report_markdown",
     "report_rich",
+    "report_html",
+    "FIGURE_CAPTIONS",
     "write_report",
 ]
 
@@ -497,19 +506,93 @@ def report_json(report, **kwargs) -> str:
     return dumps(report_dict(report), **kwargs)
 
 
+# The figures of a scan (`jaxflow._plots.plot_images`), in the order the page shows them.
+FIGURE_CAPTIONS = {
+    "final_f_by_status.png": "Final value f(x(t₁)) by status (log count axis).",
+    "norm_vs_t_escaping.png": "‖x(t)‖ against t (log–log) for the escaping trajectories of "
+    "the saved subsample, with the fitted t^α.",
+    "phase_portrait.png": "Level sets of f, the direction field −v(x) and the saved "
+    "trajectories, coloured by status.",
+}
+
+
+def _run_items(report) -> list[tuple[str, object]]:
+    items = []
+    for key, value in (report.problem or {}).items():
+        if key not in ("name",) and value not in (None, "", {}, []):
+            items.append((f"problem.{key}", value))
+    items += [(key, value) for key, value in (report.meta or {}).items()
+              if value not in (None, "", {}, [])]
+    return items
+
+
+def report_html(report, images: Mapping[str, bytes] | None = None, *,
+                fragment: bool = False) -> str:
+    """The report as one self-contained HTML page (`Report.to_html`), or with
+    `fragment=True` as one `<div>` whose styles apply only inside it (for notebooks).
+
+    The same tables as `report_markdown` (drawn from the same column specs) with the
+    findings, the Assumption 3.1 verdicts, the conclusion, the run's settings and the
+    figures in `images` (file name → PNG bytes, `jaxflow._plots.plot_images`) inlined
+    as data URIs. Styles are inline too: the page loads nothing. Every string is escaped.
+    """
+    name = (report.problem.get("name") if report.problem else None) or "problem"
+    sections: dict[str, tuple[str, str]] = {}
+    sections["statuses"] = (
+        "Statuses", html_table(STATUS_TABLE.columns, report.statuses)
+    )
+    for sid, heading, spec, rows in (
+        ("critical-values", "Critical values", CRITICAL_VALUE_TABLE, report.critical_values),
+        ("values-at-infinity", "Values at infinity", VALUE_AT_INFINITY_TABLE,
+         report.values_at_infinity),
+    ):
+        sections[sid] = (
+            heading,
+            html_table(spec.columns, rows, caption=spec.title) if rows
+            else html_element("p", html_text(f"None: {spec.empty}."), class_="empty"),
+        )
+    findings = "".join(html_element("li", html_text(line.removeprefix("- ")))
+                       for line in _findings(report))
+    sections["findings"] = ("Findings", html_element("ul", findings, class_="findings"))
+    sections["assumptions"] = (
+        "Theorem 1.2: Assumption 3.1",
+        html_table(ASSUMPTION_TABLE.columns, _assumption_rows(report)),
+    )
+    sections["conclusion"] = (
+        "Conclusion", html_element("p", html_text(report.conclusion), class_="conclusion")
+    )
+    if images:
+        ordered = [k for k in FIGURE_CAPTIONS if k in images]
+        ordered += [k for k in images if k not in FIGURE_CAPTIONS]
+        sections["figures"] = (
+            "Figures",
+            html_element("div", "".join(html_figure(k, images[k], FIGURE_CAPTIONS.get(k, k))
+                                         for k in ordered), class_="figures"),
+        )
+    sections["run"] = ("Run", html_definition_list(_run_items(report)))
+    build = html_fragment if fragment else html_document
+    return build(
+        f"jaxflow report: {name}", report.evidence,
+        sections, footer="Evidence from sampling, not a proof (Josz & Li 2023, Theorem 1.2).",
+    )
+
+
 def write_report(report, directory, *, plots: bool = True, result=None,
                  problem=None) -> list[Path]:
-    """Writes `report.md`, `report.json` and (with `plots` and a scan `result`) the PNG
-    figures of `jaxflow._plots.write_plots` into `directory`; returns the paths written.
+    """Writes `report.md`, `report.json`, `index.html` and (with `plots` and a scan
+    `result`) the PNG figures of `jaxflow._plots.plot_images` into `directory`; returns
+    the paths written. `index.html` is one self-contained page with the figures inlined.
 
     Every file is written atomically and never through a symbolic link inside
     `directory` (`jaxflow._files.write_bytes`; a link raises `UnsafePathError`).
     """
     directory = Path(directory)
+    images = plot_images(result, problem=problem) if plots and result is not None else {}
     written = [
         write_bytes(directory, "report.md", report_markdown(report).encode("utf-8")),
         write_bytes(directory, "report.json", (report_json(report) + "\n").encode("utf-8")),
+        write_bytes(directory, "index.html", report_html(report, images).encode("utf-8")),
     ]
-    if plots and result is not None:
-        written += write_plots(result, directory, problem=problem)
+    if images:
+        written += write_plots(result, directory, images=images)
     return written

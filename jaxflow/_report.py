@@ -41,6 +41,7 @@ from ._render import (
     format_percent,
     format_value,
     report_dict,
+    report_html,
     report_json,
     report_markdown,
     report_rich,
@@ -107,8 +108,8 @@ class Report:
 
     Build it with `Report.from_flow(problem, result)` or, from stored columns,
     `Report.from_table(problem, table, meta=...)`. Render with `to_rich()`,
-    `to_markdown()`, `to_dict()` or `to_json()` (all in `jaxflow._render`); write the
-    files of `jaxflow report` with `write(directory)`.
+    `to_markdown()`, `to_html()`, `to_dict()` or `to_json()` (all in `jaxflow._render`);
+    write the files of `jaxflow report` with `write(directory)`.
     """
 
     problem: dict
@@ -310,6 +311,29 @@ class Report:
     def __rich__(self):
         return self.to_rich()
 
+    def to_html(self, *, result=None, problem=None) -> str:
+        """The report as one self-contained HTML page (what `jaxflow report` writes as
+        `index.html`): the status table, critical values, values at infinity, the
+        Assumption 3.1 verdicts, the conclusion and the run's settings.
+
+        **Arguments:**
+
+        - `result`: the `jaxflow.ScanResult` the report comes from; its figures are
+          then inlined as PNG data URIs (without it the page has no figures).
+        - `problem`: the `jaxflow.Problem`, for the level sets of a 2-D phase portrait.
+
+        Styles are inline and every string is HTML-escaped: the page loads nothing.
+        """
+        from ._plots import plot_images
+
+        images = plot_images(result, problem=problem) if result is not None else None
+        return report_html(self, images)
+
+    def _repr_html_(self) -> str:
+        # Jupyter shows a report as its HTML page (without figures: those need the scan),
+        # as a <div> whose styles are scoped to it, so the notebook's own are untouched.
+        return report_html(self, fragment=True)
+
     def write(self, directory, *, plots: bool = True, result=None, problem=None) -> list[Path]:
         """Writes what `jaxflow report` writes into `directory`; returns the paths.
 
@@ -321,7 +345,8 @@ class Report:
           the scan, `result` (a `jaxflow.ScanResult`), and are skipped without it.
         - `problem`: the `jaxflow.Problem`, for the level sets of the phase portrait.
 
-        **Returns:** the paths of `report.md`, `report.json` and the figures written.
+        **Returns:** the paths of `report.md`, `report.json`, `index.html` and the figures
+        written.
         """
         return write_report(self, directory, plots=plots, result=result, problem=problem)
 

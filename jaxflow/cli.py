@@ -305,7 +305,7 @@ def cmd_scan(args) -> int:
     console.print(
         f"{len(res):,} trajectories in {out} ({done} chunks computed, "
         f"{len(res.skipped_chunks)} already stored; {res.wall_s:.1f} s). "
-        f"Plots and Markdown/JSON: jaxflow report {out}",
+        f"Plots, Markdown, JSON and HTML: jaxflow report {out}",
         soft_wrap=True, highlight=False,
     )
     return EXIT_OK
@@ -412,9 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "report",
-        help="re-print a scan's report; write Markdown, JSON and PNG plots",
+        help="re-print a scan's report; write Markdown, JSON, HTML and PNG plots",
         description="Read the store OUT (verifying every chunk's hash), print the report and "
-        "write report.md, report.json and PNG figures into OUT/report (or --to DIR).",
+        "write report.md, report.json, index.html (one self-contained page) and PNG figures into "
+        "OUT/report (or --to DIR).",
         epilog="exit codes: 0 done; 1 internal error; 2 no such store, or the report files "
         "cannot be written (the report is still printed; use --to); 5 damaged or edited store "
         "(rerun the scan to recompute a corrupted chunk).",

@@ -193,7 +193,7 @@ def test_verdicts_and_types_are_enumerations_with_todays_strings():
 def test_write_produces_the_report_files(tmp_path):
     r = _synthetic_report()
     written = r.write(tmp_path / "out")  # no scan result: no figures
-    assert [p.name for p in written] == ["report.md", "report.json"]
+    assert [p.name for p in written] == ["report.md", "report.json", "index.html"]
     assert written[0].read_text(encoding="utf-8") == r.to_markdown()
     assert written[1].read_text(encoding="utf-8") == r.to_json() + "\n"
     assert json.loads(written[1].read_text(encoding="utf-8")) == r.to_dict()
