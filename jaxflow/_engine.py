@@ -24,6 +24,7 @@ and chooses the next; the loop itself knows neither. Everything runs in one comp
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -52,8 +53,49 @@ class Engine(eqx.Module):
     save_states: int = eqx.field(static=True, default=0)
 
 
-def _run(engine: Engine, x0, ts, gtol, radius, cp_iters):
-    """The compiled loop. `cp_iters`: iteration count of each checkpoint (optimisers), or None."""
+def _pack(out):
+    """The output arrays in the loop's packed layout (see `_run`); exact, no arithmetic."""
+    packed = dict(
+        finals=jnp.concatenate(
+            [out["x"], *(out[k][:, None] for k in ("f", "stat", "t", "path"))], axis=1
+        ),
+        counters=jnp.stack(
+            [out["status"].astype(jnp.int32), out["steps"], out["rejected"]], axis=1
+        ),
+        checkpoints=jnp.stack([out["cp_norm"], out["cp_f"], out["cp_stat"]], axis=2),
+    )
+    if "cp_x" in out:
+        packed["cp_x"] = out["cp_x"]
+    return packed
+
+
+def _unpack(out, d):
+    """The inverse of `_pack`."""
+    finals, counters, checkpoints = out.pop("finals"), out.pop("counters"), out.pop("checkpoints")
+    out.update(
+        x=finals[:, :d], f=finals[:, d], stat=finals[:, d + 1], t=finals[:, d + 2],
+        path=finals[:, d + 3], status=counters[:, 0].astype(jnp.int8), steps=counters[:, 1],
+        rejected=counters[:, 2], cp_norm=checkpoints[:, :, 0], cp_f=checkpoints[:, :, 1],
+        cp_stat=checkpoints[:, :, 2],
+    )
+    return out
+
+
+def _run(engine: Engine, x0, ts, gtol, radius, cp_iters, narrow: bool, resume=None):
+    """The compiled loop. `cp_iters`: iteration count of each checkpoint (optimisers), or None.
+
+    Without `resume`, starts every trajectory of `x0` from a queue over `engine.lanes`
+    lanes. With `resume = (out, lanes)`, the outputs and lane state a previous program
+    returned, the queue is empty and the active lanes of `lanes` continue in a program of
+    `engine.lanes` lanes (at least as many as are active), from exactly the state they
+    had: the same loop body, so a trajectory's arithmetic does not change.
+
+    With `narrow`, the loop also stops once the queue is empty and at most `lanes // 8`
+    lanes are active, for `run` to continue them in a narrower program.
+
+    Returns `(out, lanes, iterations, active)`: the outputs, the lane state, the loop
+    iterations of this program and the number of lanes still active.
+    """
     field, stepper, controller = engine.field, engine.stepper, engine.controller
     n, d = x0.shape
     dtype = x0.dtype
@@ -61,76 +103,98 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters):
     n_lanes = max(engine.lanes, MIN_LANES)
     seg = jnp.diff(ts)  # (n_cp - 1,)
     order = stepper.error_order
-
-    # Everything at t = 0, for all starts at once.
-    f0, v0 = jax.vmap(field.value_and_velocity)(x0)
-    s0 = stationarity(v0)
-    n0 = jnp.sqrt(jnp.sum(x0 * x0, axis=-1))
-    finite0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(x0), axis=-1) & jnp.isfinite(s0)
-    status0 = jnp.where(
-        ~finite0,
-        Status.NONFINITE,
-        jnp.where(
-            n0 >= radius,
-            Status.ESCAPED,
-            jnp.where((s0 <= gtol) & engine.stop_at_convergence, Status.CONVERGED, 0),
-        ),
-    ).astype(jnp.int8)
-    h0 = controller.initial_step(x0, v0)
-
-    # Outputs are packed into few arrays so that each loop iteration does one scatter per
-    # array: on CPU every XLA op has a fixed cost, and bookkeeping otherwise rivals the
-    # integration itself. `finals`: [x (d), f, ||v||, t, path length]; `counters`:
-    # [status, steps, rejected]; `checkpoints`: (n, K, 3) with (||x||, f, ||v||).
-    zeros_n = jnp.zeros((n, 1), dtype)
-    out = dict(
-        finals=jnp.concatenate([x0, f0[:, None], s0[:, None], zeros_n, zeros_n], axis=1),
-        counters=jnp.stack(
-            [status0.astype(jnp.int32), jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32)],
-            axis=1,
-        ),
-        checkpoints=jnp.full((n, n_cp, 3), jnp.nan, dtype).at[:, 0].set(
-            jnp.stack([n0, f0, s0], axis=1)
-        ),
-    )
     n_saved = engine.save_states
-    if n_saved:
-        out["cp_x"] = jnp.full((n_saved, n_cp, d), jnp.nan, dtype).at[:, 0].set(x0[:n_saved])
-    # Queue of the starts that need integrating (stable: original order kept).
-    todo = status0 == 0
-    queue = jnp.argsort(~todo, stable=True).astype(jnp.int32)
-    n_todo = jnp.sum(todo, dtype=jnp.int32)
-    start_pack = jnp.concatenate([x0, f0[:, None], v0, h0[:, None]], axis=1)
+    refill = resume is None
 
-    def load(idx):
-        """Lane state for trajectory indices `idx` (idx == n: idle lane)."""
-        safe = jnp.minimum(idx, n - 1)
-        row = start_pack[safe]  # one gather for everything a fresh lane needs
-        x_s, f_s, v_s, h_s = row[:, :d], row[:, d], row[:, d + 1 : 2 * d + 1], row[:, 2 * d + 1]
-        return dict(
-            idx=idx,
-            x=x_s,
-            f=f_s,
-            v=v_s,
-            k=jnp.zeros(idx.shape, jnp.int32),  # current segment [ts[k], ts[k+1]]
-            tau=jnp.zeros(idx.shape, dtype),  # offset in the segment
-            h=h_s,
-            prev_inv=jnp.ones(idx.shape, dtype),
-            steps=jnp.zeros(idx.shape, jnp.int32),
-            rejected=jnp.zeros(idx.shape, jnp.int32),
-            path=jnp.zeros(idx.shape, dtype),
-            stepper_state=jax.vmap(stepper.init)(x_s),
+    if refill:
+        # Everything at t = 0, for all starts at once.
+        f0, v0 = jax.vmap(field.value_and_velocity)(x0)
+        s0 = stationarity(v0)
+        n0 = jnp.sqrt(jnp.sum(x0 * x0, axis=-1))
+        finite0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(x0), axis=-1) & jnp.isfinite(s0)
+        status0 = jnp.where(
+            ~finite0,
+            Status.NONFINITE,
+            jnp.where(
+                n0 >= radius,
+                Status.ESCAPED,
+                jnp.where((s0 <= gtol) & engine.stop_at_convergence, Status.CONVERGED, 0),
+            ),
+        ).astype(jnp.int8)
+        h0 = controller.initial_step(x0, v0)
+
+        # Outputs are packed into few arrays so that each loop iteration does one scatter
+        # per array: on CPU every XLA op has a fixed cost, and bookkeeping otherwise rivals
+        # the integration itself. `finals`: [x (d), f, ||v||, t, path length]; `counters`:
+        # [status, steps, rejected]; `checkpoints`: (n, K, 3) with (||x||, f, ||v||).
+        zeros_n = jnp.zeros((n, 1), dtype)
+        out = dict(
+            finals=jnp.concatenate([x0, f0[:, None], s0[:, None], zeros_n, zeros_n], axis=1),
+            counters=jnp.stack(
+                [status0.astype(jnp.int32), jnp.zeros((n,), jnp.int32),
+                 jnp.zeros((n,), jnp.int32)],
+                axis=1,
+            ),
+            checkpoints=jnp.full((n, n_cp, 3), jnp.nan, dtype).at[:, 0].set(
+                jnp.stack([n0, f0, s0], axis=1)
+            ),
         )
+        if n_saved:
+            out["cp_x"] = jnp.full((n_saved, n_cp, d), jnp.nan, dtype).at[:, 0].set(
+                x0[:n_saved]
+            )
+        # Queue of the starts that need integrating (stable: original order kept).
+        todo = status0 == 0
+        queue = jnp.argsort(~todo, stable=True).astype(jnp.int32)
+        n_todo = jnp.sum(todo, dtype=jnp.int32)
+        start_pack = jnp.concatenate([x0, f0[:, None], v0, h0[:, None]], axis=1)
 
-    lane_ids = jnp.arange(n_lanes, dtype=jnp.int32)
-    first = jnp.where(lane_ids < n_todo, queue[jnp.minimum(lane_ids, n - 1)], n)
-    lanes = load(first)
+        def load(idx):
+            """Lane state for trajectory indices `idx` (idx == n: idle lane)."""
+            safe = jnp.minimum(idx, n - 1)
+            row = start_pack[safe]  # one gather for everything a fresh lane needs
+            x_s, f_s = row[:, :d], row[:, d]
+            v_s, h_s = row[:, d + 1 : 2 * d + 1], row[:, 2 * d + 1]
+            return dict(
+                idx=idx,
+                x=x_s,
+                f=f_s,
+                v=v_s,
+                k=jnp.zeros(idx.shape, jnp.int32),  # current segment [ts[k], ts[k+1]]
+                tau=jnp.zeros(idx.shape, dtype),  # offset in the segment
+                h=h_s,
+                prev_inv=jnp.ones(idx.shape, dtype),
+                steps=jnp.zeros(idx.shape, jnp.int32),
+                rejected=jnp.zeros(idx.shape, jnp.int32),
+                path=jnp.zeros(idx.shape, dtype),
+                stepper_state=jax.vmap(stepper.init)(x_s),
+            )
+
+        lane_ids = jnp.arange(n_lanes, dtype=jnp.int32)
+        first = jnp.where(lane_ids < n_todo, queue[jnp.minimum(lane_ids, n - 1)], n)
+        lanes = load(first)
+        next_ptr = jnp.minimum(n_todo, n_lanes).astype(jnp.int32)
+    else:
+        out_in, wide = resume
+        out = _pack(dict(out_in))
+        # The active lanes first (stable), then idle ones up to the new width. Only
+        # whole lane states move: no arithmetic.
+        moved = jnp.argsort(wide["idx"] >= n, stable=True)[:n_lanes]
+        lanes = jax.tree.map(lambda a: a[moved], wide)
+        next_ptr = n_todo = jnp.zeros((), jnp.int32)  # the queue is empty
+
     step_fn = jax.vmap(lambda x, f, v, h, s: stepper.step(field, x, f, v, h, s))
     eps = jnp.finfo(dtype).eps
+    narrow_at = n_lanes // NARROW_RATIO if narrow else 0
 
     def cond(carry):
-        lanes, _, _, _ = carry
-        return jnp.any(lanes["idx"] < n)
+        lanes, _, next_ptr, _ = carry
+        active = lanes["idx"] < n
+        go = jnp.any(active)
+        if narrow_at:
+            few = jnp.sum(active, dtype=jnp.int32) <= narrow_at
+            go = go & ~((next_ptr >= n_todo) & few)
+        return go
 
     def body(carry):
         lanes, out, next_ptr, it = carry
@@ -207,17 +271,19 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters):
         out["finals"] = out["finals"].at[w_idx].set(finals, mode="drop")
         out["counters"] = out["counters"].at[w_idx].set(counters, mode="drop")
 
+        keep = dict(
+            idx=jnp.where(done, n, lanes["idx"]), x=x_new, f=f_new, v=v_new, k=k_new,
+            tau=tau_new, h=h_next, prev_inv=prev_inv, steps=steps, rejected=rejected, path=path,
+            stepper_state=stepper_state,
+        )
+        if not refill:  # a resumed program: the queue is empty
+            return keep, out, next_ptr, it + 1
         # Refill finished lanes from the queue.
         rank = jnp.cumsum(done.astype(jnp.int32), dtype=jnp.int32) - 1
         q = next_ptr + rank
         has_new = done & (q < n_todo)
         new_idx = jnp.where(has_new, queue[jnp.minimum(q, n - 1)], n)
         fresh = load(new_idx)
-        keep = dict(
-            idx=jnp.where(done, n, lanes["idx"]), x=x_new, f=f_new, v=v_new, k=k_new,
-            tau=tau_new, h=h_next, prev_inv=prev_inv, steps=steps, rejected=rejected, path=path,
-            stepper_state=stepper_state,
-        )
         new_lanes = jax.tree.map(
             lambda fr, val: jnp.where(has_new.reshape(has_new.shape + (1,) * (val.ndim - 1)), fr, val),
             fresh,
@@ -226,17 +292,9 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters):
         next_ptr = next_ptr + jnp.sum(done, dtype=jnp.int32)
         return new_lanes, out, next_ptr, it + 1
 
-    next_ptr = jnp.minimum(n_todo, n_lanes).astype(jnp.int32)
     carry = (lanes, out, next_ptr, jnp.zeros((), jnp.int32))
-    _, out, _, iterations = jax.lax.while_loop(cond, body, carry)
-    finals, counters, checkpoints = out.pop("finals"), out.pop("counters"), out.pop("checkpoints")
-    out.update(
-        x=finals[:, :d], f=finals[:, d], stat=finals[:, d + 1], t=finals[:, d + 2],
-        path=finals[:, d + 3], status=counters[:, 0].astype(jnp.int8), steps=counters[:, 1],
-        rejected=counters[:, 2], cp_norm=checkpoints[:, :, 0], cp_f=checkpoints[:, :, 1],
-        cp_stat=checkpoints[:, :, 2],
-    )
-    return out, iterations
+    lanes, out, _, iterations = jax.lax.while_loop(cond, body, carry)
+    return _unpack(out, d), lanes, iterations, jnp.sum(lanes["idx"] < n, dtype=jnp.int32)
 
 
 # XLA:CPU hands reductions whose operands have at least 4096 elements to the YNNPACK
@@ -255,6 +313,11 @@ _DETERMINISTIC_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 # program differently and so contracts other multiply-adds into FMAs; a trajectory run
 # alone would round differently than in a batch.
 MIN_LANES = 2
+
+# The tail is narrowed (see `run`) once at most `lanes // NARROW_RATIO` lanes are active;
+# `NARROW_TAIL = False` turns narrowing off (to measure what it saves).
+NARROW_RATIO = 8
+NARROW_TAIL = True
 
 
 @functools.cache
@@ -276,8 +339,47 @@ def _engine_program():
 
 
 def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
-    """The compiled engine (`_run`), one program per configuration and shapes."""
-    return _engine_program()(engine, x0, ts, gtol, radius, cp_iters)
+    """The compiled engine (`_run`), one program per configuration and shapes.
+
+    Narrowing of the tail: once the queue is empty and at most `lanes // NARROW_RATIO`
+    lanes are still active, the program stops and the remaining trajectories continue,
+    from their exact state, in a narrower program, and so on: the widths are the ladder
+    `lanes // NARROW_RATIO**j` (at least `MIN_LANES`), skipping rungs the active lanes fit
+    under, so that a few long trajectories do not run with all other lanes masked. Their
+    results are those of the wide program, bit for bit (the engine is independent of the
+    lane count). Each rung is one more program, compiled the first time a tail reaches it
+    and cached like any other shape: at most `log(lanes) / log(NARROW_RATIO)` programs
+    more per configuration (3 for 1024 lanes: 128, 16 and 2), whatever the starts.
+
+    **Returns:** `(out, iterations, lane_iterations)`: the outputs, the loop iterations of
+    all programs together, and the sum over programs of lanes x iterations (the work done,
+    masked lanes included; `None` without narrowing, where it is `lanes * iterations`).
+    """
+    program = _engine_program()
+    narrow = bool(NARROW_TAIL)
+    out, lanes, iterations, active = program(engine, x0, ts, gtol, radius, cp_iters, narrow)
+    if not narrow:
+        return out, iterations, None
+    # Python integers: lanes x iterations can pass 2^31.
+    lane_iterations = int(iterations) * max(engine.lanes, MIN_LANES)
+    width = max(engine.lanes, MIN_LANES)
+    while (n_active := int(active)) > 0:
+        width = _narrower_width(width, n_active)
+        narrower = dataclasses.replace(engine, lanes=width)
+        out, lanes, it, active = program(
+            narrower, x0, ts, gtol, radius, cp_iters, narrow, (out, lanes)
+        )
+        iterations = iterations + it
+        lane_iterations += int(it) * width
+    return out, iterations, lane_iterations
+
+
+def _narrower_width(width: int, active: int) -> int:
+    """The next width of the ladder `width // NARROW_RATIO**j` (at least `MIN_LANES`)
+    that the `active` lanes fit in."""
+    while (nxt := max(width // NARROW_RATIO, MIN_LANES)) < width and active <= nxt:
+        width = nxt
+    return width
 
 
 def default_lanes(n: int, backend: str | None = None) -> int:

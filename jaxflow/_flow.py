@@ -41,7 +41,11 @@ class FlowResult(eqx.Module):
     - `ts` `(K,)`: checkpoint times (`ts[0] = 0`, log-spaced after);
     - `cp_norm`, `cp_f`, `cp_stat` `(n, K)`: $\|x\|$, $f$, $\|v\|$ at the checkpoints,
       NaN after the trajectory stopped;
-    - `iterations`, `lanes`: loop iterations and lane count (for lockstep efficiency);
+    - `iterations`, `lanes`: loop iterations (of all the engine's programs together) and
+      the lane count of the first program;
+    - `lane_iterations`: lanes x loop iterations summed over the engine's programs (the
+      tail of the queue continues in narrower programs, see `jaxflow._engine.run`); `None`
+      when there was one program only, where it is `lanes * iterations`;
     - `cp_x` `(S, K, d)` or `None`: the flat states of the first `S = save_states`
       trajectories at the checkpoints (NaN after the trajectory stopped), to check
       conserved quantities and bounds along trajectories. Selecting trajectories
@@ -64,6 +68,7 @@ class FlowResult(eqx.Module):
     lanes: int = eqx.field(static=True)
     meta: dict = eqx.field(static=True, default_factory=dict)
     cp_x: jax.Array | None = None
+    lane_iterations: int | None = None
 
     def __len__(self):
         return int(self.f.shape[0])
@@ -74,12 +79,15 @@ class FlowResult(eqx.Module):
 
     @property
     def lockstep_efficiency(self) -> float:
-        """Useful steps / (lanes x loop iterations): 1.0 means no masked-out work."""
-        it = int(self.iterations)
-        if it == 0:
+        """Useful steps / lane-iterations (summed over the engine's programs, masked lanes
+        included): 1.0 means no masked-out work."""
+        work = self.lane_iterations
+        if work is None:
+            work = self.lanes * int(self.iterations)
+        if work == 0:
             return 1.0
         used = int(np.sum(np.asarray(self.steps, np.int64) + np.asarray(self.rejected)))
-        return used / (self.lanes * it)
+        return used / work
 
     def counts(self) -> dict[str, int]:
         """Number of trajectories per status name."""
@@ -103,7 +111,8 @@ class FlowResult(eqx.Module):
             cp_norm=self.cp_norm[idx], cp_f=self.cp_f[idx], cp_stat=self.cp_stat[idx],
         )
         return FlowResult(
-            ts=self.ts, iterations=self.iterations, lanes=self.lanes, meta=self.meta, **per_traj
+            ts=self.ts, iterations=self.iterations, lanes=self.lanes, meta=self.meta,
+            lane_iterations=self.lane_iterations, **per_traj,
         )
 
 
@@ -126,7 +135,7 @@ def _flat_starts(problem, x0, caller: str):
 def _integrate(engine: Engine, xs, ts, gtol, escape_radius, cp_iters, meta) -> FlowResult:
     """Runs the compiled engine and packs its outputs into a `FlowResult`."""
     dtype = xs.dtype
-    out, iterations = run(
+    out, iterations, lane_iterations = run(
         engine, xs, jnp.asarray(ts, dtype), jnp.asarray(gtol, dtype),
         jnp.asarray(escape_radius, dtype),
         None if cp_iters is None else jnp.asarray(cp_iters, jnp.int32),
@@ -141,7 +150,7 @@ def _integrate(engine: Engine, xs, ts, gtol, escape_radius, cp_iters, meta) -> F
         steps=out["steps"], rejected=out["rejected"], path_length=out["path"],
         ts=jnp.asarray(ts, dtype), cp_norm=out["cp_norm"], cp_f=out["cp_f"],
         cp_stat=out["cp_stat"], iterations=iterations, lanes=engine.lanes, meta=meta,
-        cp_x=out.get("cp_x"),
+        cp_x=out.get("cp_x"), lane_iterations=lane_iterations,
     )
 
 
