@@ -90,8 +90,8 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters, narrow: bool, resume=No
     `engine.lanes` lanes (at least as many as are active), from exactly the state they
     had: the same loop body, so a trajectory's arithmetic does not change.
 
-    With `narrow`, the loop also stops once the queue is empty and at most `lanes // 8`
-    lanes are active, for `run` to continue them in a narrower program.
+    With `narrow`, the loop also stops once the queue is empty and the active lanes fit in
+    the next narrower width (see `run`), for `run` to continue them there.
 
     Returns `(out, lanes, iterations, active)`: the outputs, the lane state, the loop
     iterations of this program and the number of lanes still active.
@@ -185,7 +185,8 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters, narrow: bool, resume=No
 
     step_fn = jax.vmap(lambda x, f, v, h, s: stepper.step(field, x, f, v, h, s))
     eps = jnp.finfo(dtype).eps
-    narrow_at = n_lanes // NARROW_RATIO if narrow else 0
+    rung = max(n_lanes // NARROW_RATIO, NARROW_MIN_LANES)  # the next narrower width
+    narrow_at = rung if narrow and rung < n_lanes else 0
 
     def cond(carry):
         lanes, _, next_ptr, _ = carry
@@ -314,9 +315,14 @@ _DETERMINISTIC_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 # alone would round differently than in a batch.
 MIN_LANES = 2
 
-# The tail is narrowed (see `run`) once at most `lanes // NARROW_RATIO` lanes are active;
+# The tail of the queue continues in programs of `lanes // NARROW_RATIO**j` lanes (see
+# `run`), never fewer than `NARROW_MIN_LANES`: below a SIMD vector of lanes (8 float32 on
+# AVX2, 16 on AVX-512) XLA:CPU vectorises the lane loops differently and rounds
+# differently (deep linear, float32: 4 lanes differ from 8 to 64 lanes in the last bits
+# and in step counts), and a narrowed trajectory must keep its results bit for bit.
 # `NARROW_TAIL = False` turns narrowing off (to measure what it saves).
 NARROW_RATIO = 8
+NARROW_MIN_LANES = 16
 NARROW_TAIL = True
 
 
@@ -341,15 +347,17 @@ def _engine_program():
 def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
     """The compiled engine (`_run`), one program per configuration and shapes.
 
-    Narrowing of the tail: once the queue is empty and at most `lanes // NARROW_RATIO`
-    lanes are still active, the program stops and the remaining trajectories continue,
-    from their exact state, in a narrower program, and so on: the widths are the ladder
-    `lanes // NARROW_RATIO**j` (at least `MIN_LANES`), skipping rungs the active lanes fit
-    under, so that a few long trajectories do not run with all other lanes masked. Their
-    results are those of the wide program, bit for bit (the engine is independent of the
-    lane count). Each rung is one more program, compiled the first time a tail reaches it
-    and cached like any other shape: at most `log(lanes) / log(NARROW_RATIO)` programs
-    more per configuration (3 for 1024 lanes: 128, 16 and 2), whatever the starts.
+    Narrowing of the tail: once the queue is empty and the active lanes fit in
+    `max(lanes // NARROW_RATIO, NARROW_MIN_LANES)` lanes, the program stops and the
+    remaining trajectories continue, from their exact state, in a program of that width,
+    and so on down the ladder `lanes // NARROW_RATIO**j` (at least `NARROW_MIN_LANES`,
+    skipping rungs the active lanes fit under), so that a few long trajectories do not
+    run with all other lanes masked. Their results are those of the wide program, bit for
+    bit, as the engine's arithmetic does not depend on the lane count from
+    `NARROW_MIN_LANES` lanes up. Each rung is one more program, compiled the first time a
+    tail reaches it and cached like any other shape: at most
+    `log(lanes / NARROW_MIN_LANES) / log(NARROW_RATIO)` programs more per configuration
+    (2 for 1024 lanes: 128 and 16; 1 for 64 or 128 lanes: 16), whatever the starts.
 
     **Returns:** `(out, iterations, lane_iterations)`: the outputs, the loop iterations of
     all programs together, and the sum over programs of lanes x iterations (the work done,
@@ -375,9 +383,9 @@ def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
 
 
 def _narrower_width(width: int, active: int) -> int:
-    """The next width of the ladder `width // NARROW_RATIO**j` (at least `MIN_LANES`)
-    that the `active` lanes fit in."""
-    while (nxt := max(width // NARROW_RATIO, MIN_LANES)) < width and active <= nxt:
+    """The narrowest width of the ladder `width // NARROW_RATIO**j` (at least
+    `NARROW_MIN_LANES`) that the `active` lanes fit in."""
+    while (nxt := max(width // NARROW_RATIO, NARROW_MIN_LANES)) < width and active <= nxt:
         width = nxt
     return width
 
