@@ -29,7 +29,9 @@ COMPILE_EVENTS = (
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=10_000, help="starts of the chunk")
     ap.add_argument("--stride", type=int, default=5)
     ap.add_argument("--offset", type=int, default=3)

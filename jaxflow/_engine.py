@@ -11,6 +11,10 @@ Design (measured on Example 1.1, see `benchmarks/`):
   are written out and the lane loads the next pending start. Only the tail of the queue
   runs partly empty. The result of a trajectory depends only on its start (no
   cross-lane arithmetic), never on the lane or the order it ran in.
+- **Narrowed tail.** Once the queue is empty and few lanes are still active, they
+  continue, from their exact state, in a program with fewer lanes (`run`), so that one
+  long trajectory costs about what it costs alone rather than a full batch of masked
+  lanes per step.
 - **Checkpoints** at log-spaced times $0 = t_0 < t_1 < \dots < t_{K-1} = t_1$ (or at
   iteration counts for optimisers): steps are clipped to land on them exactly, and
   $(\|x\|, f, \|v\|)$ is recorded there. Time is kept as (segment index, offset within the
@@ -19,7 +23,8 @@ Design (measured on Example 1.1, see `benchmarks/`):
 
 The stepper proposes a step, the controller (`jaxflow._controller`) accepts or rejects it
 and chooses the next; the loop itself knows neither. Everything runs in one compiled
-`while_loop`; the same shapes never recompile.
+`while_loop` (the narrowed tail in a few more, one per width of `run`'s ladder); the
+same shapes never recompile (a narrower width is compiled the first time a tail needs it).
 """
 
 from __future__ import annotations
@@ -316,10 +321,11 @@ _DETERMINISTIC_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 MIN_LANES = 2
 
 # The tail of the queue continues in programs of `lanes // NARROW_RATIO**j` lanes (see
-# `run`), never fewer than `NARROW_MIN_LANES`: below a SIMD vector of lanes (8 float32 on
-# AVX2, 16 on AVX-512) XLA:CPU vectorises the lane loops differently and rounds
-# differently (deep linear, float32: 4 lanes differ from 8 to 64 lanes in the last bits
-# and in step counts), and a narrowed trajectory must keep its results bit for bit.
+# `run`), never fewer than `NARROW_MIN_LANES`: with fewer lanes than a SIMD vector holds
+# XLA:CPU vectorises the lane loops differently and rounds differently (deep linear,
+# float32, AVX2: 2 and 4 lanes differ from 8 to 64 lanes in the last bits and in step
+# counts), and a narrowed trajectory must keep its results bit for bit. 16 lanes fill a
+# 512-bit vector of float32.
 # `NARROW_TAIL = False` turns narrowing off (to measure what it saves).
 NARROW_RATIO = 8
 NARROW_MIN_LANES = 16
@@ -361,16 +367,19 @@ def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
 
     **Returns:** `(out, iterations, lane_iterations)`: the outputs, the loop iterations of
     all programs together, and the sum over programs of lanes x iterations (the work done,
-    masked lanes included; `None` without narrowing, where it is `lanes * iterations`).
+    masked lanes included; `None` when narrowing is off or there is no narrower rung,
+    where it is `lanes * iterations`). With narrowing, `run` waits for each program's
+    results (it needs the number of active lanes); without, it returns at once.
     """
     program = _engine_program()
-    narrow = bool(NARROW_TAIL)
+    width = max(engine.lanes, MIN_LANES)
+    # Whether there is a narrower rung (the same flag, hence the same program, otherwise).
+    narrow = bool(NARROW_TAIL) and _narrower_width(width, 0) < width
     out, lanes, iterations, active = program(engine, x0, ts, gtol, radius, cp_iters, narrow)
-    if not narrow:
+    if not narrow:  # one program, and no wait for its results
         return out, iterations, None
     # Python integers: lanes x iterations can pass 2^31.
-    lane_iterations = int(iterations) * max(engine.lanes, MIN_LANES)
-    width = max(engine.lanes, MIN_LANES)
+    lane_iterations = int(iterations) * width
     while (n_active := int(active)) > 0:
         width = _narrower_width(width, n_active)
         narrower = dataclasses.replace(engine, lanes=width)
