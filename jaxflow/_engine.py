@@ -190,7 +190,7 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters, narrow: bool, resume=No
 
     step_fn = jax.vmap(lambda x, f, v, h, s: stepper.step(field, x, f, v, h, s))
     eps = jnp.finfo(dtype).eps
-    rung = max(n_lanes // NARROW_RATIO, NARROW_MIN_LANES)  # the next narrower width
+    rung = _rung_below(n_lanes)  # the next narrower width
     narrow_at = rung if narrow and rung < n_lanes else 0
 
     def cond(carry):
@@ -315,20 +315,26 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters, narrow: bool, resume=No
 # not know it.
 _DETERMINISTIC_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
-# Fewest lanes the engine runs (the second idles when n = 1): XLA fuses a single-lane
-# program differently and so contracts other multiply-adds into FMAs; a trajectory run
-# alone would round differently than in a batch.
-MIN_LANES = 2
+# Fewest lanes the engine runs (the others idle when n is smaller): with fewer lanes than
+# a SIMD vector holds, XLA:CPU vectorises the lane loops differently, fuses a single-lane
+# program differently and contracts other multiply-adds into FMAs, so a trajectory would
+# round differently than in a batch (deep linear, float32, AVX2: 2 and 4 lanes differ from
+# 8 to 64 lanes in the last bits and in step counts). 16 lanes fill a 512-bit vector of
+# float32.
+MIN_LANES = 16
 
 # The tail of the queue continues in programs of `lanes // NARROW_RATIO**j` lanes (see
-# `run`), never fewer than `NARROW_MIN_LANES`: with fewer lanes than a SIMD vector holds
-# XLA:CPU vectorises the lane loops differently and rounds differently (deep linear,
-# float32, AVX2: 2 and 4 lanes differ from 8 to 64 lanes in the last bits and in step
-# counts), and a narrowed trajectory must keep its results bit for bit. 16 lanes fill a
-# 512-bit vector of float32.
+# `run`), never fewer than `NARROW_MIN_LANES` (= `MIN_LANES`, for the reason above: a
+# narrowed trajectory must keep its results bit for bit).
 # `NARROW_TAIL = False` turns narrowing off (to measure what it saves).
 NARROW_RATIO = 8
-NARROW_MIN_LANES = 16
+NARROW_MIN_LANES = MIN_LANES
+
+
+def _rung_below(width: int) -> int:
+    """The next narrower width of the ladder: `width // NARROW_RATIO`, rounded down to a
+    multiple of `MIN_LANES` (whole SIMD vectors of lanes), at least `NARROW_MIN_LANES`."""
+    return max(width // NARROW_RATIO // MIN_LANES * MIN_LANES, NARROW_MIN_LANES)
 NARROW_TAIL = True
 
 
@@ -394,7 +400,7 @@ def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
 def _narrower_width(width: int, active: int) -> int:
     """The narrowest width of the ladder `width // NARROW_RATIO**j` (at least
     `NARROW_MIN_LANES`) that the `active` lanes fit in."""
-    while (nxt := max(width // NARROW_RATIO, NARROW_MIN_LANES)) < width and active <= nxt:
+    while (nxt := _rung_below(width)) < width and active <= nxt:
         width = nxt
     return width
 

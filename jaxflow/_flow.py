@@ -132,14 +132,35 @@ def _flat_starts(problem, x0, caller: str):
     return xs
 
 
+def _lane_count(lanes: int | None, n: int) -> int:
+    """Lanes for `n` starts: the request (default `default_lanes(n)`), at most `n`, rounded
+    up to a multiple of `MIN_LANES` (XLA:CPU vectorises lanes in SIMD vectors and computes
+    a partial vector with other code, so a lane's rounding would depend on the count)."""
+    wanted = min(default_lanes(n) if lanes is None else int(lanes), n)
+    return -(-wanted // MIN_LANES) * MIN_LANES
+
+
 def _integrate(engine: Engine, xs, ts, gtol, escape_radius, cp_iters, meta) -> FlowResult:
-    """Runs the compiled engine and packs its outputs into a `FlowResult`."""
+    """Runs the compiled engine and packs its outputs into a `FlowResult`.
+
+    The starts are padded with NaN rows (finished at t = 0, never integrated) to a multiple
+    of `MIN_LANES`: XLA:CPU evaluates the remainder rows of an array of starts with other
+    code than a full SIMD vector of rows, so without padding the first evaluation of a
+    trajectory, and through rounding its whole path, could depend on how many starts came
+    with it.
+    """
     dtype = xs.dtype
+    n = xs.shape[0]
+    n_run = -(-n // MIN_LANES) * MIN_LANES
+    if n_run != n:
+        xs = jnp.concatenate([xs, jnp.full((n_run - n, xs.shape[1]), jnp.nan, dtype)])
     out, iterations, lane_iterations = run(
         engine, xs, jnp.asarray(ts, dtype), jnp.asarray(gtol, dtype),
         jnp.asarray(escape_radius, dtype),
         None if cp_iters is None else jnp.asarray(cp_iters, jnp.int32),
     )
+    if n_run != n:
+        out = {k: v if k == "cp_x" else v[:n] for k, v in out.items()}
     status = out["status"]
     if not engine.stop_at_convergence:
         status = jnp.where(
@@ -186,7 +207,7 @@ def flow(
     dtype = xs.dtype
     gtol_value = opts.gtol_for(dtype)
     stepper = opts.stepper(problem)
-    n_lanes = max(min(default_lanes(n) if opts.lanes is None else int(opts.lanes), n), MIN_LANES)
+    n_lanes = _lane_count(opts.lanes, n)
     engine = Engine(
         field=field_for(problem) if field is None else field,
         stepper=stepper,
@@ -273,7 +294,7 @@ def descend(
         field=field_for(problem) if field is None else field,
         stepper=OptaxStepper(optimizer),
         controller=IterationCount(time_per_step=float(time_per_step)),
-        lanes=max(min(default_lanes(n) if opts.lanes is None else int(opts.lanes), n), MIN_LANES),
+        lanes=_lane_count(opts.lanes, n),
         max_steps=int(num_steps) + 1,
         stop_at_convergence=bool(opts.stop_at_convergence),
     )
