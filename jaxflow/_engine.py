@@ -329,11 +329,18 @@ MIN_LANES = 16
 # `NARROW_TAIL = False` turns narrowing off (to measure what it saves).
 NARROW_RATIO = 8
 NARROW_MIN_LANES = MIN_LANES
+# Programs narrower than this are not narrowed further: each rung is one more compiled
+# program (~4 s on a 2-core CPU), which small runs (tests, interactive flows of a few
+# hundred starts at 64 lanes) would pay without a tail worth saving.
+NARROW_FROM = 128
 
 
 def _rung_below(width: int) -> int:
     """The next narrower width of the ladder: `width // NARROW_RATIO`, rounded down to a
-    multiple of `MIN_LANES` (whole SIMD vectors of lanes), at least `NARROW_MIN_LANES`."""
+    multiple of `MIN_LANES` (whole SIMD vectors of lanes), at least `NARROW_MIN_LANES`;
+    `width` itself below `NARROW_FROM` (no narrower program)."""
+    if width < NARROW_FROM:
+        return width
     return max(width // NARROW_RATIO // MIN_LANES * MIN_LANES, NARROW_MIN_LANES)
 NARROW_TAIL = True
 

@@ -20,6 +20,7 @@ PROBLEM = problems.get("matrix-completion")  # one object: its compiled programs
 def _flow(x0, narrow, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(_engine, "NARROW_TAIL", narrow)
+        m.setattr(_engine, "NARROW_FROM", 64)
         res = jf.flow(PROBLEM, x0, t1=2e3, lanes=64, save_states=32)
     return res
 
@@ -68,6 +69,7 @@ def test_narrowed_tail_deep_linear_identical(monkeypatch):
     results = []
     for narrow in (False, True):
         monkeypatch.setattr(_engine, "NARROW_TAIL", narrow)
+        monkeypatch.setattr(_engine, "NARROW_FROM", 64)
         results.append(jf.flow(problem, x0, t1=100.0, lanes=64))
     wide, narrowed = results
     for k in FIELDS[:-1]:
