@@ -11,6 +11,10 @@ Design (measured on Example 1.1, see `benchmarks/`):
   are written out and the lane loads the next pending start. Only the tail of the queue
   runs partly empty. The result of a trajectory depends only on its start (no
   cross-lane arithmetic), never on the lane or the order it ran in.
+- **Narrowed tail.** Once the queue is empty and few lanes are still active, they
+  continue, from their exact state, in a program with fewer lanes (`run`), so that one
+  long trajectory costs about what it costs alone rather than a full batch of masked
+  lanes per step.
 - **Checkpoints** at log-spaced times $0 = t_0 < t_1 < \dots < t_{K-1} = t_1$ (or at
   iteration counts for optimisers): steps are clipped to land on them exactly, and
   $(\|x\|, f, \|v\|)$ is recorded there. Time is kept as (segment index, offset within the
@@ -19,11 +23,13 @@ Design (measured on Example 1.1, see `benchmarks/`):
 
 The stepper proposes a step, the controller (`jaxflow._controller`) accepts or rejects it
 and chooses the next; the loop itself knows neither. Everything runs in one compiled
-`while_loop`; the same shapes never recompile.
+`while_loop` (the narrowed tail in a few more, one per width of `run`'s ladder); the
+same shapes never recompile (a narrower width is compiled the first time a tail needs it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -52,8 +58,49 @@ class Engine(eqx.Module):
     save_states: int = eqx.field(static=True, default=0)
 
 
-def _run(engine: Engine, x0, ts, gtol, radius, cp_iters):
-    """The compiled loop. `cp_iters`: iteration count of each checkpoint (optimisers), or None."""
+def _pack(out):
+    """The output arrays in the loop's packed layout (see `_run`); exact, no arithmetic."""
+    packed = dict(
+        finals=jnp.concatenate(
+            [out["x"], *(out[k][:, None] for k in ("f", "stat", "t", "path"))], axis=1
+        ),
+        counters=jnp.stack(
+            [out["status"].astype(jnp.int32), out["steps"], out["rejected"]], axis=1
+        ),
+        checkpoints=jnp.stack([out["cp_norm"], out["cp_f"], out["cp_stat"]], axis=2),
+    )
+    if "cp_x" in out:
+        packed["cp_x"] = out["cp_x"]
+    return packed
+
+
+def _unpack(out, d):
+    """The inverse of `_pack`."""
+    finals, counters, checkpoints = out.pop("finals"), out.pop("counters"), out.pop("checkpoints")
+    out.update(
+        x=finals[:, :d], f=finals[:, d], stat=finals[:, d + 1], t=finals[:, d + 2],
+        path=finals[:, d + 3], status=counters[:, 0].astype(jnp.int8), steps=counters[:, 1],
+        rejected=counters[:, 2], cp_norm=checkpoints[:, :, 0], cp_f=checkpoints[:, :, 1],
+        cp_stat=checkpoints[:, :, 2],
+    )
+    return out
+
+
+def _run(engine: Engine, x0, ts, gtol, radius, cp_iters, narrow: bool, resume=None):
+    """The compiled loop. `cp_iters`: iteration count of each checkpoint (optimisers), or None.
+
+    Without `resume`, starts every trajectory of `x0` from a queue over `engine.lanes`
+    lanes. With `resume = (out, lanes)`, the outputs and lane state a previous program
+    returned, the queue is empty and the active lanes of `lanes` continue in a program of
+    `engine.lanes` lanes (at least as many as are active), from exactly the state they
+    had: the same loop body, so a trajectory's arithmetic does not change.
+
+    With `narrow`, the loop also stops once the queue is empty and the active lanes fit in
+    the next narrower width (see `run`), for `run` to continue them there.
+
+    Returns `(out, lanes, iterations, active)`: the outputs, the lane state, the loop
+    iterations of this program and the number of lanes still active.
+    """
     field, stepper, controller = engine.field, engine.stepper, engine.controller
     n, d = x0.shape
     dtype = x0.dtype
@@ -61,76 +108,99 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters):
     n_lanes = max(engine.lanes, MIN_LANES)
     seg = jnp.diff(ts)  # (n_cp - 1,)
     order = stepper.error_order
-
-    # Everything at t = 0, for all starts at once.
-    f0, v0 = jax.vmap(field.value_and_velocity)(x0)
-    s0 = stationarity(v0)
-    n0 = jnp.sqrt(jnp.sum(x0 * x0, axis=-1))
-    finite0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(x0), axis=-1) & jnp.isfinite(s0)
-    status0 = jnp.where(
-        ~finite0,
-        Status.NONFINITE,
-        jnp.where(
-            n0 >= radius,
-            Status.ESCAPED,
-            jnp.where((s0 <= gtol) & engine.stop_at_convergence, Status.CONVERGED, 0),
-        ),
-    ).astype(jnp.int8)
-    h0 = controller.initial_step(x0, v0)
-
-    # Outputs are packed into few arrays so that each loop iteration does one scatter per
-    # array: on CPU every XLA op has a fixed cost, and bookkeeping otherwise rivals the
-    # integration itself. `finals`: [x (d), f, ||v||, t, path length]; `counters`:
-    # [status, steps, rejected]; `checkpoints`: (n, K, 3) with (||x||, f, ||v||).
-    zeros_n = jnp.zeros((n, 1), dtype)
-    out = dict(
-        finals=jnp.concatenate([x0, f0[:, None], s0[:, None], zeros_n, zeros_n], axis=1),
-        counters=jnp.stack(
-            [status0.astype(jnp.int32), jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32)],
-            axis=1,
-        ),
-        checkpoints=jnp.full((n, n_cp, 3), jnp.nan, dtype).at[:, 0].set(
-            jnp.stack([n0, f0, s0], axis=1)
-        ),
-    )
     n_saved = engine.save_states
-    if n_saved:
-        out["cp_x"] = jnp.full((n_saved, n_cp, d), jnp.nan, dtype).at[:, 0].set(x0[:n_saved])
-    # Queue of the starts that need integrating (stable: original order kept).
-    todo = status0 == 0
-    queue = jnp.argsort(~todo, stable=True).astype(jnp.int32)
-    n_todo = jnp.sum(todo, dtype=jnp.int32)
-    start_pack = jnp.concatenate([x0, f0[:, None], v0, h0[:, None]], axis=1)
+    refill = resume is None
 
-    def load(idx):
-        """Lane state for trajectory indices `idx` (idx == n: idle lane)."""
-        safe = jnp.minimum(idx, n - 1)
-        row = start_pack[safe]  # one gather for everything a fresh lane needs
-        x_s, f_s, v_s, h_s = row[:, :d], row[:, d], row[:, d + 1 : 2 * d + 1], row[:, 2 * d + 1]
-        return dict(
-            idx=idx,
-            x=x_s,
-            f=f_s,
-            v=v_s,
-            k=jnp.zeros(idx.shape, jnp.int32),  # current segment [ts[k], ts[k+1]]
-            tau=jnp.zeros(idx.shape, dtype),  # offset in the segment
-            h=h_s,
-            prev_inv=jnp.ones(idx.shape, dtype),
-            steps=jnp.zeros(idx.shape, jnp.int32),
-            rejected=jnp.zeros(idx.shape, jnp.int32),
-            path=jnp.zeros(idx.shape, dtype),
-            stepper_state=jax.vmap(stepper.init)(x_s),
+    if refill:
+        # Everything at t = 0, for all starts at once.
+        f0, v0 = jax.vmap(field.value_and_velocity)(x0)
+        s0 = stationarity(v0)
+        n0 = jnp.sqrt(jnp.sum(x0 * x0, axis=-1))
+        finite0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(x0), axis=-1) & jnp.isfinite(s0)
+        status0 = jnp.where(
+            ~finite0,
+            Status.NONFINITE,
+            jnp.where(
+                n0 >= radius,
+                Status.ESCAPED,
+                jnp.where((s0 <= gtol) & engine.stop_at_convergence, Status.CONVERGED, 0),
+            ),
+        ).astype(jnp.int8)
+        h0 = controller.initial_step(x0, v0)
+
+        # Outputs are packed into few arrays so that each loop iteration does one scatter
+        # per array: on CPU every XLA op has a fixed cost, and bookkeeping otherwise rivals
+        # the integration itself. `finals`: [x (d), f, ||v||, t, path length]; `counters`:
+        # [status, steps, rejected]; `checkpoints`: (n, K, 3) with (||x||, f, ||v||).
+        zeros_n = jnp.zeros((n, 1), dtype)
+        out = dict(
+            finals=jnp.concatenate([x0, f0[:, None], s0[:, None], zeros_n, zeros_n], axis=1),
+            counters=jnp.stack(
+                [status0.astype(jnp.int32), jnp.zeros((n,), jnp.int32),
+                 jnp.zeros((n,), jnp.int32)],
+                axis=1,
+            ),
+            checkpoints=jnp.full((n, n_cp, 3), jnp.nan, dtype).at[:, 0].set(
+                jnp.stack([n0, f0, s0], axis=1)
+            ),
         )
+        if n_saved:
+            out["cp_x"] = jnp.full((n_saved, n_cp, d), jnp.nan, dtype).at[:, 0].set(
+                x0[:n_saved]
+            )
+        # Queue of the starts that need integrating (stable: original order kept).
+        todo = status0 == 0
+        queue = jnp.argsort(~todo, stable=True).astype(jnp.int32)
+        n_todo = jnp.sum(todo, dtype=jnp.int32)
+        start_pack = jnp.concatenate([x0, f0[:, None], v0, h0[:, None]], axis=1)
 
-    lane_ids = jnp.arange(n_lanes, dtype=jnp.int32)
-    first = jnp.where(lane_ids < n_todo, queue[jnp.minimum(lane_ids, n - 1)], n)
-    lanes = load(first)
+        def load(idx):
+            """Lane state for trajectory indices `idx` (idx == n: idle lane)."""
+            safe = jnp.minimum(idx, n - 1)
+            row = start_pack[safe]  # one gather for everything a fresh lane needs
+            x_s, f_s = row[:, :d], row[:, d]
+            v_s, h_s = row[:, d + 1 : 2 * d + 1], row[:, 2 * d + 1]
+            return dict(
+                idx=idx,
+                x=x_s,
+                f=f_s,
+                v=v_s,
+                k=jnp.zeros(idx.shape, jnp.int32),  # current segment [ts[k], ts[k+1]]
+                tau=jnp.zeros(idx.shape, dtype),  # offset in the segment
+                h=h_s,
+                prev_inv=jnp.ones(idx.shape, dtype),
+                steps=jnp.zeros(idx.shape, jnp.int32),
+                rejected=jnp.zeros(idx.shape, jnp.int32),
+                path=jnp.zeros(idx.shape, dtype),
+                stepper_state=jax.vmap(stepper.init)(x_s),
+            )
+
+        lane_ids = jnp.arange(n_lanes, dtype=jnp.int32)
+        first = jnp.where(lane_ids < n_todo, queue[jnp.minimum(lane_ids, n - 1)], n)
+        lanes = load(first)
+        next_ptr = jnp.minimum(n_todo, n_lanes).astype(jnp.int32)
+    else:
+        out_in, wide = resume
+        out = _pack(dict(out_in))
+        # The active lanes first (stable), then idle ones up to the new width. Only
+        # whole lane states move: no arithmetic.
+        moved = jnp.argsort(wide["idx"] >= n, stable=True)[:n_lanes]
+        lanes = jax.tree.map(lambda a: a[moved], wide)
+        next_ptr = n_todo = jnp.zeros((), jnp.int32)  # the queue is empty
+
     step_fn = jax.vmap(lambda x, f, v, h, s: stepper.step(field, x, f, v, h, s))
     eps = jnp.finfo(dtype).eps
+    rung = _rung_below(n_lanes)  # the next narrower width
+    narrow_at = rung if narrow and rung < n_lanes else 0
 
     def cond(carry):
-        lanes, _, _, _ = carry
-        return jnp.any(lanes["idx"] < n)
+        lanes, _, next_ptr, _ = carry
+        active = lanes["idx"] < n
+        go = jnp.any(active)
+        if narrow_at:
+            few = jnp.sum(active, dtype=jnp.int32) <= narrow_at
+            go = go & ~((next_ptr >= n_todo) & few)
+        return go
 
     def body(carry):
         lanes, out, next_ptr, it = carry
@@ -207,17 +277,19 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters):
         out["finals"] = out["finals"].at[w_idx].set(finals, mode="drop")
         out["counters"] = out["counters"].at[w_idx].set(counters, mode="drop")
 
+        keep = dict(
+            idx=jnp.where(done, n, lanes["idx"]), x=x_new, f=f_new, v=v_new, k=k_new,
+            tau=tau_new, h=h_next, prev_inv=prev_inv, steps=steps, rejected=rejected, path=path,
+            stepper_state=stepper_state,
+        )
+        if not refill:  # a resumed program: the queue is empty
+            return keep, out, next_ptr, it + 1
         # Refill finished lanes from the queue.
         rank = jnp.cumsum(done.astype(jnp.int32), dtype=jnp.int32) - 1
         q = next_ptr + rank
         has_new = done & (q < n_todo)
         new_idx = jnp.where(has_new, queue[jnp.minimum(q, n - 1)], n)
         fresh = load(new_idx)
-        keep = dict(
-            idx=jnp.where(done, n, lanes["idx"]), x=x_new, f=f_new, v=v_new, k=k_new,
-            tau=tau_new, h=h_next, prev_inv=prev_inv, steps=steps, rejected=rejected, path=path,
-            stepper_state=stepper_state,
-        )
         new_lanes = jax.tree.map(
             lambda fr, val: jnp.where(has_new.reshape(has_new.shape + (1,) * (val.ndim - 1)), fr, val),
             fresh,
@@ -226,17 +298,9 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters):
         next_ptr = next_ptr + jnp.sum(done, dtype=jnp.int32)
         return new_lanes, out, next_ptr, it + 1
 
-    next_ptr = jnp.minimum(n_todo, n_lanes).astype(jnp.int32)
     carry = (lanes, out, next_ptr, jnp.zeros((), jnp.int32))
-    _, out, _, iterations = jax.lax.while_loop(cond, body, carry)
-    finals, counters, checkpoints = out.pop("finals"), out.pop("counters"), out.pop("checkpoints")
-    out.update(
-        x=finals[:, :d], f=finals[:, d], stat=finals[:, d + 1], t=finals[:, d + 2],
-        path=finals[:, d + 3], status=counters[:, 0].astype(jnp.int8), steps=counters[:, 1],
-        rejected=counters[:, 2], cp_norm=checkpoints[:, :, 0], cp_f=checkpoints[:, :, 1],
-        cp_stat=checkpoints[:, :, 2],
-    )
-    return out, iterations
+    lanes, out, _, iterations = jax.lax.while_loop(cond, body, carry)
+    return _unpack(out, d), lanes, iterations, jnp.sum(lanes["idx"] < n, dtype=jnp.int32)
 
 
 # XLA:CPU hands reductions whose operands have at least 4096 elements to the YNNPACK
@@ -251,10 +315,34 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters):
 # not know it.
 _DETERMINISTIC_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
-# Fewest lanes the engine runs (the second idles when n = 1): XLA fuses a single-lane
-# program differently and so contracts other multiply-adds into FMAs; a trajectory run
-# alone would round differently than in a batch.
-MIN_LANES = 2
+# Fewest lanes the engine runs (the others idle when n is smaller): with fewer lanes than
+# a SIMD vector holds, XLA:CPU vectorises the lane loops differently, fuses a single-lane
+# program differently and contracts other multiply-adds into FMAs, so a trajectory would
+# round differently than in a batch (deep linear, float32, AVX2: 2 and 4 lanes differ from
+# 8 to 64 lanes in the last bits and in step counts). 16 lanes fill a 512-bit vector of
+# float32.
+MIN_LANES = 16
+
+# The tail of the queue continues in programs of `lanes // NARROW_RATIO**j` lanes (see
+# `run`), never fewer than `NARROW_MIN_LANES` (= `MIN_LANES`, for the reason above: a
+# narrowed trajectory must keep its results bit for bit).
+# `NARROW_TAIL = False` turns narrowing off (to measure what it saves).
+NARROW_RATIO = 8
+NARROW_MIN_LANES = MIN_LANES
+# Programs narrower than this are not narrowed further: each rung is one more compiled
+# program (~4 s on a 2-core CPU), which small runs (tests, interactive flows of a few
+# hundred starts at 64 lanes) would pay without a tail worth saving.
+NARROW_FROM = 128
+
+
+def _rung_below(width: int) -> int:
+    """The next narrower width of the ladder: `width // NARROW_RATIO`, rounded down to a
+    multiple of `MIN_LANES` (whole SIMD vectors of lanes), at least `NARROW_MIN_LANES`;
+    `width` itself below `NARROW_FROM` (no narrower program)."""
+    if width < NARROW_FROM:
+        return width
+    return max(width // NARROW_RATIO // MIN_LANES * MIN_LANES, NARROW_MIN_LANES)
+NARROW_TAIL = True
 
 
 @functools.cache
@@ -276,8 +364,52 @@ def _engine_program():
 
 
 def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
-    """The compiled engine (`_run`), one program per configuration and shapes."""
-    return _engine_program()(engine, x0, ts, gtol, radius, cp_iters)
+    """The compiled engine (`_run`), one program per configuration and shapes.
+
+    Narrowing of the tail: once the queue is empty and the active lanes fit in
+    `max(lanes // NARROW_RATIO, NARROW_MIN_LANES)` lanes, the program stops and the
+    remaining trajectories continue, from their exact state, in a program of that width,
+    and so on down the ladder `lanes // NARROW_RATIO**j` (at least `NARROW_MIN_LANES`,
+    skipping rungs the active lanes fit under), so that a few long trajectories do not
+    run with all other lanes masked. Their results are those of the wide program, bit for
+    bit, as the engine's arithmetic does not depend on the lane count from
+    `NARROW_MIN_LANES` lanes up. Each rung is one more program, compiled the first time a
+    tail reaches it and cached like any other shape: at most
+    `log(lanes / NARROW_MIN_LANES) / log(NARROW_RATIO)` programs more per configuration
+    (2 for 1024 lanes: 128 and 16; 1 for 64 or 128 lanes: 16), whatever the starts.
+
+    **Returns:** `(out, iterations, lane_iterations)`: the outputs, the loop iterations of
+    all programs together, and the sum over programs of lanes x iterations (the work done,
+    masked lanes included; `None` when narrowing is off or there is no narrower rung,
+    where it is `lanes * iterations`). With narrowing, `run` waits for each program's
+    results (it needs the number of active lanes); without, it returns at once.
+    """
+    program = _engine_program()
+    width = max(engine.lanes, MIN_LANES)
+    # Whether there is a narrower rung (the same flag, hence the same program, otherwise).
+    narrow = bool(NARROW_TAIL) and _narrower_width(width, 0) < width
+    out, lanes, iterations, active = program(engine, x0, ts, gtol, radius, cp_iters, narrow)
+    if not narrow:  # one program, and no wait for its results
+        return out, iterations, None
+    # Python integers: lanes x iterations can pass 2^31.
+    lane_iterations = int(iterations) * width
+    while (n_active := int(active)) > 0:
+        width = _narrower_width(width, n_active)
+        narrower = dataclasses.replace(engine, lanes=width)
+        out, lanes, it, active = program(
+            narrower, x0, ts, gtol, radius, cp_iters, narrow, (out, lanes)
+        )
+        iterations = iterations + it
+        lane_iterations += int(it) * width
+    return out, iterations, lane_iterations
+
+
+def _narrower_width(width: int, active: int) -> int:
+    """The narrowest width of the ladder `width // NARROW_RATIO**j` (at least
+    `NARROW_MIN_LANES`) that the `active` lanes fit in."""
+    while (nxt := _rung_below(width)) < width and active <= nxt:
+        width = nxt
+    return width
 
 
 def default_lanes(n: int, backend: str | None = None) -> int:

@@ -41,7 +41,11 @@ class FlowResult(eqx.Module):
     - `ts` `(K,)`: checkpoint times (`ts[0] = 0`, log-spaced after);
     - `cp_norm`, `cp_f`, `cp_stat` `(n, K)`: $\|x\|$, $f$, $\|v\|$ at the checkpoints,
       NaN after the trajectory stopped;
-    - `iterations`, `lanes`: loop iterations and lane count (for lockstep efficiency);
+    - `iterations`, `lanes`: loop iterations (of all the engine's programs together) and
+      the lane count of the first program;
+    - `lane_iterations`: lanes x loop iterations summed over the engine's programs (the
+      tail of the queue continues in narrower programs, see `jaxflow._engine.run`); `None`
+      when there was one program only, where it is `lanes * iterations`;
     - `cp_x` `(S, K, d)` or `None`: the flat states of the first `S = save_states`
       trajectories at the checkpoints (NaN after the trajectory stopped), to check
       conserved quantities and bounds along trajectories. Selecting trajectories
@@ -64,6 +68,7 @@ class FlowResult(eqx.Module):
     lanes: int = eqx.field(static=True)
     meta: dict = eqx.field(static=True, default_factory=dict)
     cp_x: jax.Array | None = None
+    lane_iterations: int | None = None
 
     def __len__(self):
         return int(self.f.shape[0])
@@ -74,12 +79,15 @@ class FlowResult(eqx.Module):
 
     @property
     def lockstep_efficiency(self) -> float:
-        """Useful steps / (lanes x loop iterations): 1.0 means no masked-out work."""
-        it = int(self.iterations)
-        if it == 0:
+        """Useful steps / lane-iterations (summed over the engine's programs, masked lanes
+        included): 1.0 means no masked-out work."""
+        work = self.lane_iterations
+        if work is None:
+            work = self.lanes * int(self.iterations)
+        if work == 0:
             return 1.0
         used = int(np.sum(np.asarray(self.steps, np.int64) + np.asarray(self.rejected)))
-        return used / (self.lanes * it)
+        return used / work
 
     def counts(self) -> dict[str, int]:
         """Number of trajectories per status name."""
@@ -103,7 +111,8 @@ class FlowResult(eqx.Module):
             cp_norm=self.cp_norm[idx], cp_f=self.cp_f[idx], cp_stat=self.cp_stat[idx],
         )
         return FlowResult(
-            ts=self.ts, iterations=self.iterations, lanes=self.lanes, meta=self.meta, **per_traj
+            ts=self.ts, iterations=self.iterations, lanes=self.lanes, meta=self.meta,
+            lane_iterations=self.lane_iterations, **per_traj,
         )
 
 
@@ -123,14 +132,35 @@ def _flat_starts(problem, x0, caller: str):
     return xs
 
 
+def _lane_count(lanes: int | None, n: int) -> int:
+    """Lanes for `n` starts: the request (default `default_lanes(n)`), at most `n`, rounded
+    up to a multiple of `MIN_LANES` (XLA:CPU vectorises lanes in SIMD vectors and computes
+    a partial vector with other code, so a lane's rounding would depend on the count)."""
+    wanted = min(default_lanes(n) if lanes is None else int(lanes), n)
+    return -(-wanted // MIN_LANES) * MIN_LANES
+
+
 def _integrate(engine: Engine, xs, ts, gtol, escape_radius, cp_iters, meta) -> FlowResult:
-    """Runs the compiled engine and packs its outputs into a `FlowResult`."""
+    """Runs the compiled engine and packs its outputs into a `FlowResult`.
+
+    The starts are padded with NaN rows (finished at t = 0, never integrated) to a multiple
+    of `MIN_LANES`: XLA:CPU evaluates the remainder rows of an array of starts with other
+    code than a full SIMD vector of rows, so without padding the first evaluation of a
+    trajectory, and through rounding its whole path, could depend on how many starts came
+    with it.
+    """
     dtype = xs.dtype
-    out, iterations = run(
+    n = xs.shape[0]
+    n_run = -(-n // MIN_LANES) * MIN_LANES
+    if n_run != n:
+        xs = jnp.concatenate([xs, jnp.full((n_run - n, xs.shape[1]), jnp.nan, dtype)])
+    out, iterations, lane_iterations = run(
         engine, xs, jnp.asarray(ts, dtype), jnp.asarray(gtol, dtype),
         jnp.asarray(escape_radius, dtype),
         None if cp_iters is None else jnp.asarray(cp_iters, jnp.int32),
     )
+    if n_run != n:
+        out = {k: v if k == "cp_x" else v[:n] for k, v in out.items()}
     status = out["status"]
     if not engine.stop_at_convergence:
         status = jnp.where(
@@ -141,7 +171,7 @@ def _integrate(engine: Engine, xs, ts, gtol, escape_radius, cp_iters, meta) -> F
         steps=out["steps"], rejected=out["rejected"], path_length=out["path"],
         ts=jnp.asarray(ts, dtype), cp_norm=out["cp_norm"], cp_f=out["cp_f"],
         cp_stat=out["cp_stat"], iterations=iterations, lanes=engine.lanes, meta=meta,
-        cp_x=out.get("cp_x"),
+        cp_x=out.get("cp_x"), lane_iterations=lane_iterations,
     )
 
 
@@ -177,7 +207,7 @@ def flow(
     dtype = xs.dtype
     gtol_value = opts.gtol_for(dtype)
     stepper = opts.stepper(problem)
-    n_lanes = max(min(default_lanes(n) if opts.lanes is None else int(opts.lanes), n), MIN_LANES)
+    n_lanes = _lane_count(opts.lanes, n)
     engine = Engine(
         field=field_for(problem) if field is None else field,
         stepper=stepper,
@@ -264,7 +294,7 @@ def descend(
         field=field_for(problem) if field is None else field,
         stepper=OptaxStepper(optimizer),
         controller=IterationCount(time_per_step=float(time_per_step)),
-        lanes=max(min(default_lanes(n) if opts.lanes is None else int(opts.lanes), n), MIN_LANES),
+        lanes=_lane_count(opts.lanes, n),
         max_steps=int(num_steps) + 1,
         stop_at_convergence=bool(opts.stop_at_convergence),
     )

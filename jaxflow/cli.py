@@ -48,7 +48,7 @@ def _common_flow_args(p: argparse.ArgumentParser, *, n_default: int, t1_default:
     p.add_argument("--seed", type=int, default=0, help="PRNG seed for the starts")
     p.add_argument("--t1", type=float, default=t1_default, help="horizon of the flow")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--solver", default="auto", help="auto | Kvaerno5 | Kvaerno3 | Tsit5 | Dopri5 ...")
+    p.add_argument("--solver", default="auto", help="auto (default) | Rodas4 | ProxLinear[:estimate=euler] | any diffrax solver: Kvaerno5, Tsit5, ...")
     p.add_argument("--rtol", type=float, default=1e-6)
     p.add_argument("--atol", type=float, default=1e-8)
     p.add_argument("--gtol", type=float, default=None, help="stationarity tolerance")
@@ -93,13 +93,42 @@ def _parse_params(items: list[str]) -> dict:
 
 
 def _solver_from_name(name: str):
+    """`--solver`: `auto`, a diffrax solver's class name (`Kvaerno5`), or a jaxflow stepper
+    (`Rodas4`, `ProxLinear`, also as `jaxflow.Rodas4`) with optional parameters
+    (`ProxLinear:estimate=euler`)."""
+    import json
+
     import diffrax
+
+    from ._stepper import STEPPERS
 
     if name == "auto":
         return "auto"
-    cls = getattr(diffrax, name, None)
+    base, _, rest = name.partition(":")
+    stepper = base.removeprefix("jaxflow.")
+    if stepper in STEPPERS:
+        params = {}
+        for item in filter(None, rest.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"--solver {name!r}: parameters are key=value, got {item!r}.")
+            try:
+                params[key] = json.loads(value)
+            except json.JSONDecodeError:
+                params[key] = value
+        try:
+            return STEPPERS[stepper](**params)
+        except TypeError as e:
+            raise ValueError(f"--solver {name!r}: {e}") from None
+    if rest:
+        raise ValueError(f"--solver {name!r}: only jaxflow steppers take parameters.")
+    cls = getattr(diffrax, base, None)
     if cls is None or not isinstance(cls, type) or not issubclass(cls, diffrax.AbstractSolver):
-        raise ValueError(f"unknown diffrax solver {name!r} (try Kvaerno5, Tsit5, Dopri5).")
+        known = ", ".join(sorted(STEPPERS))
+        raise ValueError(
+            f"unknown solver {name!r}: a diffrax solver (Kvaerno5, Tsit5, Dopri5, ...) or a "
+            f"jaxflow stepper ({known})."
+        )
     return cls()
 
 
@@ -195,9 +224,17 @@ def _default_out(args, params: dict) -> str:
     import hashlib
     import json
 
+    from ._options import solver_to_spec
+    from ._scan.references import resolve_problem
+
+    # The solver as resolved ("auto" names the current default), so that a scan with other
+    # defaults goes to another directory instead of being refused by the old one's spec.
+    solver = solver_to_spec(
+        _solver_from_name(args.solver), resolve_problem(args.problem, params)[0]
+    )
     key = json.dumps(
         [args.problem, params, args.n, args.seed, args.t1, args.dtype, args.chunk_size,
-         args.solver, args.rtol, args.atol, args.gtol, args.escape_radius,
+         solver, args.rtol, args.atol, args.gtol, args.escape_radius,
          args.save_trajectories],
         sort_keys=True,
     )
@@ -288,7 +325,7 @@ def cmd_scan(args) -> int:
             res = scan(
                 args.problem, args.n, out=out, t1=args.t1, seed=args.seed,
                 chunk_size=args.chunk_size, params=params, dtype=args.dtype,
-                solver=args.solver,
+                solver=_solver_from_name(args.solver),
                 stepsize_controller=diffrax.PIDController(rtol=args.rtol, atol=args.atol),
                 gtol=args.gtol, escape_radius=args.escape_radius,
                 save_trajectories=args.save_trajectories, executor=executor, devices=devices,

@@ -56,3 +56,27 @@ def test_bad_input_exit_code_and_message():
         capture_output=True, text=True,
     )
     assert proc.returncode == 2 and "--n must be positive" in proc.stderr
+
+
+def test_solver_names_include_jaxflow_steppers():
+    import diffrax
+
+    import jaxflow as jf
+    from jaxflow.cli import _solver_from_name
+
+    assert _solver_from_name("auto") == "auto"
+    assert isinstance(_solver_from_name("Kvaerno5"), diffrax.Kvaerno5)
+    assert isinstance(_solver_from_name("Rodas4"), jf.Rodas4)
+    assert isinstance(_solver_from_name("jaxflow.Rodas4"), jf.Rodas4)
+    assert _solver_from_name("ProxLinear:estimate=euler") == jf.ProxLinear(estimate="euler")
+    assert _solver_from_name("ProxLinear:estimate=midpoint,newton_iters=2") == jf.ProxLinear(
+        estimate="midpoint", newton_iters=2
+    )
+    for bad, message in [
+        ("Rodas5x", "unknown solver 'Rodas5x'"),
+        ("Kvaerno5:x=1", "only jaxflow steppers take parameters"),
+        ("ProxLinear:estimate", "parameters are key=value"),
+        ("ProxLinear:nope=1", "nope"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            _solver_from_name(bad)

@@ -86,7 +86,13 @@ def test_spec_round_trip(options):
 
 def test_auto_solver_is_recorded_resolved():
     opts = jf.FlowOptions(t1=1.0)
-    assert opts.to_spec(problems.get("matrix-completion"), jnp.float64)["solver"] == "Kvaerno5"
+    assert opts.to_spec(problems.get("matrix-completion"), jnp.float64)["solver"] == (
+        "jaxflow.Rodas4"
+    )
     assert opts.to_spec(problems.get("nonsmooth-factorization"), jnp.float64)["solver"] == (
         "jaxflow.ProxLinear"
     )
+    # A stepper's non-default parameters are recorded with it.
+    assert jf.FlowOptions(t1=1.0, solver=jf.ProxLinear(estimate="midpoint")).to_spec(
+        problems.get("nonsmooth-factorization"), jnp.float64
+    )["solver"] == {"class": "jaxflow.ProxLinear", "params": {"estimate": "midpoint"}}

@@ -423,5 +423,5 @@ def test_manifest_records_versions_and_hash(reference):
     assert env["x64"] is True and env["prng_impl"] == "threefry2x32"
     assert len(env["jaxflow_source"]) == 64
     assert m["spec"]["dtype"] == "float32" and m["spec"]["n_chunks"] == 5
-    assert m["spec"]["flow"]["solver"] == "Kvaerno5"
+    assert m["spec"]["flow"]["solver"] == "jaxflow.Rodas4"  # "auto", recorded resolved
     assert len(m["checkpoint_times"]) > 10 and m["checkpoint_times"][0] == 0.0

@@ -1,0 +1,79 @@
+"""The tail of the queue continues in narrower programs (`jaxflow._engine.run`): a few long
+trajectories no longer run with all other lanes masked, and their results are those of
+the wide program, bit for bit."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxflow as jf
+from jaxflow import _engine, problems
+
+FIELDS = (
+    "status", "steps", "rejected", "t", "x", "f", "stationarity", "path_length", "cp_norm",
+    "cp_f", "cp_stat", "cp_x",
+)
+PROBLEM = problems.get("matrix-completion")  # one object: its compiled programs are reused
+
+
+def _flow(x0, narrow, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(_engine, "NARROW_TAIL", narrow)
+        m.setattr(_engine, "NARROW_FROM", 64)
+        res = jf.flow(PROBLEM, x0, t1=2e3, lanes=64, save_states=32)
+    return res
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"])
+def test_narrowed_tail_gives_identical_results(dtype, monkeypatch):
+    # Example 1.1: most starts converge within tens of steps, the escaping valley runs to
+    # t1; rows 0 .. 31 include long ones, so the saved states cover moved trajectories.
+    x0 = jax.random.uniform(jax.random.key(7), (300, 4), dtype, -1.0, 1.0)
+    wide = _flow(x0, False, monkeypatch)
+    narrowed = _flow(x0, True, monkeypatch)
+    st = np.asarray(wide.status)
+    assert np.sum(st == jf.Status.HORIZON) > 0 and np.sum(st == jf.Status.CONVERGED) > 0
+    assert np.any(st[:32] == jf.Status.HORIZON)
+    for k in FIELDS:
+        np.testing.assert_array_equal(
+            np.asarray(getattr(narrowed, k)), np.asarray(getattr(wide, k)), err_msg=k
+        )
+    # Narrowing happened, and the masked-out work it saves shows in the efficiency; the
+    # loop iterations, summed over the programs, are those of the wide program.
+    assert wide.lane_iterations is None
+    assert int(narrowed.iterations) == int(wide.iterations)
+    assert narrowed.lane_iterations < wide.lanes * int(wide.iterations)
+    assert wide.lockstep_efficiency < narrowed.lockstep_efficiency <= 1
+
+
+def test_narrowed_programs_are_cached(monkeypatch, compilations):
+    # 64 lanes: the ladder of narrower programs is one rung (16 lanes); this tail reaches
+    # it. Once every rung is compiled, no call of the same shapes compiles anything.
+    x0 = jax.random.uniform(jax.random.key(8), (300, 4), jnp.float64, -1.0, 1.0)
+    before = compilations()
+    res = _flow(x0, True, monkeypatch)
+    assert compilations() - before <= 2  # none if an earlier test compiled these shapes
+    assert res.lane_iterations < res.lanes * int(res.iterations)  # the rung was reached
+    before = compilations()
+    _flow(x0 * 0.999, True, monkeypatch)
+    _flow(x0[::-1], True, monkeypatch)
+    assert compilations() == before
+
+
+def test_narrowed_tail_deep_linear_identical(monkeypatch):
+    # Matrix products: XLA:CPU rounds differently below a SIMD vector of lanes, which is
+    # why the ladder stops at `NARROW_MIN_LANES`.
+    problem = problems.get("deep-linear")
+    x0 = problem.sample(jax.random.key(1), 128, jnp.float64)
+    results = []
+    for narrow in (False, True):
+        monkeypatch.setattr(_engine, "NARROW_TAIL", narrow)
+        monkeypatch.setattr(_engine, "NARROW_FROM", 64)
+        results.append(jf.flow(problem, x0, t1=100.0, lanes=64))
+    wide, narrowed = results
+    for k in FIELDS[:-1]:
+        np.testing.assert_array_equal(
+            np.asarray(getattr(narrowed, k)), np.asarray(getattr(wide, k)), err_msg=k
+        )
+    assert narrowed.lane_iterations < wide.lanes * int(wide.iterations)
