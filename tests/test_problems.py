@@ -84,6 +84,14 @@ def test_entry_evaluates_and_documents(name, getkey):
     eq = facts["equation"]
     cite = eq.split(",")[0].replace(" base network", "")
     assert cite.split(" (")[0] in doc or cite in doc, (eq, doc[:200])
+    # A float32 run stays float32 with x64 on: no float64 value anywhere in f or its
+    # gradient (data captured in float64 is cast to the point's dtype), and no mixed-dtype
+    # arithmetic (which strict promotion, on in these tests, would refuse).
+    x32 = x0.astype(jnp.float32)
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(problem.f_flat))(x32[0])
+    wide = sorted({str(v.aval.dtype) for eqn in jaxpr.eqns for v in eqn.outvars}
+                  - {"float32", "int32", "bool", "uint32", "int8"})
+    assert not wide, f"{name}: float32 evaluation computes in {wide}"
     # The recorded parameters rebuild the same problem.
     rebuilt = problems.get(**facts["registry"])
     np.testing.assert_array_equal(jax.vmap(rebuilt.f_flat)(x0), fs)

@@ -89,8 +89,9 @@ def cosine_network(
     xj, yj = jnp.asarray(x), jnp.asarray(y)
 
     def base_loss(p):
-        pred = jnp.cos(jnp.outer(xj, p["w"])) @ p["v"]
-        return 0.5 * jnp.mean((pred - yj) ** 2)
+        dtype = p["w"].dtype  # the data in the starts' dtype (float32 runs stay float32)
+        pred = jnp.cos(jnp.outer(xj.astype(dtype), p["w"])) @ p["v"]
+        return 0.5 * jnp.mean((pred - yj.astype(dtype)) ** 2)
 
     example = {"v": jnp.zeros((width,)), "w": jnp.zeros((width,))}
     bounds = {"v": np.full(width, v_max), "w": np.full(width, w_max)}

@@ -129,7 +129,9 @@ def sigmoid_two_points(
     ys = jnp.array([y1, y2])
 
     def f(w):
-        return 0.5 * jnp.sum((w[1] * _sigmoid(w[0] * xs) - ys) ** 2)
+        # The data in the starts' dtype: float32 runs stay float32 with x64 on.
+        x, y = xs.astype(w.dtype), ys.astype(w.dtype)
+        return 0.5 * jnp.sum((w[1] * _sigmoid(w[0] * x) - y) ** 2)
 
     paper = (x1, y1, x2, y2) == (1.0, 1.0, -1.0, -3.0)
     return Problem(
@@ -311,10 +313,11 @@ def deep_linear(
     xj, yj = jnp.asarray(x), jnp.asarray(y)
 
     def f(ws):
-        prod = ws[0] @ xj
+        dtype = ws[0].dtype  # the data in the starts' dtype (float32 runs stay float32)
+        prod = ws[0] @ xj.astype(dtype)
         for w in ws[1:]:
             prod = w @ prod
-        return 0.5 * jnp.sum((prod - yj) ** 2)
+        return 0.5 * jnp.sum((prod - yj.astype(dtype)) ** 2)
 
     # Reduced-rank least squares: W_L...W_1 X ranges over the matrices Z with rank Z <= h
     # (narrowest layer) whose rows lie in the row space of X, so
@@ -461,7 +464,10 @@ def matrix_sensing(
 
     def f(p):
         z = p["X"] @ p["Y"].T
-        return jnp.sum((jnp.einsum("kij,ij->k", aj, z) - bj) ** 2) / (2 * m)
+        dtype = z.dtype  # the data in the starts' dtype (float32 runs stay float32)
+        return jnp.sum((jnp.einsum("kij,ij->k", aj.astype(dtype), z) - bj.astype(dtype)) ** 2) / (
+            2 * m
+        )
 
     return Problem(
         f, example={"X": jnp.zeros((n1, r)), "Y": jnp.zeros((n2, r))},
@@ -511,7 +517,7 @@ def nonsmooth_factorization(
     mj = jnp.asarray(mm)
 
     def f(p):
-        return jnp.sum(jnp.abs(p["X"] @ p["Y"].T - mj))
+        return jnp.sum(jnp.abs(p["X"] @ p["Y"].T - mj.astype(p["X"].dtype)))
 
     rank_one = (r, rank_m) == (1, 1)
     return Problem(
