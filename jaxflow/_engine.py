@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from ._controller import AbstractController
+from ._executables import call_cached
 from ._field import AbstractField, stationarity
 from ._status import Status
 from ._stepper import AbstractStepper
@@ -384,7 +385,7 @@ def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
     where it is `lanes * iterations`). With narrowing, `run` waits for each program's
     results (it needs the number of active lanes); without, it returns at once.
     """
-    program = _engine_program()
+    program = functools.partial(_call_program, _engine_program())
     width = max(engine.lanes, MIN_LANES)
     # Whether there is a narrower rung (the same flag, hence the same program, otherwise).
     narrow = bool(NARROW_TAIL) and _narrower_width(width, 0) < width
@@ -402,6 +403,24 @@ def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
         iterations = iterations + it
         lane_iterations += int(it) * width
     return out, iterations, lane_iterations
+
+
+def _call_program(program, engine: Engine, *args):
+    """`program(engine, *args)`, through the executable cache when a scan set a program
+    identity (`jaxflow._executables`), else traced and compiled as usual."""
+    static = dict(
+        lanes=engine.lanes, max_steps=engine.max_steps, save_states=engine.save_states,
+        stop_at_convergence=engine.stop_at_convergence,
+        field=type(engine.field).__qualname__, stepper=type(engine.stepper).__qualname__,
+        controller=type(engine.controller).__qualname__,
+        # args: x0, ts, gtol, radius, cp_iters, narrow[, resume]; the shapes of the arrays
+        # are part of the key already.
+        narrow=bool(args[5]), resumed=len(args) == 7, cp_iters=args[4] is not None,
+    )
+    out = call_cached(
+        _run, (engine, *args), static=static, compiler_options=dict(_engine_compiler_options())
+    )
+    return program(engine, *args) if out is None else out
 
 
 def _narrower_width(width: int, active: int) -> int:

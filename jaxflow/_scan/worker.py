@@ -33,6 +33,7 @@ import equinox as eqx
 import numpy as np
 
 from .._engine import default_lanes
+from .._executables import program_identity
 from .._detect import classify
 from .._flow import flow
 from .._options import FlowOptions
@@ -117,8 +118,7 @@ def run_chunk(job: ChunkJob) -> ChunkOutput:
     if bool(jax.config.jax_enable_x64) != env["x64"]:
         jax.config.update("jax_enable_x64", env["x64"])
     _check_worker_versions(env)
-    if job.cache is not False:
-        enable_compilation_cache(job.cache)
+    cache_dir = enable_compilation_cache(job.cache) if job.cache is not False else None
     problem = job.problem if job.problem is not None else cached_problem(job.source)
     device = getattr(_THREAD, "device", None)
     t0 = time.perf_counter()
@@ -127,7 +127,15 @@ def run_chunk(job: ChunkJob) -> ChunkOutput:
     default = jax.config.jax_default_device or jax.devices()[0]
     on_default = device is None or device == default
     ctx = contextlib.nullcontext() if on_default else jax.default_device(device)
-    with ctx:
+    # The engine's executable is stored next to JAX's cache, keyed by what this spec
+    # decides (`jaxflow._executables`): a repeated scan neither traces nor compiles it.
+    # Built-in problems only: their code is covered by jaxflow's source fingerprint (a
+    # user's Problem can change in ways its objective's jaxpr does not show).
+    identity = None
+    if cache_dir is not None and on_default and job.source.get("kind") == "builtin":
+        identity = {"problem": job.spec["problem"], "program": program_key(job.spec),
+                    "save_states": job.spec["save_states"], "environment": env}
+    with ctx, program_identity(identity, cache_dir):
         columns, trajectories = _first_run_serialised(
             (id(problem), program_key(job.spec), None if device is None else device.id),
             lambda: _compute_chunk(problem, job.spec, job.chunk, device),

@@ -1,0 +1,180 @@
+r"""Serialised engine executables: a repeated scan starts without tracing or compiling.
+
+JAX's persistent compilation cache (`jaxflow._scan.cache`) saves XLA's compilation, but
+to find an entry it needs the lowered program, so every new process still traces and
+lowers the engine (about 1 s of a scan's start on a 2-core CPU). Here the *compiled*
+executable of the engine is stored as well (`jax.experimental.serialize_executable`),
+under a key that the caller computes without tracing anything.
+
+The key is the caller's **identity** of everything the program is built from, plus what
+`jaxflow._engine.run` adds at the call. A scan's worker gives (`program_identity`) the
+objective's jaxpr fingerprint (jaxpr and constants, `jaxflow._scan.references`), the
+problem's source, the flow and classification options of its spec, the chunk size and
+dtype, jaxflow's source fingerprint and the versions in the scan's environment; to that
+are added here the engine's static configuration (lanes, step budget, saved states, the
+field's and stepper's types), the path, shape and dtype of every array argument, the
+versions of jax, jaxlib, equinox and diffrax,
+the platform and device kind, the JAX flags that change lowering, `XLA_FLAGS` and the
+engine's compiler options. A change to any of them gives another key: a stale entry is
+never found, so it is never used. An entry that cannot be read or loaded is ignored and
+compiled anew (and rewritten). Results are bit for bit those of the traced program
+(`tests/test_executables.py`).
+
+Only calls made inside `program_identity(...)` use this cache (a scan's chunks of a
+built-in problem, on the default device); every other call compiles as usual. Like JAX's own cache, the directory
+holds executable code: anyone who can write to it can run code as you. It lives inside
+the compilation-cache directory (`jaxflow-executables/`), under the same trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import json
+import os
+import pickle
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+
+__all__ = ["program_identity", "current_identity", "call_cached", "SUBDIR"]
+
+SUBDIR = "jaxflow-executables"
+
+_IDENTITY: contextvars.ContextVar = contextvars.ContextVar("jaxflow_program_identity",
+                                                           default=None)
+# Executables loaded or compiled in this process, by key (a chunk program is reused by
+# every chunk of a scan).
+_LOADED: dict[str, Any] = {}
+_LOCK = threading.Lock()
+# The JAX flags that change how a traced program is lowered (and so its executable).
+_FLAGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_rank_promotion",
+          "jax_numpy_dtype_promotion", "jax_default_prng_impl", "jax_enable_checks",
+          "jax_debug_nans", "jax_debug_infs", "jax_disable_jit")
+
+
+@contextlib.contextmanager
+def program_identity(identity: Mapping | None, directory):
+    """Within this context, engine programs are stored and loaded as executables.
+
+    **Arguments:**
+
+    - `identity`: JSON-able description of everything the program depends on that the
+      engine cannot see (see the module docstring); `None` turns the cache off.
+    - `directory`: where the executables live; `None` turns the cache off.
+    """
+    value = None
+    if identity is not None and directory is not None:
+        value = (json.dumps(identity, sort_keys=True, default=str), str(directory))
+    token = _IDENTITY.set(value)
+    try:
+        yield
+    finally:
+        _IDENTITY.reset(token)
+
+
+def current_identity():
+    """`(identity_json, directory)` set by `program_identity`, or None."""
+    return _IDENTITY.get()
+
+
+def _environment() -> dict:
+    """What the executable depends on beyond the caller's identity (which carries
+    jaxflow's source fingerprint: see `jaxflow._scan.worker`)."""
+    import diffrax
+    import jaxlib
+    import numpy as np
+
+    device = jax.devices()[0]
+    return {
+        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "equinox": eqx.__version__,
+        "diffrax": getattr(diffrax, "__version__", "?"), "numpy": np.__version__, "platform": device.platform, "device_kind": getattr(device, "device_kind", ""),
+        "default_device": str(jax.config.jax_default_device),
+        "flags": {k: str(getattr(jax.config, k, None)) for k in _FLAGS},
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def _arrays(dynamic) -> list:
+    """(path, shape, dtype, weak type) of every array leaf: the call's signature."""
+    leaves = jax.tree_util.tree_flatten_with_path(dynamic)[0]
+    return [
+        [jax.tree_util.keystr(path), list(leaf.shape), str(leaf.dtype),
+         bool(getattr(leaf, "weak_type", False))]
+        for path, leaf in leaves
+    ]
+
+
+def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options: Mapping):
+    """`jax.jit(fn, compiler_options)(*args)` through the executable cache, or `None`
+    when no `program_identity` is active (then the caller compiles as usual).
+
+    `static`: JSON-able description of the non-array parts of `args` that the caller's
+    identity does not already cover (the engine's static fields).
+    """
+    current = _IDENTITY.get()
+    if current is None:
+        return None
+    identity, directory = current
+    dynamic, rest = eqx.partition(args, eqx.is_array)
+    leaves, treedef = jax.tree.flatten(dynamic)
+    key_text = json.dumps(
+        {"identity": identity, "static": static, "arrays": _arrays(dynamic),
+         "compiler_options": sorted(compiler_options.items()), "environment": _environment()},
+        sort_keys=True, default=str,
+    )
+    key = hashlib.sha256(key_text.encode()).hexdigest()
+    with _LOCK:
+        compiled = _LOADED.get(key)
+    if compiled is None:
+        path = Path(directory) / SUBDIR / f"{key}.bin"
+        compiled = _load(path)
+        if compiled is None:
+            def flat(leaves_):
+                return fn(*eqx.combine(jax.tree.unflatten(treedef, leaves_), rest))
+
+            flat.__name__ = flat.__qualname__ = fn.__name__  # the program's name: jit(_run)
+
+            compiled = (
+                jax.jit(flat, compiler_options=dict(compiler_options)).lower(leaves).compile()
+            )
+            _store(path, compiled)
+        with _LOCK:
+            _LOADED[key] = compiled
+    return compiled(leaves)
+
+
+def _load(path: Path):
+    """The executable stored at `path`, or None (missing, unreadable, or not loadable
+    here: then it is compiled anew and overwritten)."""
+    from jax.experimental.serialize_executable import deserialize_and_load
+
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        payload, in_tree, out_tree = pickle.loads(data)
+        return deserialize_and_load(payload, in_tree, out_tree)
+    except Exception:  # a truncated or foreign entry: recompile
+        return None
+
+
+def _store(path: Path, compiled) -> None:
+    """Writes the executable atomically (a crash leaves no partial entry); failures to
+    serialise or write only cost the next process a compilation."""
+    from jax.experimental.serialize_executable import serialize
+
+    try:
+        data = pickle.dumps(serialize(compiled))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except Exception:
+        return

@@ -1,0 +1,88 @@
+"""Serialised engine executables (`jaxflow._executables`): a repeated scan of a built-in
+problem loads the engine instead of tracing and compiling it, with the same results bit
+for bit; anything that changes the program gives another entry; a damaged entry is
+recompiled; scans of Problem objects never use it."""
+
+import diffrax
+import jax
+import numpy as np
+import pytest
+
+import jaxflow as jf
+from jaxflow import _executables
+
+KW = dict(t1=50.0, chunk_size=64, progress=None)
+
+
+def _bins(cache):
+    return sorted((cache / _executables.SUBDIR).glob("*.bin"))
+
+
+def _table(res):
+    return res.to_numpy()
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """What a new process would have: no executable loaded, no program traced."""
+
+    def reset():
+        monkeypatch.setattr(_executables, "_LOADED", {})
+        jax.clear_caches()
+
+    return reset
+
+
+def test_repeated_scan_loads_the_engine_with_identical_results(tmp_path, compilations,
+                                                                fresh_process):
+    cache = tmp_path / "xla"
+    plain = jf.scan("matrix-completion", 128, out=tmp_path / "plain", compilation_cache=False, **KW)
+    assert not cache.exists()
+    fresh_process()
+    first = jf.scan("matrix-completion", 128, out=tmp_path / "a", compilation_cache=cache, **KW)
+    (entry,) = _bins(cache)
+    fresh_process()
+    before = compilations()
+    again = jf.scan("matrix-completion", 128, out=tmp_path / "b", compilation_cache=cache, **KW)
+    assert compilations() == before  # the engine was neither traced nor compiled
+    assert _bins(cache) == [entry]
+    _same(_table(first), _table(plain))
+    _same(_table(again), _table(plain))
+
+    # Another program (here the tolerance) is another entry; the first stays valid.
+    fresh_process()
+    other = jf.scan("matrix-completion", 128, out=tmp_path / "c", compilation_cache=cache,
+                    stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-8), **KW)
+    assert len(_bins(cache)) == 2 and entry in _bins(cache)
+    assert other.counts() == plain.counts()  # same fates, other steps
+
+    # A damaged entry is not loaded: compiled again, rewritten, same results.
+    entry.write_bytes(entry.read_bytes()[:1000])
+    fresh_process()
+    before = compilations()
+    fixed = jf.scan("matrix-completion", 128, out=tmp_path / "d", compilation_cache=cache, **KW)
+    assert compilations() == before + 1
+    assert entry.stat().st_size > 1000
+    _same(_table(fixed), _table(plain))
+
+
+def test_problem_objects_do_not_use_stored_executables(tmp_path):
+    cache = tmp_path / "xla"
+    problem = jf.problems.get("matrix-completion")  # an object: its code is not covered
+    jf.scan(problem, 64, out=tmp_path / "a", compilation_cache=cache, **KW)
+    assert cache.exists() and not _bins(cache)
+
+
+def test_no_identity_no_cache():
+    assert _executables.current_identity() is None
+    assert _executables.call_cached(
+        lambda x: x, (np.zeros(2),), static={}, compiler_options={}
+    ) is None
+    with _executables.program_identity({"a": 1}, None):
+        assert _executables.current_identity() is None
