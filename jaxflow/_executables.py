@@ -20,6 +20,12 @@ never found, so it is never used. An entry that cannot be read or loaded is igno
 compiled anew (and rewritten). Results are bit for bit those of the traced program
 (`tests/test_executables.py`).
 
+Programs with custom calls (LAPACK kernels such as `eigh` on CPU, host callbacks) are
+never stored: reloaded with `jax.experimental.serialize_executable` they crash the process
+when run (measured: a float32 `eigh` of 4x4 Hessians on CPU, jax 0.10.2). The engine's own
+linear algebra is unrolled (`jaxflow._stepper.linalg`), so its programs have none unless a
+problem or a wrapped diffrax solver brings one.
+
 Only calls made inside `program_identity(...)` use this cache (a scan's chunks of a
 built-in problem, on the default device); every other call compiles as usual. Like JAX's own cache, the directory
 holds executable code: anyone who can write to it can run code as you. It lives inside
@@ -140,10 +146,10 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
 
             flat.__name__ = flat.__qualname__ = fn.__name__  # the program's name: jit(_run)
 
-            compiled = (
-                jax.jit(flat, compiler_options=dict(compiler_options)).lower(leaves).compile()
-            )
-            _store(path, compiled)
+            lowered = jax.jit(flat, compiler_options=dict(compiler_options)).lower(leaves)
+            compiled = lowered.compile()
+            if "custom_call" not in lowered.as_text():
+                _store(path, compiled)
         with _LOCK:
             _LOADED[key] = compiled
     return compiled(leaves)
@@ -160,7 +166,10 @@ def _load(path: Path):
         return None
     try:
         payload, in_tree, out_tree = pickle.loads(data)
-        return deserialize_and_load(payload, in_tree, out_tree)
+        # On the default device only (as compiled), not on every device of the backend.
+        device = jax.config.jax_default_device or jax.devices()[0]
+        return deserialize_and_load(payload, in_tree, out_tree, backend=device.client,
+                                    execution_devices=[device])
     except Exception:  # a truncated or foreign entry: recompile
         return None
 

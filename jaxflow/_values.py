@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._executables import call_cached
 from ._field import GradientField
 from ._field_choice import field_for
 from ._json import jsonable
@@ -168,16 +169,24 @@ def _field_or_none(problem):
         return None
 
 
-@eqx.filter_jit
-def _eigs_jit(field, points):
+def _hessians(field, points):
     hs = jax.vmap(field.jacobian)(points)
-    hs = 0.5 * (hs + jnp.swapaxes(hs, -1, -2))
-    return jnp.linalg.eigh(hs)
+    return 0.5 * (hs + jnp.swapaxes(hs, -1, -2))
 
 
-@eqx.filter_jit
-def _values_jit(field, points):
+def _values(field, points):
     return jax.vmap(field.value)(points)
+
+
+_JITTED = {_hessians: eqx.filter_jit(_hessians), _values: eqx.filter_jit(_values)}
+
+
+def _call(fn, field, points):
+    """`fn(field, points)` compiled: from the executable cache inside a scan of a built-in
+    problem (`jaxflow._executables`), else traced and compiled as usual."""
+    static = {"fn": fn.__name__, "field": type(field).__qualname__}
+    out = call_cached(fn, (field, points), static=static, compiler_options={})
+    return _JITTED[fn](field, points) if out is None else out
 
 
 def _field_for_values(problem):
@@ -191,8 +200,15 @@ def _field_for_values(problem):
 def _hessian_eigs(problem, points, field=None):
     """Eigenvalues `(m, d)` and eigenvectors `(m, d, d)` of the Hessians at `points`."""
     field = _field_for_values(problem) if field is None else field
-    w, v = _eigs_jit(field, jnp.asarray(points))
-    return np.asarray(w, np.float64), np.asarray(v)
+    points = jnp.asarray(points)
+    # The eigendecomposition on the host in float64: a few small matrices, and a compiled
+    # `eigh` (a LAPACK custom call on CPU) could not come from the executable cache.
+    hs = np.asarray(_call(_hessians, field, points), np.float64)
+    finite = np.all(np.isfinite(hs), axis=(1, 2))
+    w, v = np.full(hs.shape[:2], np.nan), np.full(hs.shape, np.nan)
+    if finite.any():
+        w[finite], v[finite] = np.linalg.eigh(hs[finite])
+    return w, v.astype(points.dtype)
 
 
 def _perturbation_tests(problem, points, values, tol_f, key, n_dirs=128, directions=None):
@@ -218,7 +234,7 @@ def _perturbation_tests(problem, points, values, tol_f, key, n_dirs=128, directi
         x[:, None, None, :]
         + (scale[:, None, None, None] * steps[None, :, None, None]) * u[:, None, :, :]
     )
-    fv = _values_jit(_field_for_values(problem), pts.reshape(-1, d))
+    fv = _call(_values, _field_for_values(problem), pts.reshape(-1, d))
     fv = fv.reshape(m, steps.shape[0], n_dirs)
     diff = np.asarray(fv, np.float64) - np.asarray(values, np.float64)[:, None, None]
     tol = np.asarray(tol_f, np.float64)[:, None, None]

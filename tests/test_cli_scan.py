@@ -161,6 +161,7 @@ def test_user_objective_by_reference(tmp_path, capsys):
         "scan", "scan_problems:double_well", "--param", "dim=1", "--param", "low=-2",
         "--param", "high=2", "--escape-radius", "inf", "--n", "200", "--t1", "50",
         "--chunk-size", "64", "--seed", "7", "--quiet", "--out", str(out),
+        "--solver", "Kvaerno5",  # its blow-ups overflow (NONFINITE); Rodas4's end MAX_STEPS
     ])
     assert rc == 0, capsys.readouterr().err
     res = jf.load(out)

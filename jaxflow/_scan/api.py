@@ -31,6 +31,7 @@ from typing import Any, Unpack
 
 import numpy as np
 
+from .._executables import program_identity
 from .._json import float_from_json
 from .._options import FlowOptions, FlowShorthands, solver_name
 from .._problem import Problem
@@ -40,6 +41,7 @@ from .references import bounded_builtin, problem_fingerprint, resolve_problem
 from .scheduler import ScanProgress, check_executor, execute, open_executor
 from .spec import check_classify_options, environment, scan_spec
 from .store import Store
+from .worker import program_identity_of
 from .summary import read_typing, store_points, summarize, write_typing
 
 __all__ = ["scan", "load", "ScanResult", "ScanProgress", "build_report"]
@@ -449,9 +451,13 @@ def scan(
             entries, _ = store.finished_chunks(n_chunks)
             # The driver has the problem: it types the critical points and stores the
             # types, so the store later opens and reports without running anything.
-            result = _read_result(store, manifest, entries, prob, computed=computed,
-                                  skipped=skipped, wall_s=time.perf_counter() - t_start,
-                                  record=True)
+            # Its programs (Hessians at the critical points) come from the executable
+            # cache like the workers' (`jaxflow._executables`).
+            identity = program_identity_of(spec, env) if cache_setting else None
+            with program_identity(identity, cache_setting or None):
+                result = _read_result(store, manifest, entries, prob, computed=computed,
+                                      skipped=skipped, wall_s=time.perf_counter() - t_start,
+                                      record=True)
         finally:
             store.release()
     finally:

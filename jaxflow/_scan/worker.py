@@ -44,7 +44,7 @@ from .references import cached_fingerprint, cached_problem
 from .spec import jaxflow_version, program_key, source_fingerprint
 
 __all__ = ["ChunkJob", "ChunkOutput", "run_chunk", "device_pool", "forked_from_driver",
-           "FORK_REFUSAL"]
+           "FORK_REFUSAL", "program_identity_of"]
 
 # The process that imported this module. A `fork`ed child inherits the module (and this
 # value) instead of importing it; a `spawn`ed or `forkserver` child imports it afresh.
@@ -129,12 +129,7 @@ def run_chunk(job: ChunkJob) -> ChunkOutput:
     ctx = contextlib.nullcontext() if on_default else jax.default_device(device)
     # The engine's executable is stored next to JAX's cache, keyed by what this spec
     # decides (`jaxflow._executables`): a repeated scan neither traces nor compiles it.
-    # Built-in problems only: their code is covered by jaxflow's source fingerprint (a
-    # user's Problem can change in ways its objective's jaxpr does not show).
-    identity = None
-    if cache_dir is not None and on_default and job.source.get("kind") == "builtin":
-        identity = {"problem": job.spec["problem"], "program": program_key(job.spec),
-                    "save_states": job.spec["save_states"], "environment": env}
+    identity = program_identity_of(job.spec, env) if on_default else None
     with ctx, program_identity(identity, cache_dir):
         columns, trajectories = _first_run_serialised(
             (id(problem), program_key(job.spec), None if device is None else device.id),
@@ -144,6 +139,17 @@ def run_chunk(job: ChunkJob) -> ChunkOutput:
         device = jax.devices()[0]
     return ChunkOutput(job.chunk, columns, trajectories, _device_label(device),
                        time.perf_counter() - t0)
+
+
+def program_identity_of(spec: Mapping, environment: Mapping) -> dict | None:
+    """What a scan's compiled programs depend on beyond their arguments' shapes, for the
+    executable cache (`jaxflow._executables`); None (no cache) unless the problem is a
+    built-in one: its code is covered by jaxflow's source fingerprint, while a user's
+    `Problem` can change in ways its objective's jaxpr does not show."""
+    if spec["problem"]["source"].get("kind") != "builtin":
+        return None
+    return {"problem": spec["problem"], "program": program_key(spec),
+            "save_states": spec["save_states"], "environment": dict(environment)}
 
 
 _WARM: set = set()
