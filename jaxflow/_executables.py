@@ -16,7 +16,7 @@ field's and stepper's types), the path, shape and dtype of every array argument,
 versions of jax, jaxlib, equinox and diffrax,
 the platform and device kind, the JAX flags that change lowering, `XLA_FLAGS` and the
 engine's compiler options. A change to any of them gives another key: a stale entry is
-never found, so it is never used. An entry that cannot be read or loaded is ignored and
+never found, so it is never used. An entry that cannot be read, loaded or run is ignored and
 compiled anew (and rewritten). Results are bit for bit those of the traced program
 (`tests/test_executables.py`).
 
@@ -135,24 +135,43 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
         sort_keys=True, default=str,
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()
+    path = Path(directory) / SUBDIR / f"{key}.bin"
+
+    def compile_and_store():
+        def flat(leaves_):
+            return fn(*eqx.combine(jax.tree.unflatten(treedef, leaves_), rest))
+
+        flat.__name__ = flat.__qualname__ = fn.__name__  # the program's name: jit(_run)
+        lowered = jax.jit(flat, compiler_options=dict(compiler_options)).lower(leaves)
+        compiled = lowered.compile()
+        if "custom_call" not in lowered.as_text():
+            _store(path, compiled)
+        return compiled
+
     with _LOCK:
         compiled = _LOADED.get(key)
+    loaded = False
     if compiled is None:
-        path = Path(directory) / SUBDIR / f"{key}.bin"
         compiled = _load(path)
+        loaded = compiled is not None
         if compiled is None:
-            def flat(leaves_):
-                return fn(*eqx.combine(jax.tree.unflatten(treedef, leaves_), rest))
-
-            flat.__name__ = flat.__qualname__ = fn.__name__  # the program's name: jit(_run)
-
-            lowered = jax.jit(flat, compiler_options=dict(compiler_options)).lower(leaves)
-            compiled = lowered.compile()
-            if "custom_call" not in lowered.as_text():
-                _store(path, compiled)
+            compiled = compile_and_store()
         with _LOCK:
             _LOADED[key] = compiled
-    return compiled(leaves)
+    if not loaded:
+        return compiled(leaves)
+    try:
+        # Waits for the result: XLA reports a broken executable when it runs, which with
+        # asynchronous dispatch would be when the caller reads the outputs.
+        return jax.block_until_ready(compiled(leaves))
+    except jax.errors.JaxRuntimeError:
+        # Loaded but not runnable here (XLA:CPU: "Function ... not found" with several
+        # host devices): compiled anew, replacing the entry. The call is pure, so
+        # running it again is safe.
+        compiled = compile_and_store()
+        with _LOCK:
+            _LOADED[key] = compiled
+        return compiled(leaves)
 
 
 def _load(path: Path):
