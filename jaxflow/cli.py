@@ -1,4 +1,4 @@
-"""Command line: `jaxflow problems | flow | scan | report`.
+"""Command line: `jaxflow problems | flow | scan | sweep | report`.
 
 Exit codes (stable; messages go to stderr, prefixed `jaxflow: error:`):
 
@@ -315,6 +315,12 @@ def cmd_report(args) -> int:
     from rich.console import Console
 
     from ._scan.store import Store
+    from ._sweep.store import SweepStore
+
+    if SweepStore.is_sweep(args.out):
+        from ._sweep.cli import report_sweep
+
+        return report_sweep(args)
 
     store = Store(args.out)
     manifest = store.read_manifest()
@@ -410,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     _width_arg(p)
     p.set_defaults(func=cmd_scan)
 
+    from ._sweep.cli import add_parser as add_sweep_parser
+
+    add_sweep_parser(sub)
+
     p = sub.add_parser(
         "report",
         help="re-print a scan's report; write Markdown, JSON and PNG plots",
@@ -419,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cannot be written (the report is still printed; use --to); 5 damaged or edited store "
         "(rerun the scan to recompute a corrupted chunk).",
     )
-    p.add_argument("out", help="the scan directory")
+    p.add_argument("out", help="the scan (or sweep) directory")
     p.add_argument("--to", default=None, help="output directory (default OUT/report)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
