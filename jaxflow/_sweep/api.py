@@ -234,11 +234,11 @@ def sweep(
     store.check_links()
 
     stored = store.read()
+    grid_problems = []
     if stored is not None:
-        merged, problems = Grid(stored["grid"]).union(grid)
-        if problems:
-            store.refuse_grid(problems)
-        grid = merged
+        merged, grid_problems = Grid(stored["grid"]).union(grid)
+        if not grid_problems:
+            grid = merged
     points = grid.points()
     built = []
     for p in points:
@@ -257,6 +257,8 @@ def sweep(
                        save_trajectories=save_trajectories, save_states=save_states)
     if stored is not None:
         store.compare(stored, spec)
+        if grid_problems:
+            store.refuse_grid(grid_problems)
     else:
         store.check_new()
 
@@ -280,6 +282,11 @@ def sweep(
 
             if progress is not None:
                 progress(SweepProgress(i, len(points), dict(p), None))
+            res = _finished_point(store.point_path(p), spec, {**fixed, **p})
+            if res is not None:  # nothing to do: read it, write nothing
+                results.append(res)
+                skipped.append(i)
+                continue
             res = scan(
                 problem, n, out=store.point_path(p), params={**fixed, **p}, seed=seed,
                 chunk_size=chunk_size, dtype=dtype, options=opts,
@@ -296,6 +303,39 @@ def sweep(
     return SweepResult(manifest=manifest, out=out, points=points, results=results,
                        computed=computed, skipped=skipped,
                        wall_s=time.perf_counter() - t_start)
+
+
+def _finished_point(path: Path, spec: Mapping, params: Mapping):
+    """The stored scan of a point when it is complete and is this sweep's point; else
+    `None` (then `scan` resumes it, or refuses a different one with the differing fields)."""
+    from .._scan.store import Store
+
+    point = Store(path)
+    try:
+        manifest = point.read_manifest()
+    except Exception:  # damaged: `scan` reports it
+        return None
+    if manifest is None:
+        return None
+    ps = manifest["spec"]
+    flow = dict(ps["flow"])
+    if spec["flow"]["solver"] == "auto":
+        flow["solver"] = "auto"
+    same = (
+        ps["problem"]["source"] == {**spec["problem"], "params": dict(params)}
+        and all(ps[k] == spec[k] for k in ("n", "seed", "chunk_size", "dtype", "classify",
+                                           "save_trajectories"))
+        and flow == spec["flow"]
+        and (spec["save_states"] is None or bool(ps["save_states"]) == spec["save_states"])
+    )
+    from .._scan.spec import environment
+
+    if not same or manifest.get("environment") != environment():
+        return None
+    done, corrupted = point.finished_chunks(ps["n_chunks"])
+    if corrupted or len(done) != ps["n_chunks"]:
+        return None
+    return load(path)
 
 
 def load_sweep(out, *, verify: bool = True) -> SweepResult:

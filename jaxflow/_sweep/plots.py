@@ -70,8 +70,7 @@ def heatmap(summary, x: str, y: str, *, quantity: str = "escaping", where: Mappi
     for r in rows:
         if r["n"]:
             grid[ys.index(r[y]), xs.index(r[x])] = r[f"{quantity}_fraction"]
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#dddddd")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", cmap=cmap, vmin=0.0, vmax=1.0,
                    aspect="auto")
     for r in rows:
