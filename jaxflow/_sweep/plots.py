@@ -2,7 +2,8 @@ r"""Figures of a sweep (matplotlib, Agg): what `jaxflow report` writes for a swe
 
 - `heatmap`: a fraction (escaping by default) over two grid parameters, on a fixed
   $[0, 1]$ colour scale, every cell annotated with the percentage, its 95 % Wilson
-  interval and $N$ (so a pale cell from 50 starts is not read like one from $10^4$);
+  interval, $N$ and the undecided fraction (so a pale cell from 50 starts, or one where
+  most trajectories are undecided, is not read like a clean $0$ from $10^4$);
 - `line`: the fraction against one parameter with asymmetric 95 % error bars, one line
   per value of an optional second parameter.
 
@@ -55,10 +56,12 @@ def _check_axes(summary, names):
 
 def heatmap(summary, x: str, y: str, *, quantity: str = "escaping", where: Mapping | None = None,
             outline: Callable[[dict], bool] | None = None, outline_label: str | None = None,
-            ax=None, title: str | None = None):
+            undecided_hatch: float = 0.05, ax=None, title: str | None = None):
     """The fraction `quantity` (`"escaping"`, `"undecided"` or `"settled"`) over grid
     parameters `x` and `y`; other axes fixed by `where`. Cells where `outline(row)` holds
-    get a black frame (e.g. the overparameterised points), described by `outline_label`."""
+    get a black frame (e.g. the overparameterised points), described by `outline_label`.
+    Each cell also states its undecided fraction when it is not zero, and is hatched when
+    it reaches `undecided_hatch`: there the horizon left the question open."""
     plt = _plt()
     _check_axes(summary, [x, y])
     rows = _select(summary.rows, where)
@@ -80,8 +83,18 @@ def heatmap(summary, x: str, y: str, *, quantity: str = "escaping", where: Mappi
             continue
         f, lo, hi = (r[f"{quantity}_{s}"] for s in ("fraction", "low", "high"))
         colour = "white" if f < 0.55 else "black"
-        ax.text(j, i, f"{100 * f:.1f} %\n[{100 * lo:.1f}, {100 * hi:.1f}]\nN={r['n']:,}",
-                ha="center", va="center", fontsize=7.5, color=colour, linespacing=1.15)
+        text = f"{100 * f:.1f} %\n[{100 * lo:.1f}, {100 * hi:.1f}]\nN={r['n']:,}"
+        undecided = r["undecided_fraction"]
+        if quantity != "undecided" and undecided > 0:
+            # A low escaping fraction means little when most trajectories are undecided.
+            text += f"\nundecided {100 * undecided:.1f} %"
+            if undecided >= undecided_hatch:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1.0, 1.0, fill=False, lw=0,
+                                           hatch="///", ec="#bbbbbb"))
+        back = "#000000" if colour == "white" else "#ffffff"
+        ax.text(j, i, text, ha="center", va="center", fontsize=7.5, color=colour,
+                linespacing=1.15,
+                bbox=dict(boxstyle="round,pad=0.25", fc=back, ec="none", alpha=0.7))
         if outline is not None and outline(r):
             ax.add_patch(plt.Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False,
                                        lw=1.6, ec="black"))
@@ -95,6 +108,8 @@ def heatmap(summary, x: str, y: str, *, quantity: str = "escaping", where: Mappi
     head = title or f"{_LABELS[quantity].capitalize()} fraction\n{summary.title()}"
     if outline_label:
         head += f"\nframed: {outline_label}"
+    if quantity != "undecided":
+        head += f"; hatched: undecided ≥ {100 * undecided_hatch:g} %"
     ax.set_title(head, fontsize=9)
     return ax
 
