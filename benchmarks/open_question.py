@@ -37,7 +37,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)  # float64 for the re-checks; scans stay float32
 
-import numpy as np
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine_info, machine_tag  # noqa: E402
@@ -149,7 +149,7 @@ def main(argv=None):
         print(f"{name}: {wall:.0f} s", flush=True)
         res.summary.write(out / name / "report")
         rows = []
-        for p, r, row in zip(res.points, res.results, res.summary.rows):
+        for p, r, row in zip(res.points, res.results, res.summary.rows, strict=True):
             full = {**cfg["params"], **p}
             problem = jf.problems.get(PROBLEM, **full)
             keep = {k: row[k] for k in (
@@ -184,7 +184,7 @@ def main(argv=None):
                     print(f"  recheck {full}: {len(sel)} starts, "
                           f"{time.perf_counter() - t1:.0f} s", flush=True)
                     names = jf.Status.names()
-                    for i, c in zip(sel, checks):
+                    for i, c in zip(sel, checks, strict=True):
                         cases.append({
                             "sweep": name, "params": full, "row": int(i),
                             "start": [float(v) for v in start_points(r, problem.dim)[i]],

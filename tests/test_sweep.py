@@ -70,7 +70,7 @@ def test_reference_layout_and_table(reference):
 
 def test_summary_fractions_equal_separate_scans(reference, tmp_path, compilations):
     before = compilations()
-    for p, row in zip(reference.points, reference.summary.rows):
+    for p, row in zip(reference.points, reference.summary.rows, strict=True):
         alone = jf.scan(PROBLEM, N, out=tmp_path / str(len(list(tmp_path.iterdir()))),
                         params=p, **KW)
         assert_tables_equal(alone.table, reference.point(**p).table)

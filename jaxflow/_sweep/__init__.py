@@ -6,8 +6,8 @@ One concern per module:
 - `store`: the sweep's manifest over a directory of scan stores;
 - `api`: `sweep`, `load_sweep`, `SweepResult` (each point is a `jaxflow.scan`);
 - `summary`: `SweepSummary`, one row of evidence per point, and its renderers;
-- `plots`: the heatmap and line plot with 95 % intervals;
-- `cli`: `jaxflow sweep` and `jaxflow report` on a sweep store.
+- `plots`: the heatmap and line plot with 95 % intervals.
+(`jaxflow sweep` and `jaxflow report` on a sweep store live in `jaxflow.cli`.)
 """
 
 from .api import SweepProgress as SweepProgress

@@ -93,7 +93,7 @@ class SweepResult:
 
     def point(self, **params):
         """The `ScanResult` of the point with these parameters."""
-        for p, r in zip(self.points, self.results):
+        for p, r in zip(self.points, self.results, strict=True):
             if p == params:
                 return r
         raise KeyError(f"no grid point {params}; the points are {self.points}.")
@@ -104,7 +104,7 @@ class SweepResult:
 
         axes = list(self.manifest["grid"])
         parts = []
-        for i, (p, r) in enumerate(zip(self.points, self.results)):
+        for i, (p, r) in enumerate(zip(self.points, self.results, strict=True)):
             if r is None or len(r) == 0:
                 continue
             t = r._store.read_table(sorted(r._entries), columns=columns) \

@@ -181,7 +181,8 @@ class Grid:
 
     def points(self) -> list[dict]:
         """Every point `{parameter: value}`, the last axis varying fastest."""
-        return [dict(zip(self.axes, combo)) for combo in itertools.product(*self.axes.values())]
+        return [dict(zip(self.axes, combo, strict=True))
+                for combo in itertools.product(*self.axes.values())]
 
     def to_json(self) -> dict[str, list]:
         return {k: list(v) for k, v in self.axes.items()}

@@ -51,7 +51,8 @@ def _select(rows, where: Mapping | None):
 def _check_axes(summary, names):
     for name in names:
         if name not in summary.axes:
-            raise ValueError(f"plot: {name!r} is not a grid parameter; the axes are {summary.axes}.")
+            raise ValueError(
+                f"plot: {name!r} is not a grid parameter; the axes are {summary.axes}.")
 
 
 def heatmap(summary, x: str, y: str, *, quantity: str = "escaping", where: Mapping | None = None,

@@ -82,12 +82,15 @@ class SweepStore:
         try:
             data = json.loads(read_bytes(self.path, SWEEP))
         except (OSError, ValueError) as e:
-            raise StoreError(f"{self.path / SWEEP} is unreadable ({e}); not a jaxflow sweep?") from e
+            raise StoreError(
+                f"{self.path / SWEEP} is unreadable ({e}); not a jaxflow sweep?") from e
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise StoreError(f"{self.path} is not a jaxflow sweep directory (format field missing).")
+            raise StoreError(
+                f"{self.path} is not a jaxflow sweep directory (format field missing).")
         if data.get("format_version") != FORMAT_VERSION:
             raise StoreError(f"{self.path} was written by sweep format "
-                             f"{data.get('format_version')!r}; this jaxflow reads {FORMAT_VERSION}.")
+                             f"{data.get('format_version')!r}; this jaxflow reads "
+                             f"{FORMAT_VERSION}.")
         body = {k: v for k, v in data.items() if k != "sha256"}
         try:
             ok = data.get("sha256") == _body_sha(body)

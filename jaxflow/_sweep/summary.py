@@ -104,8 +104,8 @@ class SweepSummary:
         meta = {"problem": spec["problem"], "fixed": spec["fixed"], "n": spec["n"],
                 "seed": spec["seed"], "dtype": spec["dtype"], "t1": fs["t1"],
                 "escape_radius": fs["escape_radius"], "gtol": fs["gtol"]}
-        return cls(list(axes), [_row(axes, p, r, spec) for p, r in zip(points, results)],
-                   meta)
+        rows = [_row(axes, p, r, spec) for p, r in zip(points, results, strict=True)]
+        return cls(list(axes), rows, meta)
 
     # ------------------------------------------------------------------ queries
     def row(self, **params) -> dict:
