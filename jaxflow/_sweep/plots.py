@@ -28,9 +28,12 @@ _LABELS = {"escaping": "escaping", "undecided": "undecided", "settled": "converg
 
 
 def _plt():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if "matplotlib.pyplot" not in sys.modules:  # keep a notebook's inline backend
+        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt
