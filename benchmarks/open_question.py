@@ -115,6 +115,29 @@ def recheck(problem, x0, t1):
     return rows
 
 
+def markdown(record: dict) -> str:
+    """The results as Markdown tables (escaping and undecided fractions per point)."""
+    out = [f"# Open question of Section 4.2: one-hidden-sigmoid, T = {record['t1']:g} "
+           f"(float32), re-checks to T = {record['recheck_t1']:g} (float64)", "",
+           f"{record['note']}.", ""]
+    for name, s in record["sweeps"].items():
+        out += [f"## {name}: fixed {s['fixed']}, N = {s['n']} per point, "
+                f"{s['wall_s'] / 60:.1f} min", "",
+                "| k | m | k >= m | escaping [95 %] | undecided [95 %] | final f of escaping "
+                "(median) |", "|---|---|---|---|---|---|"]
+        for r in s["rows"]:
+            p = r["params"]
+            ff = r.get("escaping_final_f")
+            out.append(
+                f"| {p['hidden']} | {p['points']} | {'yes' if r['overparameterised'] else 'no'} "
+                f"| {100 * r['escaping_fraction']:.2f} % [{100 * r['escaping_low']:.2f}, "
+                f"{100 * r['escaping_high']:.2f}] | {100 * r['undecided_fraction']:.2f} % "
+                f"[{100 * r['undecided_low']:.2f}, {100 * r['undecided_high']:.2f}] | "
+                f"{'—' if not ff else f'{ff[1]:.4f}'} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="jaxflow-out/open-question")
@@ -126,7 +149,14 @@ def main(argv=None):
     ap.add_argument("--max-candidates", type=int, default=6, help="re-checked per point")
     ap.add_argument("--chunk-size", type=int, default=250)
     ap.add_argument("--only", default=None, help="comma-separated subset of the sweeps")
+    ap.add_argument("--markdown-only", action="store_true",
+                    help="only rewrite the Markdown table from the stored JSON")
     args = ap.parse_args(argv)
+    if args.markdown_only:
+        tag = machine_tag(machine_info())
+        record = json.loads((RESULTS / f"open_question-{tag}.json").read_text())
+        (RESULTS / f"open_question-{tag}.md").write_text(markdown(record))
+        return
 
     info = machine_info()
     tag = machine_tag(info)
@@ -199,6 +229,7 @@ def main(argv=None):
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"open_question-{tag}.json"
     path.write_text(json.dumps(record, indent=1, default=float) + "\n")
+    path.with_suffix(".md").write_text(markdown(record))
     cpath = RESULTS / f"open_question_cases-{tag}.json"
     cpath.write_text(json.dumps({
         "about": "candidate counterexamples: escaping/undecided trajectories at k >= m, with "
