@@ -12,7 +12,9 @@ under `--out`):
 - `scalar`: inputs $x_i \in \mathbb R$, $k \in \{1, 2, 4, 8\}$, $m \in \{1, 2, 4, 8\}$;
 - `vector`: inputs $x_i \in \mathbb R^2$, $k, m \in \{1, 2, 4\}$;
 - `sanity`: Example 4.3's data ($m = 2$), $k \in \{1, 2, 4\}$; at $k = 1$ every start with
-  $f(x_0) < 1$ must escape.
+  $f(x_0) < 1$ must escape;
+- `seeds`: the scalar point $k = m = 4$ with other data seeds (1 to 4), to see whether its
+  escapes depend on the data set.
 
 Data $x_i \sim \mathcal N(0, I_d)$, $y_i \sim \mathcal N(0, 1)$ from seed 0; starts uniform
 in $[-3, 3]^{k(d+1)}$; float32 scans to horizon `--t1`. Every escaping or undecided
@@ -59,6 +61,9 @@ def sweeps(args):
                        params={"input_dim": 2}, n=args.n_vector),
         "sanity": dict(grid={"hidden": [1, 2, 4]},
                        params={"points": 2, "data": "example-4-3"}, n=args.n_sanity),
+        # Does the scalar k = m = 4 finding depend on the data set? Other data seeds.
+        "seeds": dict(grid={"seed": [1, 2, 3, 4]},
+                      params={"hidden": 4, "points": 4, "input_dim": 1}, n=args.n_seeds),
     }
 
 
@@ -144,6 +149,7 @@ def main(argv=None):
     ap.add_argument("--n-scalar", type=int, default=1000)
     ap.add_argument("--n-vector", type=int, default=500)
     ap.add_argument("--n-sanity", type=int, default=2000)
+    ap.add_argument("--n-seeds", type=int, default=300)
     ap.add_argument("--t1", type=float, default=1e4)
     ap.add_argument("--recheck-t1", type=float, default=1e6)
     ap.add_argument("--max-candidates", type=int, default=6, help="re-checked per point")
@@ -228,9 +234,15 @@ def main(argv=None):
                                   "wall_s": wall, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"open_question-{tag}.json"
+    cpath = RESULTS / f"open_question_cases-{tag}.json"
+    if wanted and path.exists():  # a subset: keep the other sweeps' stored results
+        old = json.loads(path.read_text())
+        record["sweeps"] = {**old["sweeps"], **record["sweeps"]}
+        if cpath.exists():
+            cases = [c for c in json.loads(cpath.read_text())["cases"]
+                     if c["sweep"] not in wanted] + cases
     path.write_text(json.dumps(record, indent=1, default=float) + "\n")
     path.with_suffix(".md").write_text(markdown(record))
-    cpath = RESULTS / f"open_question_cases-{tag}.json"
     cpath.write_text(json.dumps({
         "about": "candidate counterexamples: escaping/undecided trajectories at k >= m, with "
                  "their float64 re-check from the same start (reproduce with jaxflow.flow("
