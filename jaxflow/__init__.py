@@ -43,6 +43,12 @@ from ._scan import ChunkWriteError as ChunkWriteError
 from ._scan import load as load
 from ._scan import scan as scan
 from ._schema import trajectory_table as trajectory_table
+from ._sweep import Grid as Grid
+from ._sweep import SweepProgress as SweepProgress
+from ._sweep import SweepResult as SweepResult
+from ._sweep import SweepSummary as SweepSummary
+from ._sweep import load_sweep as load_sweep
+from ._sweep import sweep as sweep
 from ._stepper import AbstractStepper as AbstractStepper
 from ._stepper import ProxLinear as ProxLinear
 from ._stepper import Rodas4 as Rodas4

@@ -1,4 +1,5 @@
-"""Built-in problems: the paper's catalogue (`_paper.py`) and beyond (`_ml.py`).
+"""Built-in problems: the paper's catalogue (`_paper.py`) and beyond (`_ml.py`,
+`_networks.py`).
 
 `names()` lists them, `get(name, **params)` builds a `jaxflow.Problem`, `info(name)`
 gives the docstring (which cites the paper's equation).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 # Importing the families (`_ml`, `_paper`) registers their problems.
 from . import _ml as _ml
+from . import _networks as _networks
 from . import _paper as _paper
 from ._registry import get as get
 from ._registry import info as info
