@@ -115,6 +115,8 @@ class DetectorOptions(eqx.Module):
     bounded_deceleration: float = 0.3
     plateau_rtol: float = 1e-2
     bounded_velocity_exponent: float = 1.1
+    margin: float = 4.0
+    recent_growth: float = 0.3
 
     def __check_init__(self):
         for name in self.__dataclass_fields__:
@@ -193,6 +195,58 @@ def _wslope(x, y, w):
     return jnp.where((sw >= 3) & (sxx > 0), sxy / jnp.where(sxx > 0, sxx, 1.0), jnp.nan)
 
 
+# Rates lambda of the tail models y(s) = A + B (e^{lambda (s - s_c)} - 1) / lambda, s = log t:
+# lambda > 0 power growth (y ~ t^lambda), lambda = 0 logarithmic (y linear in log t),
+# lambda < 0 convergence to A - B / lambda like t^lambda.
+_RATES = np.linspace(-1.5, 1.5, 61)
+
+
+def _basis(lam, u):
+    r"""$(e^{\lambda u} - 1)/\lambda$, continuous at $\lambda = 0$ (where it is $u$)."""
+    small = jnp.abs(lam) < 1e-6
+    safe = jnp.where(small, 1.0, lam)
+    return jnp.where(small, u + 0.5 * lam * u**2, jnp.expm1(safe * u) / safe)
+
+
+def _fit(lam, u, y, w):
+    """Weighted least squares of y on [1, basis(lam, u)]: (A, B, residual sum of squares)."""
+    phi = _basis(lam, u)
+    sw = jnp.maximum(jnp.sum(w), 1.0)
+    pm = jnp.sum(w * phi) / sw
+    ym = jnp.sum(w * y) / sw
+    spp = jnp.sum(w * (phi - pm) ** 2)
+    b = jnp.sum(w * (phi - pm) * (y - ym)) / jnp.where(spp > 0, spp, 1.0)
+    a = ym - b * pm
+    rss = jnp.sum(w * (y - a - b * phi) ** 2)
+    return a, b, rss
+
+
+def _select_rate(u, y, w, margin, floor):
+    r"""Model selection over the rates: the best rate, and the range of rates whose fit is
+    within `margin` noise variances of the best (the noise variance estimated from the
+    best fit's own residuals, at least `floor`): the profile-likelihood interval."""
+    rates = jnp.asarray(_RATES, y.dtype)
+    a, b, rss = jax.vmap(lambda lam: _fit(lam, u, y, w))(rates)
+    rss = jnp.where(jnp.isfinite(rss), rss, jnp.inf)
+    j = jnp.argmin(rss)
+    m = jnp.sum(w)
+    sigma2 = jnp.maximum(rss[j] / jnp.maximum(m - 3, 1.0), floor)
+    accepted = rss <= rss[j] + margin * sigma2
+    lo = jnp.min(jnp.where(accepted, rates, jnp.inf))
+    hi = jnp.max(jnp.where(accepted, rates, -jnp.inf))
+    # Refine the best rate between grid points (parabola through three residual sums).
+    jm, jp = jnp.clip(j - 1, 0, rates.shape[0] - 1), jnp.clip(j + 1, 0, rates.shape[0] - 1)
+    r0, r1, r2 = rss[jm], rss[j], rss[jp]
+    curv = r0 - 2 * r1 + r2
+    step = rates[1] - rates[0]
+    shift = jnp.where((jm < j) & (jp > j) & (curv > 0), 0.5 * step * (r0 - r2) / curv, 0.0)
+    best = rates[j] + jnp.clip(shift, -step, step)
+    a_best, b_best, _ = _fit(best, u, y, w)
+    b_lo = b[jnp.argmax(jnp.where(accepted, -rates, -jnp.inf))]
+    b_hi = b[jnp.argmax(jnp.where(accepted, rates, -jnp.inf))]
+    return best, lo, hi, a_best, b_best, jnp.minimum(b_lo, b_hi), jnp.sqrt(sigma2)
+
+
 def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     dtype = norm.dtype
     eps = jnp.finfo(dtype).eps
@@ -239,78 +293,71 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     speed_c = s_end
 
     slack = 1e-9
-    in_last = has_point & (jnp.log(times) >= lt_b - slack) & (times <= t_c)
-    in_tail = has_point & (jnp.log(times) >= lt_a - slack) & (times <= t_c)
+    log_times = jnp.log(jnp.maximum(times, tiny))
+    in_last = has_point & (log_times >= lt_b - slack) & (times <= t_c)
+    in_tail = has_point & (log_times >= lt_a - slack) & (times <= t_c)
     enough = enough_time & (jnp.sum(in_last) >= 3)
 
     log_norms = jnp.log(jnp.maximum(norms, tiny))
     log_speeds = jnp.log(jnp.maximum(speeds, tiny))
-    log_times = jnp.log(jnp.maximum(times, tiny))
     alpha = _wslope(log_times, log_norms, in_last.astype(dtype))
     p_vel = -_wslope(log_times, log_speeds, in_last.astype(dtype))
 
-    # Norm increments.
+    # --- the tail models, fitted to the whole tail window (model selection over rates)
+    w_tail = in_tail.astype(dtype)
+    u = jnp.where(in_tail, log_times - lt_c, 0.0)
+    n_scale = jnp.maximum(jnp.abs(norm_c), 1.0)
+    y_n = jnp.where(in_tail, norms / n_scale, 0.0)
+    floor_n = (16 * eps) ** 2
+    lam_n, lam_n_lo, lam_n_hi, a_n, b_n, b_n_min, sig_n = _select_rate(
+        u, y_n, w_tail, opt.margin, floor_n
+    )
+    f_span = jnp.maximum(jnp.abs(value_a - value_c), 16 * eps * jnp.maximum(jnp.abs(value_c), 1.0))
+    y_f = jnp.where(in_tail, (values - value_c) / f_span, 0.0)
+    floor_f = (16 * eps * jnp.maximum(jnp.abs(value_c), 1.0) / f_span) ** 2
+    lam_f, lam_f_lo, lam_f_hi, a_f, b_f, _, sig_f = _select_rate(
+        u, y_f, w_tail, opt.margin, floor_f
+    )
+    gamma = -lam_n  # deceleration of the norm increments (0 for log t growth)
+    beta = -lam_f  # f - lim f ~ t^-beta
+
+    # Norm increments (data, for the plateau and recent-growth checks).
     n_noise = 16 * eps * jnp.maximum(norm_c, 1.0)
     d1, d2 = norm_b - norm_a, norm_c - norm_b
-    ratio_n = d2 / jnp.where(d1 > n_noise, d1, 1.0)
-    gamma = jnp.where((d1 > n_noise) & (d2 > n_noise), -jnp.log(ratio_n) / logq, jnp.nan)
-    # The same at the finest scale, near the end: the last two quarter windows. A
-    # trajectory moving between two critical points grows, then decelerates; over the
-    # half windows the two phases can average out.
     lt_m = lt_c - 0.5 * logq
-    norm_m, value_m = at(lt_m, norms_ff), at(lt_m, values_ff)
-    d3, d4 = norm_m - norm_b, norm_c - norm_m
-    gamma_end = jnp.where(
-        (d3 > n_noise) & (d4 > n_noise),
-        -jnp.log(d4 / jnp.where(d3 > n_noise, d3, 1.0)) / (0.5 * logq),
-        jnp.nan,
-    )
-    # Every step of the tail non-decreasing (up to rounding).
-    norm_steps = jnp.diff(norms_ff)
-    both = in_tail[1:] & in_tail[:-1]
-    rises = norm_steps >= -16 * eps * jnp.maximum(norms_ff[1:], 1.0)
-    monotone = jnp.all(jnp.where(both, rises, True))
-    # ||v|| non-increasing over the last half window (up to 1 % wiggles).
-    speeds_ff = jnp.where(has_point, speeds, s_end)
-    both_last = in_last[1:] & in_last[:-1]
-    vel_monotone = jnp.all(jnp.where(both_last, jnp.diff(speeds_ff) <= 0.01 * speeds_ff[:-1], True))
+    norm_m = at(lt_m, norms_ff)
+    d4 = norm_c - norm_m
+    # The fitted model's growth over the last quarter window: a trajectory that grew and
+    # then stopped (moving between two critical points) falls short of it.
+    fit_d4 = b_n * (0.0 - _basis(lam_n, -0.5 * logq)) * n_scale
 
-    # Value decrements and the extrapolated limit.
+    # Value decrements and flatness.
     f_noise = 16 * eps * jnp.maximum(jnp.abs(value_c), 1.0)
     e1, e2 = value_a - value_b, value_b - value_c
-    f_flat = jnp.abs(e2) <= f_noise
+    f_flat = (jnp.abs(e1) <= f_noise) & (jnp.abs(e2) <= f_noise)
     f_increased = (e2 < -f_noise) | (e1 < -f_noise)
-    rho = e2 / jnp.where(e1 > f_noise, e1, 1.0)
-    beta = jnp.where((e1 > f_noise) & (e2 > f_noise), -jnp.log(rho) / logq, jnp.nan)
-    settles = f_flat | (beta >= opt.value_exponent_min)
-    extrap = jnp.where(f_flat, value_c, value_c - e2 * rho / jnp.where(rho < 1, 1 - rho, 1.0))
-    e3, e4 = value_b - value_m, value_m - value_c
-    f_decel_end = e4 <= e3 + f_noise
-    settles = settles & (f_flat | f_decel_end)
-    # f drops at a non-decelerating rate, at both scales.
-    diverges = (e1 > f_noise) & (e2 >= e1) & (e3 > f_noise) & (e4 >= e3)
+    f_falls = (b_f < 0) & (e1 + e2 > f_noise)
+    # Extrapolated limit from the selected model (Aitken's rule is its three-point
+    # version; both are exact for f - c proportional to t^-beta).
+    extrap = value_c + f_span * (a_f - b_f / jnp.where(lam_f < 0, lam_f, -1.0))
+    settles = f_flat | (f_falls & (lam_f_hi <= -opt.value_exponent_min))
+    diverges = f_falls & (lam_f_lo >= -opt.escape_deceleration)
 
-    # --- escape evidence
-    growing = monotone & (d2 >= opt.escape_growth * norm_c) & (d1 > n_noise)
-    not_decel = (gamma <= opt.escape_deceleration) & (gamma_end <= opt.escape_deceleration)
-    vel_falls = (p_vel > opt.escape_velocity_exponent) & vel_monotone
-    # An unbounded trajectory has an infinite path length, so its velocity cannot be
-    # integrable: this separates a slow escape from the transient growth of a trajectory
-    # that then converges exponentially fast.
-    path_diverges = p_vel < opt.bounded_velocity_exponent
-    sustained = enough & growing & not_decel & path_diverges
-    escape_finite = sustained & settles & vel_falls & ~f_increased
+    # --- escape evidence: every model within the margin has increments decaying no faster
+    # than t^-escape_deceleration (log t growth has none), and the norm grew.
+    growing = (
+        (d2 >= opt.escape_growth * norm_c)
+        & (d1 > n_noise)
+        & (b_n_min > 0)
+        & (d4 >= opt.recent_growth * fit_d4)
+    )
+    not_decel = lam_n_lo >= -opt.escape_deceleration
+    sustained = enough & growing & not_decel & ~f_increased
+    escape_finite = sustained & settles & (p_vel > opt.escape_velocity_exponent)
     # f -> -inf needs more: the norm at least doubled over the tail (a trajectory that
     # accelerates away from a saddle at the horizon looks the same for a while).
-    # And ||v|| ~ t^-p with p <= 1/2: otherwise int ||v||^2 dt = f(0) - lim f converges.
-    escape_inf = (
-        sustained
-        & diverges
-        & (norm_c >= 2 * norm_a)
-        & (p_vel <= opt.escape_velocity_exponent)
-        & ~escape_finite
-    )
-    log_growth = sustained & (-gamma < alpha / 2)
+    escape_inf = sustained & diverges & (norm_c >= 2 * norm_a) & ~escape_finite
+    log_growth = sustained & (lam_n < alpha / 2)
 
     # --- bounded evidence
     integrable = p_vel >= opt.bounded_velocity_exponent
@@ -319,7 +366,7 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     remaining_path = speed_c * t_c / jnp.where(integrable, p_vel - 1, 1.0)
     scale = jnp.maximum(norm_c, 1.0)
     plateau = (d2 <= opt.plateau_rtol * scale) | (remaining_path <= opt.plateau_rtol * scale)
-    decays = (d1 > n_noise) & (gamma >= opt.bounded_deceleration)
+    decays = (d1 > n_noise) & (lam_n_hi <= -opt.bounded_deceleration)
     bounded = enough & (plateau | decays) & integrable & ~f_increased
 
     refined_horizon = jnp.where(
@@ -340,12 +387,16 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     extrapolable = enough & settles & ~f_increased
     # Only escapes are extrapolated: along them f settles like a power of t. A bounded
     # trajectory converging exponentially has tail decrements dominated by its
-    # transient, where Aitken's rule overshoots; its final f is the better estimate.
+    # transient, where extrapolation overshoots; its final f is the better estimate.
     escaped = new_status == Status.ESCAPED
     limit = jnp.where(
         (is_esc & escape_inf & ~escape_finite) | (escaped & enough & diverges),
         -jnp.inf,
-        jnp.where((is_esc | (escaped & vel_falls)) & extrapolable, extrap, f_end),
+        jnp.where(
+            (is_esc | (escaped & (p_vel > opt.escape_velocity_exponent))) & extrapolable,
+            jnp.where(f_flat, value_c, extrap),
+            f_end,
+        ),
     )
     nan = jnp.asarray(jnp.nan, dtype)
     return dict(
@@ -356,7 +407,7 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
         malgrange=(x_norm * s_end).astype(dtype),
         deceleration=jnp.where(enough, gamma, nan),
         velocity_exponent=jnp.where(enough, p_vel, nan),
-        value_exponent=jnp.where(enough, beta, nan),
+        value_exponent=jnp.where(enough & f_falls, beta, nan),
     )
 
 
