@@ -74,7 +74,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._flow import FlowResult
 from ._status import Status, status_counts
 
 __all__ = ["classify", "classify_arrays", "Classification", "DetectorOptions"]
@@ -117,6 +116,7 @@ class DetectorOptions(eqx.Module):
     bounded_velocity_exponent: float = 1.1
     margin: float = 4.0
     recent_growth: float = 0.3
+    extrapolation_noise: float = 0.02
 
     def __check_init__(self):
         for name in self.__dataclass_fields__:
@@ -394,7 +394,9 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
         -jnp.inf,
         jnp.where(
             (is_esc | (escaped & (p_vel > opt.escape_velocity_exponent))) & extrapolable,
-            jnp.where(f_flat, value_c, extrap),
+            # A noisy tail (wobble) makes the end slope, and so the extrapolation,
+            # unreliable: the final value (an upper bound of the limit) is kept then.
+            jnp.where(f_flat | (sig_f > opt.extrapolation_noise), value_c, extrap),
             f_end,
         ),
     )
@@ -479,7 +481,7 @@ def classify_arrays(
 
 
 def classify(
-    result: FlowResult,
+    result,
     *,
     options: DetectorOptions | None = None,
     horizon: float | None = None,
@@ -504,7 +506,8 @@ def classify(
 
     **Returns:** a `jaxflow.Classification`.
     """
-    if not isinstance(result, FlowResult):
+    # Duck-typed (`jaxflow._flow` imports this module to extend undecided trajectories).
+    if not all(hasattr(result, k) for k in ("ts", "cp_norm", "cp_f", "cp_stat", "status", "x")):
         raise TypeError(
             f"classify: `result` must be a jaxflow.FlowResult, got {type(result).__name__}."
         )

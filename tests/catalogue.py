@@ -203,17 +203,23 @@ LANDSCAPES: tuple[Landscape, ...] = (
 BY_NAME = {ls.name: ls for ls in LANDSCAPES}
 
 
-def catalogue_f(z):
-    """$f$ on $\\mathbb{R}^5$: landscape `round(z[4] / SELECT_SCALE)` of `LANDSCAPES` at `z[:4]`."""
-    idx = jnp.round(jax.lax.stop_gradient(z[DIM]) / SELECT_SCALE).astype(jnp.int32)
-    branches = [lambda y, ls=ls: ls.f(y).astype(y.dtype) for ls in LANDSCAPES]
-    return jax.lax.switch(jnp.clip(idx, 0, len(LANDSCAPES) - 1), branches, z[:DIM])
+def _selected(names):
+    return [ls for ls in LANDSCAPES if names is None or ls.name in names]
 
 
-def catalogue_problem():
+def catalogue_problem(names=None):
+    r"""One `jaxflow.Problem` on $\mathbb{R}^5$ for the landscapes `names` (default all):
+    landscape `round(z[4] / SELECT_SCALE)` of that selection, at `z[:4]`."""
     import jaxflow as jf
 
-    return jf.Problem(catalogue_f, dim=DIM + 1, name="detector-catalogue")
+    chosen = _selected(names)
+    branches = [lambda y, ls=ls: ls.f(y).astype(y.dtype) for ls in chosen]
+
+    def f(z):
+        idx = jnp.round(jax.lax.stop_gradient(z[DIM]) / SELECT_SCALE).astype(jnp.int32)
+        return jax.lax.switch(jnp.clip(idx, 0, len(chosen) - 1), branches, z[:DIM])
+
+    return jf.Problem(f, dim=DIM + 1, name="detector-catalogue")
 
 
 MAX_STARTS = 32
@@ -221,15 +227,16 @@ MAX_STARTS = 32
 
 def catalogue_starts(per_landscape: int, seed: int = 0, names=None):
     """`(x0, landscape_index)`: the first `per_landscape` (at most `MAX_STARTS`) starts of
-    every landscape (float64; the starts of a smaller catalogue are those of a larger one)."""
+    the landscapes `names` (default all; float64; the starts of a smaller catalogue are
+    those of a larger one). `landscape_index` indexes `LANDSCAPES`; the selector
+    coordinate `x0[:, 4]` indexes the selection, as `catalogue_problem(names)` expects."""
     if not 1 <= per_landscape <= MAX_STARTS:
         raise ValueError(f"per_landscape must lie in [1, {MAX_STARTS}], got {per_landscape}.")
     rows, idx = [], []
-    for i, ls in enumerate(LANDSCAPES):
-        if names is not None and ls.name not in names:
-            continue
+    for pos, ls in enumerate(_selected(names)):
+        i = LANDSCAPES.index(ls)
         pts = ls.starts(np.random.default_rng([seed, i]), MAX_STARTS)[:per_landscape]
-        sel = np.full((per_landscape, 1), i * SELECT_SCALE)
+        sel = np.full((per_landscape, 1), pos * SELECT_SCALE)
         rows.append(np.concatenate([pts, sel], axis=1))
         idx.append(np.full(per_landscape, i))
     return np.concatenate(rows), np.concatenate(idx)
