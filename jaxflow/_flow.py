@@ -262,12 +262,18 @@ def _extend_undecided(res: FlowResult, engine: Engine, opts: FlowOptions, gtol) 
         nxt = float(ts_all[k_next])  # the first checkpoint a decade on (or t_max)
         seg = ts_all[k_end : k_next + 1] - horizon
         seg[0] = 0.0
+        # Rows padded to a power of two (NaN rows are NONFINITE at t = 0, never integrated)
+        # so that successive steps with similar counts share one compiled program.
+        n_pad = max(1 << (todo.size - 1).bit_length(), MIN_LANES)
+        xs = jnp.full((n_pad, out["x"].shape[1]), jnp.nan, dtype).at[: todo.size].set(
+            out["x"][todo]
+        )
         sub_engine = Engine(
             field=engine.field, stepper=engine.stepper, controller=engine.controller,
-            lanes=max(min(engine.lanes, todo.size), MIN_LANES), max_steps=engine.max_steps,
+            lanes=max(min(engine.lanes, n_pad), MIN_LANES), max_steps=engine.max_steps,
             stop_at_convergence=engine.stop_at_convergence, save_states=0,
         )
-        sub = _integrate(sub_engine, out["x"][todo], seg, gtol, opts.escape_radius, None, {})
+        sub = _integrate(sub_engine, xs, seg, gtol, opts.escape_radius, None, {})[: todo.size]
         rows = jnp.asarray(todo)
         cols = jnp.arange(k_end + 1, k_next + 1)
         for key, new in (("cp_norm", sub.cp_norm), ("cp_f", sub.cp_f), ("cp_stat", sub.cp_stat)):
