@@ -171,3 +171,18 @@ def test_classify_cost_is_one_program():
     jf.classify(res, margin=9.0, recent_growth=0.5)
     assert _classify_arrays._cache_size() == size
     assert jax.tree.leaves(jf.DetectorOptions(margin=9.0))  # a pytree of traced thresholds
+
+
+def test_fast_convergence_is_not_an_escape():
+    # Example 1.1, float32, t1 = 2e4 (seed 0 of the paper acceptance benchmark, N = 5000):
+    # 11 starts that reach a global minimum by t ~ 11, their norm rising and f falling
+    # fast on the way. Over the two decades before the stop a rising norm and a falling f
+    # fit the escape models; the velocity exponent (p ~ 4.4, exponential convergence)
+    # rules it out. These series are committed: the case was a bounded -> ESCAPING
+    # (limit -inf) error of an early version of the model selection.
+    d = np.load(pathlib.Path(__file__).parent / "data" / "example_1_1_fast_convergence.npz")
+    c = jf.classify_arrays(d["ts"], d["cp_norm"], d["cp_f"], d["cp_stat"], d["norm"], d["f"],
+                           d["stationarity"], d["t"], d["status"])
+    assert np.all(np.asarray(c.status) == S.CONVERGED)
+    np.testing.assert_array_equal(np.asarray(c.limit_value), d["f"])
+    assert np.all(np.asarray(c.velocity_exponent) > 3)
