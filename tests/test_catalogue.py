@@ -123,9 +123,12 @@ def test_extend_undecided(exp_flow):
     assert short.decided_at is None
     c = jf.classify(ext)
     assert np.all(np.asarray(c.status) == S.ESCAPING)
-    # Continued one decade (to the first checkpoint at or after 50) and decided there.
+    # Continued a decade at a time (to the first checkpoint at or after 50, then 500) and
+    # decided there: x0 = 0, 1 after one decade; x0 = 2 (x ~ log(t + 7.4), still flat at
+    # the start of its tail) one decade later.
     dec = np.asarray(ext.decided_at)
-    assert np.all((dec >= 50) & (dec < 70)), dec
+    assert np.all((dec[:2] >= 50) & (dec[:2] < 70)), dec
+    assert 500 <= dec[2] < 1e3, dec
     np.testing.assert_allclose(np.asarray(ext.t), dec)
     # The continuation is the same trajectory: closed form at every checkpoint and at t.
     ts = np.asarray(ext.ts)
