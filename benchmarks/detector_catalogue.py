@@ -72,7 +72,7 @@ def scipy_references(t_end: float, seed: int) -> dict:
 
 def confusion(fates, status_names):
     m = {f: {s: 0 for s in STATUSES} for f in (C.ESCAPING, C.BOUNDED)}
-    for f, s in zip(fates, status_names):
+    for f, s in zip(fates, status_names, strict=True):
         m[f][s] = m[f].get(s, 0) + 1
     return m
 

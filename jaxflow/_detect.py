@@ -13,10 +13,11 @@ appended to the checkpoints), and a half-window ratio $q = 10^{w/2}$ ($w$ =
 `tail_decades`, shrunk to the history available), the three anchor times are
 $t_a = t_c/q^2$, $t_b = t_c/q$, $t_c$. Values there are interpolated linearly in $\log t$.
 
-**Tail models** (model selection, all per trajectory). With $s = \log t$ and $u = s - \log t_c$
-on the tail $[t_a, t_c]$, the norm series is fitted by weighted least squares with each
-model of the one-parameter family
-$$\|x\| \approx A + B\,\frac{e^{\lambda u} - 1}{\lambda}, \qquad \lambda \in \{-1.5, -1.45, \dots, 1.5\},$$
+**Tail models** (model selection, all per trajectory). With $s = \log t$ and
+$u = s - \log t_c$ on the tail $[t_a, t_c]$, the norm series is fitted by weighted least
+squares with each model of the one-parameter family
+$$\|x\| \approx A + B\,\frac{e^{\lambda u} - 1}{\lambda},
+\qquad \lambda \in \{-1.5, -1.45, \dots, 1.5\},$$
 whose rate $\lambda$ names the hypothesis: $\lambda > 0$ a power escape
 $\|x\| \sim t^{\lambda}$; $\lambda = 0$ a logarithmic escape $\|x\| \approx B \log t$ (lower
 order terms such as $2\log\log t$ show as $|\lambda| \lesssim 0.05$); $\lambda < 0$
@@ -55,7 +56,8 @@ three checkpoints in $[t_b, t_c]$; otherwise `UNDECIDED`.
 - `ESCAPING` with limit $-\infty$: sustained growth, $f$ falling with every plausible
   $f$ rate $\ge -0.1$, $\|x\|$ at least doubled over the tail (a trajectory that
   accelerates away from a saddle looks the same for a while), and $p \le 1/2$ within two
-  standard errors plus `exponent_tolerance` [0.05] (otherwise $\int\|v\|^2 = f(0) - \lim f$ is finite).
+  standard errors plus `exponent_tolerance` [0.05] (otherwise
+  $\int\|v\|^2 = f(0) - \lim f$ is finite).
 - `log_growth`: an escape whose selected rate is below $\alpha/2$ (power growth has
   $\lambda = \alpha$, logarithmic growth 0).
 - `BOUNDED`: an integrable velocity, $p \ge$ `bounded_velocity_exponent` [1.1], $f$

@@ -16,8 +16,8 @@ recorded in `benchmarks/results/detector_catalogue-*.json`.
 All landscapes live on $\mathbb{R}^4$ (unused coordinates start at 0 and stay there) so
 that one compiled program integrates the whole catalogue: `catalogue_problem()` selects
 the landscape by a fifth coordinate that the flow never moves (its gradient is
-stopped) and that is scaled by $10^{-4}$: it adds at most $(2.4\cdot10^{-3})^2$ to $\|x\|^2$, far below the
-detectors' resolution (the escaping trajectories have $\|x\| > 1$).
+stopped) and that is scaled by $10^{-4}$: it adds at most $(2.4\cdot10^{-3})^2$ to
+$\|x\|^2$, far below the detectors' resolution (the escaping trajectories have $\|x\| > 1$).
 """
 
 from __future__ import annotations

@@ -78,7 +78,9 @@ def test_catalogue_confusion():
     c = jf.classify(res)
     assert caught[esc].all(), [
         (n, float(g), float(p), float(b))
-        for n, g, p, b in zip(names, c.deceleration, c.velocity_exponent, c.value_exponent)
+        for n, g, p, b in zip(
+            names, c.deceleration, c.velocity_exponent, c.value_exponent, strict=True
+        )
         if n in set(names[esc & ~caught])
     ]
     # Earlier horizons: undecided at worst, never wrong.
