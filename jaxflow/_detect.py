@@ -13,58 +13,74 @@ appended to the checkpoints), and a half-window ratio $q = 10^{w/2}$ ($w$ =
 `tail_decades`, shrunk to the history available), the three anchor times are
 $t_a = t_c/q^2$, $t_b = t_c/q$, $t_c$. Values there are interpolated linearly in $\log t$.
 
-**Statistics** (all per trajectory):
+**Tail models** (model selection, all per trajectory). With $s = \log t$ and
+$u = s - \log t_c$ on the tail $[t_a, t_c]$, the norm series is fitted by weighted least
+squares with each model of the one-parameter family
+$$\|x\| \approx A + B\,\frac{e^{\lambda u} - 1}{\lambda},
+\qquad \lambda \in \{-1.5, -1.45, \dots, 1.5\},$$
+whose rate $\lambda$ names the hypothesis: $\lambda > 0$ a power escape
+$\|x\| \sim t^{\lambda}$; $\lambda = 0$ a logarithmic escape $\|x\| \approx B \log t$ (lower
+order terms such as $2\log\log t$ show as $|\lambda| \lesssim 0.05$); $\lambda < 0$
+convergence of $\|x\|$ to $A - B/\lambda$ like $t^{\lambda}$. $B$ is the growth per unit of
+$\log t$ at $t_c$. The noise level comes from the series itself: $\sigma^2$ = residual sum
+of squares of the best model / (points − 3). Every rate whose residual sum is within
+`margin` $\sigma^2$ of the best is *plausible* (a profile-likelihood interval
+$[\lambda_{lo}, \lambda_{hi}]$), so a wobble that the models cannot follow widens the
+interval instead of breaking a rule at one checkpoint. $f$ is fitted the same way: its
+rate $-\beta$ ($f - \lim f \sim t^{-\beta}$ when $\beta > 0$, $f \to -\infty$ when
+$\beta \le 0$) and the extrapolated limit $\lim f = A - B/\lambda$ (exact for
+$f - c \propto t^{-\beta}$, like Aitken's three-point rule it generalises).
 
-- growth exponent $\alpha$: least-squares slope of $\log\|x\|$ against $\log t$ on
-  $[t_b, t_c]$ (the fit of $\|x\| \sim t^\alpha$);
-- deceleration $\gamma$: with norm increments $\Delta_1 = \|x(t_b)\| - \|x(t_a)\|$,
-  $\Delta_2 = \|x(t_c)\| - \|x(t_b)\|$, $\gamma = -\log(\Delta_2/\Delta_1)/\log q$, i.e.
-  the increments over equal log-windows scale like $t^{-\gamma}$: $\gamma = -\alpha < 0$
-  for power growth, $\gamma = 0$ for logarithmic growth, $\gamma > 0$ when $\|x\|$
-  converges;
-- velocity exponent $p$: least-squares slope of $-\log\|v\|$ against $\log t$ on
-  $[t_b, t_c]$. The path length $\int^\infty \|v\|\,dt$ converges when $p > 1$;
-- value exponent $\beta$ and limit value: with $f$ decrements $\delta_1, \delta_2$ over
-  the same windows and $\rho = \delta_2/\delta_1 = q^{-\beta}$, the limit
-  $\lim f = f(t_c) - \delta_2\,\rho/(1-\rho)$ (Aitken's extrapolation, exact for
-  $f - c \propto t^{-\beta}$);
-- Malgrange indicator $\|x\|\,\|v(x)\|$ at $t_c$ (it tends to 0 along a sequence when the
-  limit value is an asymptotic critical value, Kurdyka–Orro–Simon).
+Also recorded: the growth exponent $\alpha$ (least-squares slope of $\log\|x\|$ against
+$\log t$ on $[t_b, t_c]$), the velocity exponent $p$ (slope of $-\log\|v\|$; the path
+length $\int^\infty\|v\|\,dt$ converges when $p > 1$) and the Malgrange indicator
+$\|x\|\,\|v(x)\|$ at $t_c$ (it tends to 0 along a sequence when the limit value is an
+asymptotic critical value, Kurdyka–Orro–Simon).
 
 **Rules** (thresholds in `DetectorOptions`, defaults in brackets). A verdict needs
 `min_tail_decades` [2] of history ($t_c \ge 100\,t_1$ with the default checkpoints) and
 three checkpoints in $[t_b, t_c]$; otherwise `UNDECIDED`.
 
-- `ESCAPING` with a finite limit, all of:
-  $\|x\|$ non-decreasing at every checkpoint of $[t_a, t_c]$; growth
-  $\Delta_2 \ge$ `escape_growth` [0.05] $\|x(t_c)\|$; no deceleration, $\gamma \le$
-  `escape_deceleration` [0.1] over the half windows and over the last two quarter
-  windows; a divergent path length, $p <$ `bounded_velocity_exponent` [1.1] (an unbounded
-  trajectory has infinite length); $\|v\|$ non-increasing on $[t_b, t_c]$ with
-  $p >$ `escape_velocity_exponent` [1/2], so $\int^\infty \|v\|^2 = f - \lim f$ is
-  finite; $f$ settling: flat to rounding, or $\beta \ge$ `value_exponent_min` [0.1] with
-  its last quarter-window decrement no larger than the previous one.
-- `ESCAPING` with limit $-\infty$ (evidence that $f$ is unbounded below): the same growth
-  conditions, $f$ decrements non-decelerating at both scales, $\|x\|$ at least doubled
-  over the tail, and $p \le 1/2$ (otherwise $\int \|v\|^2$, the total decrease, would be
-  finite).
-- `log_growth`: an escape whose norm increments do not grow like a power,
-  $-\gamma < \alpha/2$ (power growth has $-\gamma = \alpha$, logarithmic growth 0).
+- *Sustained growth*: every plausible rate has $\lambda \ge -$`escape_deceleration` [0.1]
+  (the norm increments decay no faster than $t^{-0.1}$) with $B > 0$; the norm grew by
+  `escape_growth` [5 %] of $\|x(t_c)\|$ over the last half window; the last quarter
+  window grew by at least `recent_growth` [0.3] of what the selected model predicts (a
+  trajectory that grew and then stopped, between two critical points, falls short);
+  $f$ never increased; and a path length that may diverge, $p <$
+  `bounded_velocity_exponent` [1.1] within two standard errors of the slope (an
+  unbounded trajectory has infinite length; an exponentially fast convergence has
+  $p \gg 1$).
+- `ESCAPING` with a finite limit: sustained growth, $f$ settles (flat to rounding, or
+  every plausible $f$ rate is $\le -$`value_exponent_min` [0.1]) and
+  $p >$ `escape_velocity_exponent` [1/2] ($\int^\infty\|v\|^2 = f - \lim f$ finite).
+- `ESCAPING` with limit $-\infty$: sustained growth, $f$ falling with every plausible
+  $f$ rate $\ge -0.1$, $\|x\|$ at least doubled over the tail (a trajectory that
+  accelerates away from a saddle looks the same for a while), and $p \le 1/2$ within two
+  standard errors plus `exponent_tolerance` [0.05] (otherwise
+  $\int\|v\|^2 = f(0) - \lim f$ is finite).
+- `log_growth`: an escape whose selected rate is below $\alpha/2$ (power growth has
+  $\lambda = \alpha$, logarithmic growth 0).
 - `BOUNDED`: an integrable velocity, $p \ge$ `bounded_velocity_exponent` [1.1], $f$
   never increased, and either the norm grew by at most `plateau_rtol` [1 %] of
   $\max(\|x\|, 1)$ over the last half window (a shrinking norm included), or the path
   still to travel if $\|v\| \sim t^{-p}$ persists, $\|v(t_c)\|\,t_c/(p-1)$, is that
-  small, or the norm increments decay, $\gamma \ge$ `bounded_deceleration` [0.3].
-- `UNDECIDED`: everything else. Between the escape and bounded thresholds
-  ($0.1 < \gamma < 0.3$, or $p$ near 1) the tail cannot tell a slow escape from a slow
-  convergence, and the rule says so.
+  small, or every plausible rate is $\le -$`bounded_deceleration` [0.3].
+- `UNDECIDED`: everything else — in particular when the plausible rates straddle the
+  thresholds ($-0.3 < \lambda < -0.1$ cannot tell a slow escape from a slow
+  convergence within the window; `FlowOptions.extend_undecided` continues those).
 
-`CONVERGED` trajectories are re-checked with the same statistics anchored at their stop
+`CONVERGED` trajectories are re-checked with the same models anchored at their stop
 time: one whose tail meets every `ESCAPING` rule becomes `ESCAPING` (float32 Example 4.3
 meets $\|v\| \le 10^{-4}$ at $t \approx 10^4$ while $\|x\| \sim \log t$; Example 1.1 with
-`gtol=5e-3` at $t \approx 600$). Partial evidence does not overturn the stationarity test.
+`gtol=5e-3` at $t \approx 600$; the wobbling log escape of the calibration catalogue at
+$t \approx 3\cdot10^4$). Partial evidence does not overturn the stationarity test.
 `ESCAPED`, `MAX_STEPS` and `NONFINITE` are kept from the engine; `ESCAPED` trajectories get
-an extrapolated limit when their tail allows one.
+an extrapolated limit when their tail allows one. A limit is extrapolated only when the
+$f$ fit's residual noise is at most `extrapolation_noise` [2 %] of the tail's decrease;
+otherwise the final value (an upper bound of the limit) is kept.
+
+Calibration: `benchmarks/detector_catalogue.py` (25 landscapes with known fates; see
+`docs/concepts/detectors.md` for the confusion matrices).
 """
 
 from __future__ import annotations
@@ -74,7 +90,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._flow import FlowResult
 from ._status import Status, status_counts
 
 __all__ = ["classify", "classify_arrays", "Classification", "DetectorOptions"]
@@ -89,21 +104,30 @@ class DetectorOptions(eqx.Module):
     - `min_tail_decades`: less history than this gives `UNDECIDED` (default 2).
     - `escape_growth`: least relative growth of $\|x\|$ over the last half window for
       `ESCAPING` (default 0.05, i.e. $\alpha \gtrsim 0.02$ over a decade).
-    - `escape_deceleration`: largest deceleration $\gamma$ for `ESCAPING` (default 0.1;
-      logarithmic growth has $\gamma = 0$).
-    - `escape_velocity_exponent`: the $p$ in $\|v\| \sim t^{-p}$ separating an escape
-      with a finite limit ($p >$ it) from one with $f \to -\infty$ ($p \le$ it);
-      default 1/2, where $\int \|v\|^2\,dt$ starts to converge.
-    - `value_exponent_min`: least $\beta$ in $f - c \sim t^{-\beta}$ for the limit to
-      be extrapolated (default 0.1).
-    - `bounded_deceleration`: least $\gamma$ for decaying norm increments (default 0.3).
+    - `escape_deceleration`: largest decay rate of the norm increments, $-\lambda$, that
+      a plausible model of an escape may have (default 0.1; logarithmic growth has 0).
+      Also the bound on the $f$ rate for a limit $-\infty$.
+    - `escape_velocity_exponent`: least $p$ ($\|v\| \sim t^{-p}$) of an escape with a
+      finite limit (default 1/2, where $\int \|v\|^2\,dt$ starts to converge).
+    - `value_exponent_min`: least $\beta$ in $f - c \sim t^{-\beta}$, for every
+      plausible $f$ model, for $f$ to settle (default 0.1).
+    - `bounded_deceleration`: least decay rate $-\lambda$ of every plausible norm model
+      for `BOUNDED` by decaying increments (default 0.3).
     - `plateau_rtol`: the norm has plateaued when its growth over the last half window,
       or the path length still to travel if $\|v\| \sim t^{-p}$ persists
       ($\|v(t_c)\|\,t_c/(p-1)$), is at most this fraction of $\max(\|x\|, 1)$
       (default 0.01).
-    - `bounded_velocity_exponent`: least $p$ for `BOUNDED`, and the bound below which
-      the path length of an escape must diverge (default 1.1: $\int \|v\|\,dt$
-      converges for $p > 1$).
+    - `bounded_velocity_exponent`: least $p$ for `BOUNDED` (default 1.1:
+      $\int \|v\|\,dt$ converges for $p > 1$).
+    - `margin`: a model is plausible when its residual sum of squares is within
+      `margin` noise variances of the best one (default 4, about two standard errors).
+    - `recent_growth`: least ratio of the last quarter window's growth to the selected
+      model's prediction for an escape (default 0.3).
+    - `exponent_tolerance`: slack of the test $p \le 1/2$ for a limit $-\infty$, on top
+      of two standard errors: logarithmic factors ($\|v\| \sim t^{-1/2}(\log t)^k$)
+      shift a fitted exponent by about $k/\log t$ (default 0.05).
+    - `extrapolation_noise`: largest residual noise of the $f$ fit, relative to the
+      tail's decrease of $f$, for the limit to be extrapolated (default 0.02).
     """
 
     tail_decades: float = 2.0
@@ -115,6 +139,10 @@ class DetectorOptions(eqx.Module):
     bounded_deceleration: float = 0.3
     plateau_rtol: float = 1e-2
     bounded_velocity_exponent: float = 1.1
+    margin: float = 4.0
+    recent_growth: float = 0.3
+    extrapolation_noise: float = 0.02
+    exponent_tolerance: float = 0.05
 
     def __check_init__(self):
         for name in self.__dataclass_fields__:
@@ -153,8 +181,11 @@ class Classification(eqx.Module):
       when $f$ settles ($-\infty$ when $f$ keeps decreasing without deceleration),
       else the final $f$;
     - `malgrange`: $\|x\|\,\|v(x)\|$ at the last time;
-    - `deceleration` ($\gamma$), `velocity_exponent` ($p$), `value_exponent` ($\beta$):
-      the tail statistics behind the verdict (NaN where undefined).
+    - `deceleration` ($\gamma = -\lambda$, the decay rate of the norm increments of the
+      selected tail model: $-\alpha$ for power growth, 0 for logarithmic growth, $> 0$
+      when $\|x\|$ converges), `velocity_exponent` ($p$), `value_exponent` ($\beta$ of
+      the selected $f$ model, NaN when $f$ does not fall): the tail statistics behind
+      the verdict (NaN where undefined).
     """
 
     status: jax.Array
@@ -191,6 +222,72 @@ def _wslope(x, y, w):
     sxx = jnp.sum(w * (x - xm) ** 2)
     sxy = jnp.sum(w * (x - xm) * (y - ym))
     return jnp.where((sw >= 3) & (sxx > 0), sxy / jnp.where(sxx > 0, sxx, 1.0), jnp.nan)
+
+
+def _wslope_se(x, y, w):
+    """Standard error of `_wslope` from its own residuals (0 with fewer than 4 points)."""
+    x = jnp.where(w > 0, x, 0.0)
+    y = jnp.where(w > 0, y, 0.0)
+    sw = jnp.sum(w)
+    xm = jnp.sum(w * x) / jnp.maximum(sw, 1)
+    ym = jnp.sum(w * y) / jnp.maximum(sw, 1)
+    sxx = jnp.sum(w * (x - xm) ** 2)
+    slope = jnp.sum(w * (x - xm) * (y - ym)) / jnp.where(sxx > 0, sxx, 1.0)
+    rss = jnp.sum(w * (y - ym - slope * (x - xm)) ** 2)
+    var = rss / jnp.maximum(sw - 2, 1.0) / jnp.where(sxx > 0, sxx, 1.0)
+    return jnp.where(sw >= 4, jnp.sqrt(jnp.maximum(var, 0.0)), 0.0)
+
+
+# Rates lambda of the tail models y(s) = A + B (e^{lambda (s - s_c)} - 1) / lambda, s = log t:
+# lambda > 0 power growth (y ~ t^lambda), lambda = 0 logarithmic (y linear in log t),
+# lambda < 0 convergence to A - B / lambda like t^lambda.
+_RATES = np.linspace(-1.5, 1.5, 61)
+
+
+def _basis(lam, u):
+    r"""$(e^{\lambda u} - 1)/\lambda$, continuous at $\lambda = 0$ (where it is $u$)."""
+    small = jnp.abs(lam) < 1e-6
+    safe = jnp.where(small, 1.0, lam)
+    return jnp.where(small, u + 0.5 * lam * u**2, jnp.expm1(safe * u) / safe)
+
+
+def _fit(lam, u, y, w):
+    """Weighted least squares of y on [1, basis(lam, u)]: (A, B, residual sum of squares)."""
+    phi = _basis(lam, u)
+    sw = jnp.maximum(jnp.sum(w), 1.0)
+    pm = jnp.sum(w * phi) / sw
+    ym = jnp.sum(w * y) / sw
+    spp = jnp.sum(w * (phi - pm) ** 2)
+    b = jnp.sum(w * (phi - pm) * (y - ym)) / jnp.where(spp > 0, spp, 1.0)
+    a = ym - b * pm
+    rss = jnp.sum(w * (y - a - b * phi) ** 2)
+    return a, b, rss
+
+
+def _select_rate(u, y, w, margin, floor):
+    r"""Model selection over the rates: the best rate, and the range of rates whose fit is
+    within `margin` noise variances of the best (the noise variance estimated from the
+    best fit's own residuals, at least `floor`): the profile-likelihood interval."""
+    rates = jnp.asarray(_RATES, y.dtype)
+    a, b, rss = jax.vmap(lambda lam: _fit(lam, u, y, w))(rates)
+    rss = jnp.where(jnp.isfinite(rss), rss, jnp.inf)
+    j = jnp.argmin(rss)
+    m = jnp.sum(w)
+    sigma2 = jnp.maximum(rss[j] / jnp.maximum(m - 3, 1.0), floor)
+    accepted = rss <= rss[j] + margin * sigma2
+    lo = jnp.min(jnp.where(accepted, rates, jnp.inf))
+    hi = jnp.max(jnp.where(accepted, rates, -jnp.inf))
+    # Refine the best rate between grid points (parabola through three residual sums).
+    jm, jp = jnp.clip(j - 1, 0, rates.shape[0] - 1), jnp.clip(j + 1, 0, rates.shape[0] - 1)
+    r0, r1, r2 = rss[jm], rss[j], rss[jp]
+    curv = r0 - 2 * r1 + r2
+    step = rates[1] - rates[0]
+    shift = jnp.where((jm < j) & (jp > j) & (curv > 0), 0.5 * step * (r0 - r2) / curv, 0.0)
+    best = rates[j] + jnp.clip(shift, -step, step)
+    a_best, b_best, _ = _fit(best, u, y, w)
+    b_lo = b[jnp.argmax(jnp.where(accepted, -rates, -jnp.inf))]
+    b_hi = b[jnp.argmax(jnp.where(accepted, rates, -jnp.inf))]
+    return best, lo, hi, a_best, b_best, jnp.minimum(b_lo, b_hi), jnp.sqrt(sigma2)
 
 
 def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
@@ -239,78 +336,85 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     speed_c = s_end
 
     slack = 1e-9
-    in_last = has_point & (jnp.log(times) >= lt_b - slack) & (times <= t_c)
-    in_tail = has_point & (jnp.log(times) >= lt_a - slack) & (times <= t_c)
+    log_times = jnp.log(jnp.maximum(times, tiny))
+    in_last = has_point & (log_times >= lt_b - slack) & (times <= t_c)
+    in_tail = has_point & (log_times >= lt_a - slack) & (times <= t_c)
     enough = enough_time & (jnp.sum(in_last) >= 3)
 
     log_norms = jnp.log(jnp.maximum(norms, tiny))
     log_speeds = jnp.log(jnp.maximum(speeds, tiny))
-    log_times = jnp.log(jnp.maximum(times, tiny))
     alpha = _wslope(log_times, log_norms, in_last.astype(dtype))
     p_vel = -_wslope(log_times, log_speeds, in_last.astype(dtype))
+    p_se = _wslope_se(log_times, log_speeds, in_last.astype(dtype))
 
-    # Norm increments.
+    # --- the tail models, fitted to the whole tail window (model selection over rates)
+    w_tail = in_tail.astype(dtype)
+    u = jnp.where(in_tail, log_times - lt_c, 0.0)
+    n_scale = jnp.maximum(jnp.abs(norm_c), 1.0)
+    y_n = jnp.where(in_tail, norms / n_scale, 0.0)
+    floor_n = (16 * eps) ** 2
+    lam_n, lam_n_lo, lam_n_hi, a_n, b_n, b_n_min, sig_n = _select_rate(
+        u, y_n, w_tail, opt.margin, floor_n
+    )
+    f_span = jnp.maximum(jnp.abs(value_a - value_c), 16 * eps * jnp.maximum(jnp.abs(value_c), 1.0))
+    y_f = jnp.where(in_tail, (values - value_c) / f_span, 0.0)
+    floor_f = (16 * eps * jnp.maximum(jnp.abs(value_c), 1.0) / f_span) ** 2
+    lam_f, lam_f_lo, lam_f_hi, a_f, b_f, _, sig_f = _select_rate(
+        u, y_f, w_tail, opt.margin, floor_f
+    )
+    gamma = -lam_n  # deceleration of the norm increments (0 for log t growth)
+    beta = -lam_f  # f - lim f ~ t^-beta
+
+    # Norm increments (data, for the plateau and recent-growth checks).
     n_noise = 16 * eps * jnp.maximum(norm_c, 1.0)
     d1, d2 = norm_b - norm_a, norm_c - norm_b
-    ratio_n = d2 / jnp.where(d1 > n_noise, d1, 1.0)
-    gamma = jnp.where((d1 > n_noise) & (d2 > n_noise), -jnp.log(ratio_n) / logq, jnp.nan)
-    # The same at the finest scale, near the end: the last two quarter windows. A
-    # trajectory moving between two critical points grows, then decelerates; over the
-    # half windows the two phases can average out.
     lt_m = lt_c - 0.5 * logq
-    norm_m, value_m = at(lt_m, norms_ff), at(lt_m, values_ff)
-    d3, d4 = norm_m - norm_b, norm_c - norm_m
-    gamma_end = jnp.where(
-        (d3 > n_noise) & (d4 > n_noise),
-        -jnp.log(d4 / jnp.where(d3 > n_noise, d3, 1.0)) / (0.5 * logq),
-        jnp.nan,
-    )
-    # Every step of the tail non-decreasing (up to rounding).
-    norm_steps = jnp.diff(norms_ff)
-    both = in_tail[1:] & in_tail[:-1]
-    rises = norm_steps >= -16 * eps * jnp.maximum(norms_ff[1:], 1.0)
-    monotone = jnp.all(jnp.where(both, rises, True))
-    # ||v|| non-increasing over the last half window (up to 1 % wiggles).
-    speeds_ff = jnp.where(has_point, speeds, s_end)
-    both_last = in_last[1:] & in_last[:-1]
-    vel_monotone = jnp.all(jnp.where(both_last, jnp.diff(speeds_ff) <= 0.01 * speeds_ff[:-1], True))
+    norm_m = at(lt_m, norms_ff)
+    d4 = norm_c - norm_m
+    # The fitted model's growth over the last quarter window: a trajectory that grew and
+    # then stopped (moving between two critical points) falls short of it.
+    fit_d4 = b_n * (0.0 - _basis(lam_n, -0.5 * logq)) * n_scale
 
-    # Value decrements and the extrapolated limit.
+    # Value decrements and flatness.
     f_noise = 16 * eps * jnp.maximum(jnp.abs(value_c), 1.0)
     e1, e2 = value_a - value_b, value_b - value_c
-    f_flat = jnp.abs(e2) <= f_noise
+    f_flat = (jnp.abs(e1) <= f_noise) & (jnp.abs(e2) <= f_noise)
     f_increased = (e2 < -f_noise) | (e1 < -f_noise)
-    rho = e2 / jnp.where(e1 > f_noise, e1, 1.0)
-    beta = jnp.where((e1 > f_noise) & (e2 > f_noise), -jnp.log(rho) / logq, jnp.nan)
-    settles = f_flat | (beta >= opt.value_exponent_min)
-    extrap = jnp.where(f_flat, value_c, value_c - e2 * rho / jnp.where(rho < 1, 1 - rho, 1.0))
-    e3, e4 = value_b - value_m, value_m - value_c
-    f_decel_end = e4 <= e3 + f_noise
-    settles = settles & (f_flat | f_decel_end)
-    # f drops at a non-decelerating rate, at both scales.
-    diverges = (e1 > f_noise) & (e2 >= e1) & (e3 > f_noise) & (e4 >= e3)
+    f_falls = (b_f < 0) & (e1 + e2 > f_noise)
+    # Extrapolated limit from the selected model (Aitken's rule is its three-point
+    # version; both are exact for f - c proportional to t^-beta).
+    extrap = value_c + f_span * (a_f - b_f / jnp.where(lam_f < 0, lam_f, -1.0))
+    settles = f_flat | (f_falls & (lam_f_hi <= -opt.value_exponent_min))
+    diverges = f_falls & (lam_f_lo >= -opt.escape_deceleration)
 
-    # --- escape evidence
-    growing = monotone & (d2 >= opt.escape_growth * norm_c) & (d1 > n_noise)
-    not_decel = (gamma <= opt.escape_deceleration) & (gamma_end <= opt.escape_deceleration)
-    vel_falls = (p_vel > opt.escape_velocity_exponent) & vel_monotone
-    # An unbounded trajectory has an infinite path length, so its velocity cannot be
-    # integrable: this separates a slow escape from the transient growth of a trajectory
-    # that then converges exponentially fast.
-    path_diverges = p_vel < opt.bounded_velocity_exponent
-    sustained = enough & growing & not_decel & path_diverges
-    escape_finite = sustained & settles & vel_falls & ~f_increased
+    # --- escape evidence: every model within the margin has increments decaying no faster
+    # than t^-escape_deceleration (log t growth has none), and the norm grew.
+    growing = (
+        (d2 >= opt.escape_growth * norm_c)
+        & (d1 > n_noise)
+        & (b_n_min > 0)
+        & (d4 >= opt.recent_growth * fit_d4)
+    )
+    not_decel = lam_n_lo >= -opt.escape_deceleration
+    # An unbounded trajectory has an infinite path length, so a velocity that is
+    # integrable beyond doubt (p above the bound by more than two standard errors)
+    # rules an escape out: this separates a slow escape from the transient growth of a
+    # trajectory that converges exponentially fast (p >> 1).
+    path_diverges = p_vel - 2 * p_se < opt.bounded_velocity_exponent
+    sustained = enough & growing & not_decel & path_diverges & ~f_increased
+    escape_finite = sustained & settles & (p_vel > opt.escape_velocity_exponent)
     # f -> -inf needs more: the norm at least doubled over the tail (a trajectory that
-    # accelerates away from a saddle at the horizon looks the same for a while).
-    # And ||v|| ~ t^-p with p <= 1/2: otherwise int ||v||^2 dt = f(0) - lim f converges.
+    # accelerates away from a saddle at the horizon looks the same for a while), and
+    # ||v|| ~ t^-p with p <= 1/2 (up to two standard errors): otherwise
+    # int ||v||^2 dt = f(0) - lim f converges.
     escape_inf = (
         sustained
         & diverges
         & (norm_c >= 2 * norm_a)
-        & (p_vel <= opt.escape_velocity_exponent)
+        & (p_vel - 2 * p_se <= opt.escape_velocity_exponent + opt.exponent_tolerance)
         & ~escape_finite
     )
-    log_growth = sustained & (-gamma < alpha / 2)
+    log_growth = sustained & (lam_n < alpha / 2)
 
     # --- bounded evidence
     integrable = p_vel >= opt.bounded_velocity_exponent
@@ -319,7 +423,7 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     remaining_path = speed_c * t_c / jnp.where(integrable, p_vel - 1, 1.0)
     scale = jnp.maximum(norm_c, 1.0)
     plateau = (d2 <= opt.plateau_rtol * scale) | (remaining_path <= opt.plateau_rtol * scale)
-    decays = (d1 > n_noise) & (gamma >= opt.bounded_deceleration)
+    decays = (d1 > n_noise) & (lam_n_hi <= -opt.bounded_deceleration)
     bounded = enough & (plateau | decays) & integrable & ~f_increased
 
     refined_horizon = jnp.where(
@@ -340,12 +444,18 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     extrapolable = enough & settles & ~f_increased
     # Only escapes are extrapolated: along them f settles like a power of t. A bounded
     # trajectory converging exponentially has tail decrements dominated by its
-    # transient, where Aitken's rule overshoots; its final f is the better estimate.
+    # transient, where extrapolation overshoots; its final f is the better estimate.
     escaped = new_status == Status.ESCAPED
     limit = jnp.where(
         (is_esc & escape_inf & ~escape_finite) | (escaped & enough & diverges),
         -jnp.inf,
-        jnp.where((is_esc | (escaped & vel_falls)) & extrapolable, extrap, f_end),
+        jnp.where(
+            (is_esc | (escaped & (p_vel > opt.escape_velocity_exponent))) & extrapolable,
+            # A noisy tail (wobble) makes the end slope, and so the extrapolation,
+            # unreliable: the final value (an upper bound of the limit) is kept then.
+            jnp.where(f_flat | (sig_f > opt.extrapolation_noise), value_c, extrap),
+            f_end,
+        ),
     )
     nan = jnp.asarray(jnp.nan, dtype)
     return dict(
@@ -356,7 +466,7 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
         malgrange=(x_norm * s_end).astype(dtype),
         deceleration=jnp.where(enough, gamma, nan),
         velocity_exponent=jnp.where(enough, p_vel, nan),
-        value_exponent=jnp.where(enough, beta, nan),
+        value_exponent=jnp.where(enough & f_falls, beta, nan),
     )
 
 
@@ -428,7 +538,7 @@ def classify_arrays(
 
 
 def classify(
-    result: FlowResult,
+    result,
     *,
     options: DetectorOptions | None = None,
     horizon: float | None = None,
@@ -453,7 +563,8 @@ def classify(
 
     **Returns:** a `jaxflow.Classification`.
     """
-    if not isinstance(result, FlowResult):
+    # Duck-typed (`jaxflow._flow` imports this module to extend undecided trajectories).
+    if not all(hasattr(result, k) for k in ("ts", "cp_norm", "cp_f", "cp_stat", "status", "x")):
         raise TypeError(
             f"classify: `result` must be a jaxflow.FlowResult, got {type(result).__name__}."
         )

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from ._controller import IterationCount, PIDControl
+from ._detect import classify
 from ._engine import MIN_LANES, Engine, default_lanes, run
 from ._field import AbstractField
 from ._field_choice import field_for
@@ -50,6 +51,9 @@ class FlowResult(eqx.Module):
       trajectories at the checkpoints (NaN after the trajectory stopped), to check
       conserved quantities and bounds along trajectories. Selecting trajectories
       (`res[mask]`) drops it.
+    - `decided_at` `(n,)` or `None`: with `extend_undecided`, the horizon at which each
+      trajectory got its final status (`t1`, or a later horizon for the trajectories
+      continued past it; the largest horizon for those still undecided there).
     """
 
     x: jax.Array
@@ -69,6 +73,7 @@ class FlowResult(eqx.Module):
     meta: dict = eqx.field(static=True, default_factory=dict)
     cp_x: jax.Array | None = None
     lane_iterations: int | None = None
+    decided_at: jax.Array | None = None
 
     def __len__(self):
         return int(self.f.shape[0])
@@ -110,6 +115,8 @@ class FlowResult(eqx.Module):
             rejected=self.rejected[idx], path_length=self.path_length[idx],
             cp_norm=self.cp_norm[idx], cp_f=self.cp_f[idx], cp_stat=self.cp_stat[idx],
         )
+        if self.decided_at is not None:
+            per_traj["decided_at"] = self.decided_at[idx]
         return FlowResult(
             ts=self.ts, iterations=self.iterations, lanes=self.lanes, meta=self.meta,
             lane_iterations=self.lane_iterations, **per_traj,
@@ -232,7 +239,89 @@ def flow(
         dtype=str(jnp.dtype(dtype)),
         kind="flow",
     )
-    return _integrate(engine, xs, ts, gtol_value, opts.escape_radius, None, meta)
+    res = _integrate(engine, xs, ts, gtol_value, opts.escape_radius, None, meta)
+    if opts.extend_undecided is not None:
+        res = _extend_undecided(res, engine, opts, gtol_value)
+    return res
+
+
+def _extend_undecided(res: FlowResult, engine: Engine, opts: FlowOptions, gtol) -> FlowResult:
+    r"""Continues the trajectories left `UNDECIDED` at `t1`, a decade at a time, up to
+    `opts.extend_undecided`.
+
+    The flow is autonomous, so the continuation from $x(T)$ over $[0, T' - T]$ is the
+    trajectory on $[T, T']$. Its checkpoints continue the run's log-spaced grid past `t1`
+    (same ratio), so the detectors see one series. Each step runs the same compiled
+    engine on the remaining trajectories only, with fewer lanes.
+    """
+    t_max = float(opts.extend_undecided)
+    ts0 = np.asarray(res.ts, np.float64)
+    t1 = float(ts0[-1])
+    ratio = ts0[-1] / ts0[-2] if ts0.shape[0] > 2 else 10.0 ** (1 / opts.checkpoints_per_decade)
+    k_new = max(int(math.ceil(math.log(t_max / t1) / math.log(ratio) - 1e-6)), 1)
+    extra = t1 * ratio ** np.arange(1, k_new + 1)
+    extra[-1] = t_max
+    ts_all = np.concatenate([ts0, extra])
+    n, k0, k_all = len(res), ts0.shape[0], ts_all.shape[0]
+    dtype = res.x.dtype
+    pad = jnp.full((n, k_all - k0), jnp.nan, dtype)
+    out = dict(
+        x=res.x, f=res.f, stationarity=res.stationarity, status=res.status, t=res.t,
+        steps=res.steps, rejected=res.rejected, path_length=res.path_length,
+        cp_norm=jnp.concatenate([res.cp_norm, pad], axis=1),
+        cp_f=jnp.concatenate([res.cp_f, pad], axis=1),
+        cp_stat=jnp.concatenate([res.cp_stat, pad], axis=1),
+    )
+    decided_at = np.full(n, t1)
+    horizon, k_end = t1, k0 - 1
+    iterations = res.iterations
+
+    def current():
+        return FlowResult(
+            ts=jnp.asarray(ts_all, dtype), iterations=iterations, lanes=res.lanes,
+            meta=dict(res.meta), cp_x=None, decided_at=jnp.asarray(decided_at, dtype), **out
+        )
+
+    while horizon < t_max:
+        status = np.asarray(classify(current(), horizon=horizon).status)
+        t_np = np.asarray(out["t"], np.float64)
+        todo = np.flatnonzero((status == Status.UNDECIDED) & (t_np >= horizon * (1 - 1e-6)))
+        if todo.size == 0:
+            break
+        k_next = int(np.searchsorted(ts_all, min(10.0 * horizon, t_max) * (1 - 1e-9)))
+        nxt = float(ts_all[k_next])  # the first checkpoint a decade on (or t_max)
+        seg = ts_all[k_end : k_next + 1] - horizon
+        seg[0] = 0.0
+        # Rows padded to a power of two (NaN rows are NONFINITE at t = 0, never integrated)
+        # so that successive steps with similar counts share one compiled program.
+        n_pad = max(1 << (todo.size - 1).bit_length(), MIN_LANES)
+        xs = jnp.full((n_pad, out["x"].shape[1]), jnp.nan, dtype).at[: todo.size].set(
+            out["x"][todo]
+        )
+        sub_engine = Engine(
+            field=engine.field, stepper=engine.stepper, controller=engine.controller,
+            lanes=max(min(engine.lanes, n_pad), MIN_LANES), max_steps=engine.max_steps,
+            stop_at_convergence=engine.stop_at_convergence, save_states=0,
+        )
+        sub = _integrate(sub_engine, xs, seg, gtol, opts.escape_radius, None, {})[: todo.size]
+        rows = jnp.asarray(todo)
+        cols = jnp.arange(k_end + 1, k_next + 1)
+        for key, new in (("cp_norm", sub.cp_norm), ("cp_f", sub.cp_f), ("cp_stat", sub.cp_stat)):
+            out[key] = out[key].at[rows[:, None], cols[None, :]].set(new[:, 1:])
+        for key in ("x", "f", "stationarity", "status"):
+            out[key] = out[key].at[rows].set(getattr(sub, key))
+        out["t"] = out["t"].at[rows].set(sub.t + jnp.asarray(horizon, dtype))
+        for key, new in (("steps", sub.steps), ("rejected", sub.rejected),
+                         ("path_length", sub.path_length)):
+            out[key] = out[key].at[rows].add(new)
+        iterations = iterations + sub.iterations
+        decided_at[todo] = nxt
+        horizon, k_end = nxt, k_next
+    return FlowResult(
+        ts=jnp.asarray(ts_all, dtype), iterations=iterations, lanes=res.lanes,
+        meta=dict(res.meta, extend_undecided=t_max, horizon_reached=horizon), cp_x=None,
+        decided_at=jnp.asarray(decided_at, dtype), **out,
+    )
 
 
 def iteration_checkpoints(num_steps: int, per_decade: int = 8) -> np.ndarray:

@@ -211,6 +211,11 @@ class FlowOptions:
       trajectories run to `t1` and the status is decided at the end.
     - `save_states`: also record the full state at every checkpoint for the first this
       many trajectories (`FlowResult.cp_x`, memory `save_states * K * d`).
+    - `extend_undecided`: a larger horizon $T > t_1$: the trajectories the detectors
+      (`jaxflow.classify`, default thresholds) leave `UNDECIDED` at `t1` are continued
+      from their final state, a decade at a time (the last step up to $T$), until they
+      are decided or $T$ is reached; `FlowResult.decided_at` records the horizon of each
+      verdict (default `None`: no extension).
     """
 
     t1: float | None = None
@@ -225,6 +230,7 @@ class FlowOptions:
     lanes: int | None = None
     stop_at_convergence: bool = True
     save_states: int = 0
+    extend_undecided: float | None = None
     # The engine's controller, parsed from `stepsize_controller` and `dt0` (derived).
     control: AbstractController = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -248,6 +254,14 @@ class FlowOptions:
             raise ValueError(f"lanes must be a positive integer, got {self.lanes!r}.")
         if not (_is_int(self.save_states) and self.save_states >= 0):
             raise ValueError(f"save_states must be an integer >= 0, got {self.save_states!r}.")
+        if self.extend_undecided is not None:
+            ext = self.extend_undecided
+            if not (isinstance(ext, (int, float, np.number)) and math.isfinite(float(ext))
+                    and (self.t1 is None or float(ext) > float(self.t1))):
+                raise ValueError(
+                    f"extend_undecided must be a finite horizon above t1={self.t1!r}, got "
+                    f"{ext!r} (e.g. extend_undecided=10 * t1)."
+                )
         if isinstance(self.solver, str) and self.solver != "auto":
             solver_to_spec(self.solver, None)  # names an existing solver, or raises
         object.__setattr__(self, "control", parse_controller(self.stepsize_controller, self.dt0))
@@ -292,6 +306,7 @@ class FlowOptions:
             "checkpoints_per_decade": int(self.checkpoints_per_decade),
             "t_first": json_float(self.t_first), "lanes": self.lanes,
             "stop_at_convergence": bool(self.stop_at_convergence),
+            "extend_undecided": json_float(self.extend_undecided),
         }
 
     @classmethod
@@ -305,6 +320,7 @@ class FlowOptions:
             checkpoints_per_decade=int(spec["checkpoints_per_decade"]),
             t_first=float_from_json(spec["t_first"]), lanes=spec["lanes"],
             stop_at_convergence=bool(spec["stop_at_convergence"]), save_states=int(save_states),
+            extend_undecided=float_from_json(spec.get("extend_undecided")),
         )
 
     @classmethod
@@ -345,6 +361,7 @@ class FlowShorthands(TypedDict, total=False):
     lanes: int | None
     stop_at_convergence: bool
     save_states: int
+    extend_undecided: float | None
 
 
 _SHORTHANDS = frozenset(FlowShorthands.__annotations__)

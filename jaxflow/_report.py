@@ -165,6 +165,10 @@ class Report:
         meta = dict(meta or {})
         if int(np.asarray(table["status"]).shape[0]) == 0:
             raise ValueError("Report.from_table: the table has no rows.")
+        if "decided_at" in table and meta.get("t1") is not None:
+            # Trajectories decided only after being continued past t1 (extend_undecided).
+            decided_at = np.asarray(table["decided_at"], np.float64)
+            meta["decided_past_t1"] = int(np.sum(decided_at > float(meta["t1"]) * (1 + 1e-6)))
         summary = TableSummary.from_table(table, gtol=meta.get("gtol"), n_probe=n_probe)
         report, _ = cls.from_summary(summary, problem=problem, meta=meta,
                                      points_of=table_points(table))
@@ -375,6 +379,13 @@ def _evidence_phrase(n, horizon, meta) -> str:
     extra = [str(meta[k]) for k in ("solver", "dtype") if meta.get(k)]
     if extra:
         parts.append(f"({', '.join(extra)})")
+    if meta.get("extend_undecided"):
+        # The detectors' undecided trajectories were continued (FlowOptions.extend_undecided).
+        reached = meta.get("horizon_reached", meta["extend_undecided"])
+        text = f"; trajectories undecided at T continued to {format_value(float(reached), 4)}"
+        if meta.get("decided_past_t1") is not None:
+            text += f" ({meta['decided_past_t1']} decided there)"
+        parts[-1] += text
     return " ".join(parts)
 
 

@@ -7,7 +7,9 @@ column names are spelled once:
 - scalar columns: `status` (refined by `jaxflow.classify` when a classification is
   given, else the engine's), `engine_status`, `f`, `stationarity`, `t`, `norm`, `steps`,
   `rejected`, `path_length`, and the classification's `growth_exponent`, `log_growth`,
-  `limit_value`, `malgrange`, `deceleration`, `velocity_exponent`, `value_exponent`;
+  `limit_value`, `malgrange`, `deceleration`, `velocity_exponent`, `value_exponent`,
+  and `decided_at` (the horizon of the run that gave the final status: `t1`, or a later
+  one for trajectories continued with `extend_undecided`);
 - column families, one column per coordinate $j = 0, \dots, d - 1$: the final point
   `x_j`, the start point `start_j` (scans) and the states at the checkpoints `cp_x_j`
   (`(n, K)` each, saved trajectories of a scan);
@@ -206,6 +208,10 @@ def trajectory_table(result: FlowResult, classification=None) -> dict:
     else:
         table["log_growth"] = np.zeros(n, bool)
         table["limit_value"] = r["f"].copy()
+    if result.decided_at is not None:
+        table["decided_at"] = np.asarray(result.decided_at, np.float64)
+    else:
+        table["decided_at"] = np.full(n, float(np.asarray(result.ts)[-1]))
     for key in CHECKPOINT_SERIES:
         table[key] = r[key]
     return table

@@ -150,6 +150,7 @@ def _report_meta(manifest: Mapping, complete: bool, devices: Mapping) -> dict:
         "escape_radius": float_from_json(fs["escape_radius"]),
         "max_steps": fs["max_steps"], "chunk_size": sp["chunk_size"], "complete": complete,
         "devices": dict(devices), "spec_sha256": manifest["spec_sha256"],
+        "extend_undecided": float_from_json(fs.get("extend_undecided")),
     }
 
 
