@@ -54,6 +54,10 @@ def _common_flow_args(p: argparse.ArgumentParser, *, n_default: int, t1_default:
     p.add_argument("--gtol", type=float, default=None, help="stationarity tolerance")
     p.add_argument("--escape-radius", type=float, default=1e6)
     p.add_argument(
+        "--extend-undecided", type=float, default=None, metavar="T",
+        help="continue trajectories still UNDECIDED at --t1, a decade at a time, up to T",
+    )
+    p.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE",
         help="problem parameter (repeatable), e.g. --param depth=3",
     )
@@ -177,6 +181,7 @@ def cmd_flow(args) -> int:
         problem, x0, t1=args.t1, solver=_solver_from_name(args.solver),
         stepsize_controller=diffrax.PIDController(rtol=args.rtol, atol=args.atol),
         gtol=args.gtol, escape_radius=args.escape_radius,
+        extend_undecided=args.extend_undecided,
     )
     jax.block_until_ready(res.f)
     wall = time.perf_counter() - t0
@@ -235,7 +240,8 @@ def _default_out(args, params: dict) -> str:
     key = json.dumps(
         [args.problem, params, args.n, args.seed, args.t1, args.dtype, args.chunk_size,
          solver, args.rtol, args.atol, args.gtol, args.escape_radius,
-         args.save_trajectories],
+         args.save_trajectories]
+        + ([] if args.extend_undecided is None else [args.extend_undecided]),
         sort_keys=True,
     )
     tag = hashlib.sha256(key.encode()).hexdigest()[:8]
@@ -328,6 +334,7 @@ def cmd_scan(args) -> int:
                 solver=_solver_from_name(args.solver),
                 stepsize_controller=diffrax.PIDController(rtol=args.rtol, atol=args.atol),
                 gtol=args.gtol, escape_radius=args.escape_radius,
+                extend_undecided=args.extend_undecided,
                 save_trajectories=args.save_trajectories, executor=executor, devices=devices,
                 progress=bar, compilation_cache=cache, max_in_flight=max_in_flight,
             )
@@ -517,6 +524,7 @@ def cmd_sweep(args) -> int:
                 solver=_solver_from_name(args.solver),
                 stepsize_controller=diffrax.PIDController(rtol=args.rtol, atol=args.atol),
                 gtol=args.gtol, escape_radius=args.escape_radius,
+                extend_undecided=args.extend_undecided,
                 save_trajectories=args.save_trajectories, executor=executor, devices=devices,
                 progress=bar, compilation_cache=cache, max_in_flight=max_in_flight,
             )

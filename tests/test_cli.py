@@ -80,3 +80,13 @@ def test_solver_names_include_jaxflow_steppers():
     ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             _solver_from_name(bad)
+
+
+def test_flow_command_extend_undecided(capsys):
+    # Remark 3.3's escape (x -> infinity like log t) from t1 = 10, continued to 1e3.
+    assert main(["flow", "unbounded-trajectory", "--n", "16", "--t1", "10",
+                 "--extend-undecided", "1e3"]) == 0
+    assert "ESCAPING" in capsys.readouterr().out
+    assert main(["flow", "unbounded-trajectory", "--n", "4", "--t1", "10",
+                 "--extend-undecided", "5"]) == 2
+    assert "extend_undecided must be a finite horizon above t1" in capsys.readouterr().err
