@@ -90,6 +90,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._executables import call_cached
 from ._status import Status, status_counts
 
 __all__ = ["classify", "classify_arrays", "Classification", "DetectorOptions"]
@@ -470,13 +471,15 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     )
 
 
-@jax.jit
-def _classify_arrays(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt):
+def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt):
     opt = jax.tree.map(lambda v: jnp.asarray(v, cp_norm.dtype), opt)
     out = jax.vmap(_classify_one, in_axes=(None, 0, 0, 0, 0, 0, 0, 0, 0, None))(
         ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt
     )
     return out
+
+
+_classify_arrays = jax.jit(_classify_batch)
 
 
 def classify_arrays(
@@ -522,7 +525,7 @@ def classify_arrays(
         pad = [(0, n_pad - n)] + [(0, 0)] * (a.ndim - 1)
         return jnp.pad(a, pad, constant_values=fill)
 
-    out = _classify_arrays(
+    args = (
         jnp.asarray(ts, dtype),
         cast(cp_norm),
         cast(cp_f),
@@ -532,8 +535,14 @@ def classify_arrays(
         cast(stationarity),
         cast(t),
         cast(status, jnp.int8, 0),
-        options,
+        # Thresholds as arrays: traced, and never baked into a stored executable.
+        jax.tree.map(lambda v: jnp.asarray(v, dtype), options),
     )
+    # Inside a scan of a built-in problem the program comes from the executable cache
+    # (`jaxflow._executables`); elsewhere it is traced and compiled as usual.
+    out = call_cached(_classify_batch, args, static={"fn": "classify"}, compiler_options={})
+    if out is None:
+        out = _classify_arrays(*args)
     return Classification(**{k: v[:n] for k, v in out.items()})
 
 
