@@ -11,21 +11,36 @@ from .erk import ERKStepper
 from .esdirk import ESDIRKStepper
 from .prox_linear import ProxLinear
 from .rodas import Rodas4
+from .rosenbrock_krylov import RodasKrylov
 
-__all__ = ["make_stepper", "default_solver", "STEPPERS"]
+__all__ = ["make_stepper", "default_solver", "STEPPERS", "MATRIX_FREE_MIN_DIM"]
 
 # jaxflow's own steppers, by the name a scan spec records them under ("jaxflow.<name>").
-STEPPERS: dict[str, type[AbstractStepper]] = {"ProxLinear": ProxLinear, "Rodas4": Rodas4}
+STEPPERS: dict[str, type[AbstractStepper]] = {
+    "ProxLinear": ProxLinear, "Rodas4": Rodas4, "RodasKrylov": RodasKrylov,
+}
+
+
+# Smallest dimension at which `solver="auto"` integrates smooth problems matrix-free.
+# Measured on rank-r completion (benchmarks/high_dim.py, float32, 16 lanes, one step):
+# RodasKrylov(krylov_dim=32) against the dense Hessian steppers costs 58 vs 15 (Rodas4)
+# and 24 ms (Kvaerno5) at d = 120, 114 vs 345 and 424 ms at d = 240, 134 vs 4561 and
+# 4121 ms at d = 480; it takes about 2.5x the dense steppers' steps on escaping
+# trajectories, whose stiff subspace is large, so the crossover is near d = 200.
+MATRIX_FREE_MIN_DIM = 200
 
 
 def default_solver(problem):
-    """`Kvaerno5` for small smooth problems (stiff escapes), `Tsit5` otherwise;
-    `jaxflow.ProxLinear` for nonsmooth problems (slides along kinks, no chattering)."""
+    """`Kvaerno5` (dense Hessian, L-stable: stiff escapes) for smooth problems with
+    $d <$ `MATRIX_FREE_MIN_DIM`, `jaxflow.RodasKrylov` (Hessian-vector products only)
+    above; `jaxflow.ProxLinear` for nonsmooth problems (slides along kinks, no
+    chattering). Explicit solvers (`Tsit5`) only when asked for: escaping valleys are
+    stiff, and an explicit solver spends its whole step budget in them."""
     if problem.nonsmooth:
         return ProxLinear()
-    if problem.dim <= 32:
+    if problem.dim < MATRIX_FREE_MIN_DIM:
         return diffrax.Kvaerno5()
-    return diffrax.Tsit5()
+    return RodasKrylov()
 
 
 def make_stepper(solver, *, rtol: float, atol: float) -> AbstractStepper:
