@@ -177,7 +177,8 @@ def flow(
     dtype = xs.dtype
     gtol_value = opts.gtol_for(dtype)
     stepper = opts.stepper(problem)
-    n_lanes = max(min(default_lanes(n) if opts.lanes is None else int(opts.lanes), n), MIN_LANES)
+    n_lanes = max(min(default_lanes(n, dim=problem.dim) if opts.lanes is None
+                      else int(opts.lanes), n), MIN_LANES)
     engine = Engine(
         field=field_for(problem) if field is None else field,
         stepper=stepper,
@@ -264,7 +265,8 @@ def descend(
         field=field_for(problem) if field is None else field,
         stepper=OptaxStepper(optimizer),
         controller=IterationCount(time_per_step=float(time_per_step)),
-        lanes=max(min(default_lanes(n) if opts.lanes is None else int(opts.lanes), n), MIN_LANES),
+        lanes=max(min(default_lanes(n, dim=problem.dim) if opts.lanes is None
+                      else int(opts.lanes), n), MIN_LANES),
         max_steps=int(num_steps) + 1,
         stop_at_convergence=bool(opts.stop_at_convergence),
     )

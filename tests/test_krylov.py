@@ -132,3 +132,12 @@ def test_auto_is_dense_below_the_crossover_and_matrix_free_above():
 def test_bad_parameters_are_named(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         jf.RodasKrylov(**bad)
+
+
+def test_default_lanes_shrink_with_the_dimension():
+    from jaxflow._engine import MIN_LANES, default_lanes
+
+    assert default_lanes(10**5, "cpu") == default_lanes(10**5, "cpu", dim=4) == 1024
+    big = default_lanes(10**5, "cpu", dim=10**7)
+    assert MIN_LANES <= big < 1024 and big & (big - 1) == 0
+    assert default_lanes(10**5, "cpu", dim=10**8) <= big
