@@ -4,6 +4,8 @@ References: the dense `Rodas4` (same method, exact solves), `Kvaerno5`, and SciP
 Radau in float64; Hessian-vector products against finite differences of the gradient.
 """
 
+import functools
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -25,17 +27,18 @@ def test_gmres_solves_symmetric_indefinite_systems(getkey):
     a = (q * eig) @ q.T  # symmetric, indefinite, like I + h gamma H at a saddle
     b = np.asarray(jax.random.normal(getkey(), (d,), jnp.float64))
     matvec = lambda y: jnp.asarray(a) @ y  # noqa: E731
-    y, res = gmres(matvec, jnp.asarray(b), d)  # full dimension: exact
+    solve = jax.jit(gmres, static_argnums=(0, 2))
+    y, res = solve(matvec, jnp.asarray(b), d)  # full dimension: exact
     np.testing.assert_allclose(np.asarray(y), np.linalg.solve(a, b), rtol=1e-9, atol=1e-10)
     # Fewer steps: the returned residual is the true one, and it shrinks with m.
     norms = []
     for m in (2, 5, 8):
-        y, res = gmres(matvec, jnp.asarray(b), m)
+        y, res = solve(matvec, jnp.asarray(b), m)
         np.testing.assert_allclose(np.asarray(res), b - a @ np.asarray(y), atol=1e-10)
         norms.append(np.linalg.norm(res))
     assert norms[0] > norms[1] > norms[2] > 0
     # A zero right-hand side gives zero, not NaN.
-    y, res = gmres(matvec, jnp.zeros(d), 4)
+    y, res = solve(matvec, jnp.zeros(d), 4)
     assert np.all(np.asarray(y) == 0) and np.all(np.asarray(res) == 0)
 
 
@@ -46,25 +49,33 @@ def test_hessian_vector_products_match_finite_differences(getkey):
     grad = jax.grad(p.f_flat)
     x = p.sample(getkey(), 1, jnp.float64)[0]
     u = jax.random.normal(getkey(), (p.dim,), jnp.float64)
-    _, hvp = jax.linearize(grad if field is None else field.velocity, x)
+    velocity = grad if field is None else field.velocity
+    hvp_u = jax.jit(lambda x, u: jax.linearize(velocity, x)[1](u))(x, u)
     eps = 1e-5
+    grad = jax.jit(grad)
     fd = (grad(x + eps * u) - grad(x - eps * u)) / (2 * eps)
-    np.testing.assert_allclose(np.asarray(hvp(u)), np.asarray(fd), rtol=1e-7, atol=1e-8)
-    np.testing.assert_allclose(np.asarray(hvp(u)), np.asarray(jax.hessian(p.f_flat)(x) @ u),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(hvp_u), np.asarray(fd), rtol=1e-7, atol=1e-8)
+    hess = jax.jit(jax.hessian(p.f_flat))(x)
+    np.testing.assert_allclose(np.asarray(hvp_u), np.asarray(hess @ u), rtol=1e-12, atol=1e-12)
 
 
 # d = 16 with Krylov dimension 6: the solves are genuinely inexact.
 _SMALL = dict(n=4, r=2, seed=3, rate=0.6)
 
 
+@functools.cache
+def _small():
+    # One problem object for the whole module, so runs with the same solver and shapes
+    # reuse the compiled engine.
+    return problems.get("matrix-completion-nxn", **_SMALL)
+
+
 def _run(solver, x0, **kw):
-    p = problems.get("matrix-completion-nxn", **_SMALL)
-    return jf.flow(p, x0, t1=kw.pop("t1", 200.0), solver=solver, **kw)
+    return jf.flow(_small(), x0, t1=kw.pop("t1", 50.0), solver=solver, **kw)
 
 
 def test_matches_dense_rodas4_and_kvaerno5(getkey):
-    p = problems.get("matrix-completion-nxn", **_SMALL)
+    p = _small()
     x0 = p.sample(getkey(), 6, jnp.float64)
     mf = _run(jf.RodasKrylov(krylov_dim=6), x0)
     dense = _run(jf.Rodas4(), x0)
@@ -78,7 +89,7 @@ def test_matches_dense_rodas4_and_kvaerno5(getkey):
 
 def test_matches_scipy_radau_float64(getkey):
     """State at t = 3 (mid-transient, no convergence stop) against Radau at rtol 1e-11."""
-    p = problems.get("matrix-completion-nxn", **_SMALL)
+    p = _small()
     x0 = np.asarray(p.sample(getkey(), 3, jnp.float64))
     t1 = 3.0
     res = _run(jf.RodasKrylov(krylov_dim=6), jnp.asarray(x0), t1=t1, stop_at_convergence=False,
@@ -97,8 +108,8 @@ def test_matches_scipy_radau_float64(getkey):
 def test_inexact_solves_are_rejected_not_accepted(getkey):
     """With a 2-dimensional Krylov space the stiff steps cannot be solved: the stepper
     must shrink the steps (more rejections) and still land on the dense answer."""
-    p = problems.get("matrix-completion-nxn", **_SMALL)
-    x0 = p.sample(getkey(), 4, jnp.float64)
+    p = _small()
+    x0 = p.sample(getkey(), 6, jnp.float64)  # same shapes as above: programs reused
     tight = _run(jf.RodasKrylov(krylov_dim=2), x0)
     dense = _run(jf.Rodas4(), x0)
     np.testing.assert_array_equal(np.asarray(tight.status), np.asarray(dense.status))
@@ -107,7 +118,7 @@ def test_inexact_solves_are_rejected_not_accepted(getkey):
 
 
 def test_float32_agrees_with_float64(getkey):
-    p = problems.get("matrix-completion-nxn", **_SMALL)
+    p = _small()
     x0 = p.sample(getkey(), 6, jnp.float64)
     r64 = _run(jf.RodasKrylov(krylov_dim=6), x0)
     r32 = _run(jf.RodasKrylov(krylov_dim=6), x0.astype(jnp.float32))

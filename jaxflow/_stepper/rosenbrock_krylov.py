@@ -11,11 +11,12 @@ the Hessian applied through `jax.linearize` of the gradient at $x_n$ (linearised
 per step): $O(d\,m)$ work per stage besides the products, $O(d\,m)$ memory per lane.
 
 **Inexact solves.** Rosenbrock methods need the stage equations solved accurately (they
-are not W-methods), so each solve is checked: the residual vectors $\rho_i$, mapped to
-the units of $x$ by $h\gamma$, are added to the embedded error estimate
-($\mathrm{err} = \mathrm{err}_{\text{Rodas}} + h\gamma(\sum_i\rho_i^2)^{1/2}$
-componentwise), and a step whose relative residual $\|\rho_i\|/\|r_i\|$ exceeds
-`krylov_rtol` in any stage is marked failed. The step-size controller then retries with
+are not W-methods), so each solve is checked: the stage errors the residual vectors
+$\rho_i$ cause, $h\gamma(I + h\gamma\nabla^2 f)^{-1}\rho_i$, estimated with the
+Rayleigh quotient of $\rho_i$, are added to the embedded error estimate
+($\mathrm{err} = \mathrm{err}_{\text{Rodas}} + (\sum_i e_i^2)^{1/2}$ componentwise),
+and a step whose relative residual $\|\rho_i\|/\|r_i\|$ exceeds `krylov_rtol` in any
+stage is marked failed. The step-size controller then retries with
 a smaller $h$, which makes $I + h\gamma\nabla^2 f$ better conditioned (at $h \to 0$ it is
 the identity and GMRES is exact after one product), so the method never accepts a step
 its linear algebra could not resolve.
@@ -45,7 +46,13 @@ class RodasKrylov(AbstractStepper):
       $6m$ Hessian-vector products per step). Larger $m$ resolves stiffer steps (fewer
       rejections) at a higher cost per step.
     - `krylov_rtol`: largest accepted relative residual of a stage solve; above it the
-      step fails and is retried smaller.
+      step fails and is retried smaller (a safeguard: the residuals' contribution is in
+      the error estimate anyway).
+    - `damped_estimate`: map each residual $\rho$ to the stage error through
+      $(1 + h\gamma q)^{-1}$, $q = \rho^T\nabla^2 f\rho/\rho^T\rho$ (one more product
+      per stage) instead of bounding the damping by 1. GMRES leaves its residual in the
+      stiff directions, where the undamped bound is pessimistic by $h\gamma\lambda$:
+      on $d = 120$ completion it tripled the steps of escaping trajectories.
 
     Same stages, coefficients and error estimate as `jaxflow.Rodas4` (which factorises
     the dense Hessian), so with exact solves both take the same steps. Use it for smooth
@@ -54,7 +61,8 @@ class RodasKrylov(AbstractStepper):
     """
 
     krylov_dim: int = eqx.field(static=True, default=32)
-    krylov_rtol: float = eqx.field(static=True, default=1e-3)
+    krylov_rtol: float = eqx.field(static=True, default=0.1)
+    damped_estimate: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
         if not (isinstance(self.krylov_dim, int) and self.krylov_dim >= 1):
@@ -82,15 +90,23 @@ class RodasKrylov(AbstractStepper):
         def matvec(y):  # (I + h gamma H) y
             return y + hg * hvp(y)
 
-        residuals = []
+        solve_errors = []
         ok = jnp.array(True)
+        tiny = jnp.finfo(x.dtype).tiny
 
         def solve(r):  # (I/(h gamma) + H)^{-1} r = h gamma (I + h gamma H)^{-1} r
             nonlocal ok
             y, res = gmres(matvec, r, m)
             rnorm = jnp.sqrt(jnp.sum(r * r))
-            ok = ok & (jnp.sqrt(jnp.sum(res * res)) <= self.krylov_rtol * rnorm)
-            residuals.append(res)
+            res2 = jnp.sum(res * res)
+            ok = ok & (jnp.sqrt(res2) <= self.krylov_rtol * rnorm)
+            # The stage's error is h gamma (I + h gamma H)^{-1} res. GMRES leaves its
+            # residual mostly in the stiff directions, which the inverse damps: estimate
+            # the damping by the Rayleigh quotient of the residual (one product).
+            if self.damped_estimate:
+                rayleigh = jnp.sum(res * hvp(res)) / jnp.maximum(res2, tiny)
+                res = res / jnp.maximum(1.0, 1.0 + hg * rayleigh)
+            solve_errors.append(res)
             return hg * y
 
         stages = [solve(-v)]
@@ -104,7 +120,7 @@ class RodasKrylov(AbstractStepper):
             stages.append(solve(-field.velocity(u) + coupling))
         x1 = u + stages[-1]
         f1, v1 = field.value_and_velocity(x1)
-        solve_err = hg * jnp.sqrt(sum(res * res for res in residuals))
+        solve_err = hg * jnp.sqrt(sum(res * res for res in solve_errors))
         err = stages[-1] + solve_err
         ok = ok & jnp.all(jnp.isfinite(x1))
         return x1, err, f1, v1, ok, state
