@@ -112,7 +112,8 @@ def matrix_completion_nxn(
         sampler=Uniform(low, high), name=name,
         global_infimum=0.0 if rank_m <= r else None,
         facts={
-            "equation": "Example 1.1 generalised: 1/2 ||P_Omega(X Y^T - M)||_F^2",
+            "equation": "Example 1.1, generalised to n x n",
+            "bounded_trajectories": None,
             "n": n, "r": r, "rank_m": rank_m, "observed": int(mask.sum()),
             "conserved": "X^T X - Y^T Y",
             "example_1_1": n == 2 and r == 1 and pattern == "bidiagonal" and target == "ones",
@@ -232,7 +233,8 @@ def mlp(
         f, example=example, sampler=Uniform(low, high), name=name,
         global_infimum=0.0, nonsmooth=activation == "relu",
         facts={
-            "equation": "teacher-student MLP, full batch",
+            "equation": "teacher–student data",
+            "bounded_trajectories": None,
             "widths": list(widths), "activation": activation, "loss": loss,
             "n_samples": n_samples,
             "teacher_is_global_minimum": loss == "squared",
