@@ -316,7 +316,7 @@ def default_lanes(n: int, backend: str | None = None, *, dim: int | None = None)
 
     With the dimension `dim`, lanes are also capped (to a power of two) so that their
     working memory, about 64 vectors of length `dim` per lane in float64, stays within a
-    quarter of the device's memory: at $d = 10^4$ on a host with 16 GiB, 64 lanes. At
+    quarter of the device's memory: at $d = 10^5$ on a host with 16 GiB, 64 lanes. At
     large $d$ a step's own work (Hessian-vector products) dwarfs the per-iteration
     overhead, so few lanes lose nothing. `lanes=` in the options overrides this.
     """

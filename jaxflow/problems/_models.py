@@ -201,7 +201,7 @@ def mlp(
     teacher = [
         {"b": np.zeros(fan_out),
          "w": rng.normal(size=(fan_in, fan_out)) / np.sqrt(fan_in)}
-        for fan_in, fan_out in zip(widths[:-1], widths[1:])
+        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True)
     ]
     x = rng.normal(size=(n_samples, widths[0]))
     out = np.asarray(mlp_apply(jax.tree.map(jnp.asarray, teacher), jnp.asarray(x), activation))
@@ -223,7 +223,7 @@ def mlp(
 
     example = [
         {"b": jnp.zeros((fan_out,)), "w": jnp.zeros((fan_in, fan_out))}
-        for fan_in, fan_out in zip(widths[:-1], widths[1:])
+        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True)
     ]
     teacher_flat = np.concatenate(
         [np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(teacher)]
