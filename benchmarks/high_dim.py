@@ -106,6 +106,8 @@ def main():
                     help="also run dense Rodas4 at d = 1000 (minutes per step batch)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
+    # float64 for the reference runs; the benchmarked runs are float32 (their starts are).
+    jax.config.update("jax_enable_x64", True)
     if args.smoke:
         args.n120, args.n1000, args.n10000, args.nmlp, args.t1 = 4, 4, 2, 4, 10.0
     cases = args.cases.split(",")

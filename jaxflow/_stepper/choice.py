@@ -22,11 +22,13 @@ STEPPERS: dict[str, type[AbstractStepper]] = {
 
 
 # Smallest dimension at which `solver="auto"` integrates smooth problems matrix-free.
-# Measured on rank-r completion (benchmarks/high_dim.py, float32, 16 lanes, one step):
-# RodasKrylov(krylov_dim=32) against the dense Hessian steppers costs 58 vs 15 (Rodas4)
-# and 24 ms (Kvaerno5) at d = 120, 114 vs 345 and 424 ms at d = 240, 134 vs 4561 and
-# 4121 ms at d = 480; it takes about 2.5x the dense steppers' steps on escaping
-# trajectories, whose stiff subspace is large, so the crossover is near d = 200.
+# Measured on rank-r completion (benchmarks/high_dim.py, float32, busy 2-core CPU). One
+# step of 16 lanes: RodasKrylov (krylov_dim=32) 58 ms against 15 (Rodas4) and 24 ms
+# (Kvaerno5) with the dense Hessian at d = 120, 114 vs 345 and 424 ms at d = 240, 134 vs
+# 4561 and 4121 ms at d = 480. Whole runs at d = 120 (32 starts, t1 = 2e3): the same
+# statuses, with as many steps as Rodas4 (max 561 vs 493) and about twice Kvaerno5's
+# (227), 91 s vs 48 s for Kvaerno5 including compilation. So the crossover is near
+# d = 200.
 MATRIX_FREE_MIN_DIM = 200
 
 
