@@ -100,6 +100,8 @@ def main():
     ap.add_argument("--n1000", type=int, default=256)
     ap.add_argument("--n10000", type=int, default=32)
     ap.add_argument("--nmlp", type=int, default=256)
+    ap.add_argument("--max-steps-10000", type=int, default=65536,
+                    help="step budget at d = 10^4 (a few steps measure cost and memory)")
     ap.add_argument("--nref", type=int, default=8)
     ap.add_argument("--t1", type=float, default=2e3)
     ap.add_argument("--dense-1000", action="store_true",
@@ -130,7 +132,8 @@ def main():
             p, x0, res, refined, min(args.nref, args.n1000), args.t1)
         print(checks, flush=True)
     if "d10000" in cases:
-        _, _, r, _ = completion_case(1000, 5, args.n10000, args.t1, [("auto", "auto")])
+        _, _, r, _ = completion_case(1000, 5, args.n10000, args.t1, [("auto", "auto")],
+                                     max_steps=args.max_steps_10000)
         rows += r
     if "mlp" in cases:
         p = problems.get("mlp", widths=[16, 48, 1], activation="tanh", n_samples=1000)

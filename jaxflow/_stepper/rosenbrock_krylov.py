@@ -47,12 +47,14 @@ class RodasKrylov(AbstractStepper):
       rejections) at a higher cost per step.
     - `krylov_rtol`: largest accepted relative residual of a stage solve; above it the
       step fails and is retried smaller (a safeguard: the residuals' contribution is in
-      the error estimate anyway).
+      the error estimate anyway). On the escaping trajectories of $d = 120$ completion,
+      `1e-3` took about 1300 steps where `0.1` (default) takes about 500, as many as
+      the dense `Rodas4`, and the end points agree to $10^{-6}$.
     - `damped_estimate`: map each residual $\rho$ to the stage error through
       $(1 + h\gamma q)^{-1}$, $q = \rho^T\nabla^2 f\rho/\rho^T\rho$ (one more product
       per stage) instead of bounding the damping by 1. GMRES leaves its residual in the
-      stiff directions, where the undamped bound is pessimistic by $h\gamma\lambda$:
-      on $d = 120$ completion it tripled the steps of escaping trajectories.
+      stiff directions, where the undamped bound is pessimistic by a factor up to
+      $1 + h\gamma\lambda_{\max}$.
 
     Same stages, coefficients and error estimate as `jaxflow.Rodas4` (which factorises
     the dense Hessian), so with exact solves both take the same steps. Use it for smooth
