@@ -85,6 +85,44 @@ def reference_check(p, x0, res, refined, n_ref, t1):
                                                    - np.asarray(ref.f)))))
 
 
+def step_cost(sizes, lanes=4, repeat=2):
+    """Wall time of one vmapped step (compile excluded) per stepper and dimension."""
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+
+    import jaxflow as jf
+    from jaxflow import problems
+    from jaxflow._field import GradientField
+    from jaxflow._stepper import make_stepper
+
+    rows = []
+    for n, r in sizes:
+        p = problems.get("matrix-completion-nxn", n=n, r=r, rate=0.35, seed=0)
+        x0 = p.sample(jax.random.key(0), lanes, jnp.float32)
+        field = GradientField(p.f_flat)
+        row = dict(d=p.dim, lanes=lanes)
+        for stepper in (jf.RodasKrylov(), jf.Rodas4(),
+                        make_stepper(diffrax.Kvaerno5(), rtol=1e-6, atol=1e-8)):
+
+            def one(x, h, stepper=stepper):
+                f, v = field.value_and_velocity(x)
+                return stepper.step(field, x, f, v, h, None)
+
+            step = jax.jit(jax.vmap(one, in_axes=(0, None)))
+            jax.block_until_ready(step(x0, jnp.float32(0.1)))
+            t0 = time.perf_counter()
+            for _ in range(repeat):
+                out = step(x0, jnp.float32(0.1))
+            jax.block_until_ready(out)
+            row[f"{stepper.name}_ms"] = round((time.perf_counter() - t0) / repeat * 1e3, 1)
+        row["dense_over_krylov"] = round(min(row["Rodas4_ms"], row["Kvaerno5_ms"])
+                                         / row["RodasKrylov_ms"], 2)
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
 def main():
     import diffrax
     import jax
@@ -135,6 +173,8 @@ def main():
         _, _, r, _ = completion_case(1000, 5, args.n10000, args.t1, [("auto", "auto")],
                                      max_steps=args.max_steps_10000)
         rows += r
+    if "step_cost" in cases:
+        checks["step_cost"] = step_cost([(30, 2), (60, 2), (60, 4), (100, 5)])
     if "mlp" in cases:
         p = problems.get("mlp", widths=[16, 48, 1], activation="tanh", n_samples=1000)
         x0 = p.sample(jax.random.key(0), args.nmlp, jnp.float32)
