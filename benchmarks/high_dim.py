@@ -188,6 +188,10 @@ def main():
     table = markdown_table(
         [{**r, "refined": ", ".join(f"{k} {v}" for k, v in r["refined"].items())}
          for r in rows], cols)
+    if "step_cost" in checks:
+        table += "\n\nOne step, compile excluded:\n\n" + markdown_table(
+            checks["step_cost"], ["d", "lanes", "RodasKrylov_ms", "Rodas4_ms", "Kvaerno5_ms",
+                                  "dense_over_krylov"])
     name = "high_dim" if set(cases) >= {"d120", "d1000", "d10000", "mlp"} else (
         "high_dim-" + "-".join(cases))
     write_results(name, {
