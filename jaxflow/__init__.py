@@ -52,6 +52,7 @@ from ._sweep import sweep as sweep
 from ._stepper import AbstractStepper as AbstractStepper
 from ._stepper import ProxLinear as ProxLinear
 from ._stepper import Rodas4 as Rodas4
+from ._stepper import RodasKrylov as RodasKrylov
 from ._status import Status as Status
 from ._values import CriticalPointType as CriticalPointType
 from ._values import CriticalValue as CriticalValue

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 
 import equinox as eqx
 import jax
@@ -431,7 +432,30 @@ def _narrower_width(width: int, active: int) -> int:
     return width
 
 
-def default_lanes(n: int, backend: str | None = None) -> int:
+# Working memory of one lane, in vectors of length d: RodasKrylov's Krylov basis (33 by
+# default), its six stages and residuals, the engine's per-lane state, and the
+# temporaries of the Hessian-vector products.
+_VECTORS_PER_LANE = 64
+
+
+def _lane_memory_budget(backend: str) -> int:
+    """Bytes the lanes' working memory may take: a quarter of the device's memory (of the
+    host's on CPU), at least 256 MiB."""
+    total = None
+    if backend != "cpu":
+        try:
+            total = jax.devices()[0].memory_stats()["bytes_limit"]
+        except Exception:  # noqa: BLE001 - not every backend reports its memory
+            total = None
+    if total is None:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total = 8 * 2**30
+    return max(total // 4, 2**28)
+
+
+def default_lanes(n: int, backend: str | None = None, *, dim: int | None = None) -> int:
     """Lanes per loop iteration.
 
     On CPU the cost of an iteration grows with the lanes, so we want enough of them to
@@ -440,7 +464,18 @@ def default_lanes(n: int, backend: str | None = None) -> int:
     (measured on Example 1.1: 1024 lanes beat 4096 and 16384 at N = 1e5). On an
     accelerator an iteration costs about the same for any lane count up to the device's
     parallelism, so lanes go up to 2^18.
+
+    With the dimension `dim`, lanes are also capped (to a power of two) so that their
+    working memory, about 64 vectors of length `dim` per lane in float64, stays within a
+    quarter of the device's memory: at $d = 10^5$ on a host with 16 GiB, 64 lanes. At
+    large $d$ a step's own work (Hessian-vector products) dwarfs the per-iteration
+    overhead, so few lanes lose nothing. `lanes=` in the options overrides this.
     """
     backend = backend or jax.default_backend()
     cap = 1024 if backend == "cpu" else 2**18
-    return int(min(n, max(64, min(cap, 2 ** int(math.log2(max(n, 1) / 8 + 1))))))
+    if dim is not None and dim > 0:
+        per_lane = _VECTORS_PER_LANE * int(dim) * 8
+        fit = max(1, _lane_memory_budget(backend) // per_lane)
+        cap = min(cap, max(MIN_LANES, 2 ** int(math.log2(fit))))
+    lanes = int(min(n, max(64, min(cap, 2 ** int(math.log2(max(n, 1) / 8 + 1))))))
+    return min(lanes, max(cap, MIN_LANES)) if dim is not None else lanes

@@ -139,11 +139,12 @@ def _flat_starts(problem, x0, caller: str):
     return xs
 
 
-def _lane_count(lanes: int | None, n: int) -> int:
-    """Lanes for `n` starts: the request (default `default_lanes(n)`), at most `n`, rounded
-    up to a multiple of `MIN_LANES` (XLA:CPU vectorises lanes in SIMD vectors and computes
-    a partial vector with other code, so a lane's rounding would depend on the count)."""
-    wanted = min(default_lanes(n) if lanes is None else int(lanes), n)
+def _lane_count(lanes: int | None, n: int, dim: int) -> int:
+    """Lanes for `n` starts: the request (default `default_lanes(n, dim=dim)`), at most
+    `n`, rounded up to a multiple of `MIN_LANES` (XLA:CPU vectorises lanes in SIMD vectors
+    and computes a partial vector with other code, so a lane's rounding would depend on
+    the count)."""
+    wanted = min(default_lanes(n, dim=dim) if lanes is None else int(lanes), n)
     return -(-wanted // MIN_LANES) * MIN_LANES
 
 
@@ -214,7 +215,7 @@ def flow(
     dtype = xs.dtype
     gtol_value = opts.gtol_for(dtype)
     stepper = opts.stepper(problem)
-    n_lanes = _lane_count(opts.lanes, n)
+    n_lanes = _lane_count(opts.lanes, n, problem.dim)
     engine = Engine(
         field=field_for(problem) if field is None else field,
         stepper=stepper,
@@ -383,7 +384,7 @@ def descend(
         field=field_for(problem) if field is None else field,
         stepper=OptaxStepper(optimizer),
         controller=IterationCount(time_per_step=float(time_per_step)),
-        lanes=_lane_count(opts.lanes, n),
+        lanes=_lane_count(opts.lanes, n, problem.dim),
         max_steps=int(num_steps) + 1,
         stop_at_convergence=bool(opts.stop_at_convergence),
     )

@@ -196,9 +196,9 @@ class FlowOptions:
     - `t1`: horizon.
     - `solver`: any diffrax ODE solver, a jaxflow stepper (`jaxflow.Rodas4()`,
       `jaxflow.ProxLinear()`), or `"auto"`: `jaxflow.Rodas4` (L-stable Rosenbrock with
-      the exact Hessian) for smooth problems with $d \le 32$, where escaping valleys are
-      stiff, `Tsit5` above (Hessians cost $O(d^2)$ memory and $O(d^3)$ time),
-      `ProxLinear` for nonsmooth problems.
+      the exact Hessian) for smooth problems with $d < 200$, where escaping valleys are
+      stiff, `jaxflow.RodasKrylov` above (the same method, matrix-free: dense Hessians cost
+      $O(d^2)$ memory and $O(d^3)$ time per step), `ProxLinear` for nonsmooth problems.
     - `stepsize_controller`: `diffrax.PIDController(rtol, atol)` (default rtol
       $10^{-6}$, atol $10^{-8}$) or `diffrax.ConstantStepSize()` with `dt0`.
     - `dt0`: first step (default: Hairer–Nørsett–Wanner's guess), or the constant step.

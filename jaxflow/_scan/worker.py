@@ -205,7 +205,7 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
     x0 = _sample_padded(problem, key, jnp.asarray(valid, jnp.int32), cs, dtype)
     options = FlowOptions.from_spec(spec["flow"], save_states=int(spec["save_states"]))
     if options.lanes is None:  # left to the worker's backend (the result does not depend on it)
-        options = options.replace(lanes=default_lanes(cs, _backend(device)))
+        options = options.replace(lanes=default_lanes(cs, _backend(device), dim=problem.dim))
     res = flow(problem, x0, options)
     cols = _trajectory_columns(res, spec["classify"])
     x0_np = np.asarray(x0)[:valid]

@@ -7,6 +7,8 @@
 | `erk` | `ERKStepper`: explicit diffrax tableaux, fused |
 | `esdirk` | `ESDIRKStepper`: `Kvaerno3/4/5` with a chord iteration on the exact Hessian |
 | `rodas` | `Rodas4`: linearly implicit, L-stable |
+| `krylov` | fixed-dimension GMRES on matrix-vector products |
+| `rosenbrock_krylov` | `RodasKrylov`: Rodas4 with matrix-free (Hessian-vector) stage solves |
 | `prox_linear` | `ProxLinear`: nonsmooth flows without chattering |
 | `diffrax_wrapped` | `DiffraxStepper`: any other diffrax solver through `solver.step` |
 | `optax_driver` | `OptaxStepper`: an optax optimiser, one iteration per step |
@@ -23,3 +25,4 @@ from .esdirk import ESDIRKStepper as ESDIRKStepper
 from .optax_driver import OptaxStepper as OptaxStepper
 from .prox_linear import ProxLinear as ProxLinear
 from .rodas import Rodas4 as Rodas4
+from .rosenbrock_krylov import RodasKrylov as RodasKrylov

@@ -11,18 +11,35 @@ from .erk import ERKStepper
 from .esdirk import ESDIRKStepper
 from .prox_linear import ProxLinear
 from .rodas import Rodas4
+from .rosenbrock_krylov import RodasKrylov
 
-__all__ = ["make_stepper", "default_solver", "STEPPERS"]
+__all__ = ["make_stepper", "default_solver", "STEPPERS", "MATRIX_FREE_MIN_DIM"]
 
 # jaxflow's own steppers, by the name a scan spec records them under ("jaxflow.<name>").
-STEPPERS: dict[str, type[AbstractStepper]] = {"ProxLinear": ProxLinear, "Rodas4": Rodas4}
+STEPPERS: dict[str, type[AbstractStepper]] = {
+    "ProxLinear": ProxLinear, "Rodas4": Rodas4, "RodasKrylov": RodasKrylov,
+}
+
+
+# Smallest dimension at which `solver="auto"` integrates smooth problems matrix-free.
+# Measured on rank-r completion (benchmarks/high_dim.py, float32, busy 2-core CPU). One
+# step of 16 lanes: RodasKrylov (krylov_dim=32) 58 ms against 15 (Rodas4) and 24 ms
+# (Kvaerno5) with the dense Hessian at d = 120, 114 vs 345 and 424 ms at d = 240, 134 vs
+# 4561 and 4121 ms at d = 480. Whole runs at d = 120 (32 starts, t1 = 2e3): the same
+# statuses, with as many steps as Rodas4 (max 561 vs 493) and about twice Kvaerno5's
+# (227), 91 s vs 48 s for Kvaerno5 including compilation. So the crossover is near
+# d = 200.
+MATRIX_FREE_MIN_DIM = 200
 
 
 def default_solver(problem):
-    """The measured best per kind of problem (`benchmarks/solver_choice.py`):
-    `jaxflow.Rodas4` for small smooth problems (stiff escapes; the same statuses and
-    accuracy as `Kvaerno5` in about half the time), `Tsit5` otherwise;
+    """The measured best per kind of problem: `jaxflow.Rodas4` (dense Hessian, L-stable:
+    stiff escapes; the same statuses and accuracy as `Kvaerno5` in about half the time,
+    `benchmarks/solver_choice.py`) for smooth problems with $d <$ `MATRIX_FREE_MIN_DIM`,
+    `jaxflow.RodasKrylov` (the same method on Hessian-vector products) above;
     `jaxflow.ProxLinear` for nonsmooth problems (slides along kinks, no chattering).
+    Explicit solvers (`Tsit5`) only when asked for: escaping valleys are stiff, and an
+    explicit solver spends its whole step budget in them.
 
     `ProxLinear(estimate="midpoint")` takes ~10x fewer steps on nonsmooth problems with
     the same statuses, but its trajectories are ~80x less accurate at the same tolerance
@@ -30,9 +47,9 @@ def default_solver(problem):
     on kinks to ~1e-7 instead of ~1e-9, so it stays an explicit choice."""
     if problem.nonsmooth:
         return ProxLinear()
-    if problem.dim <= 32:
+    if problem.dim < MATRIX_FREE_MIN_DIM:
         return Rodas4()
-    return diffrax.Tsit5()
+    return RodasKrylov()
 
 
 def make_stepper(solver, *, rtol: float, atol: float) -> AbstractStepper:

@@ -1,5 +1,5 @@
-"""Built-in problems: the paper's catalogue (`_paper.py`) and beyond (`_ml.py`,
-`_networks.py`).
+"""Built-in problems: the paper's catalogue (`_paper.py`), beyond it (`_ml.py`,
+`_networks.py`), and model losses at realistic sizes (`_models.py`).
 
 `names()` lists them, `get(name, **params)` builds a `jaxflow.Problem`, `info(name)`
 gives the docstring (which cites the paper's equation).
@@ -7,8 +7,9 @@ gives the docstring (which cites the paper's equation).
 
 from __future__ import annotations
 
-# Importing the families (`_ml`, `_paper`) registers their problems.
+# Importing the families (`_ml`, `_models`, `_networks`, `_paper`) registers their problems.
 from . import _ml as _ml
+from . import _models as _models
 from . import _networks as _networks
 from . import _paper as _paper
 from ._registry import get as get

@@ -1,0 +1,205 @@
+"""Real model sizes: rank-r completion of an n x n matrix and an MLP, d = 10^2 .. 10^4.
+
+Compares jaxflow's default (`solver="auto"`: dense Kvaerno5 below d = 200, the
+matrix-free `RodasKrylov` above) with Tsit5 and the dense-Hessian Kvaerno5 / Rodas4 on
+the same starts (float32, uniform in [-1, 1]^d). Wall times include compilation (as a
+new user sees them); statuses are the engine's, refined by `jaxflow.classify`. The
+d ~ 10^3 case is checked against a float64 reference (dense Rodas4, rtol 1e-8) on a
+subset of starts.
+
+    python benchmarks/high_dim.py                 # all cases
+    python benchmarks/high_dim.py --cases d120     # one case
+    python benchmarks/high_dim.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_one(problem, x0, solver, t1, max_steps, label):
+    import jax
+
+    import jaxflow as jf
+
+    t0 = time.perf_counter()
+    res = jf.flow(problem, x0, t1=t1, solver=solver, max_steps=max_steps)
+    jax.block_until_ready(res.x)
+    wall = time.perf_counter() - t0
+    refined = jf.classify(res)
+    steps = np.asarray(res.steps)
+    row = dict(
+        case=problem.description, d=problem.dim, n=int(x0.shape[0]), solver=label,
+        stepper=res.meta["solver"], wall_s=round(wall, 2), lanes=res.lanes,
+        statuses=res.counts(), refined=refined.counts(),
+        steps_median=float(np.median(steps)), steps_max=int(steps.max()),
+        rejected_total=int(np.sum(np.asarray(res.rejected))),
+        peak_rss_gib=round(_peak_rss_gib(), 2),
+    )
+    print(row, flush=True)
+    return row, res, refined
+
+
+def completion_case(n, r, n_starts, t1, solvers, seed=0, max_steps=65536):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxflow import problems
+
+    p = problems.get("matrix-completion-nxn", n=n, r=r, rate=0.35, seed=seed)
+    x0 = p.sample(jax.random.key(seed), n_starts, jnp.float32)
+    rows, results = [], {}
+    for label, solver in solvers:
+        row, res, refined = run_one(p, x0, solver, t1, max_steps, label)
+        rows.append(row)
+        results[label] = (res, refined)
+    return p, x0, rows, results
+
+
+def reference_check(p, x0, res, refined, n_ref, t1):
+    """Statuses of the first `n_ref` starts vs a float64 run at rtol 1e-8 (RodasKrylov
+    with a Krylov dimension of 64: dense Rodas4 at d = 1000 takes minutes per start)."""
+    import diffrax
+    import jax.numpy as jnp
+
+    import jaxflow as jf
+
+    t0 = time.perf_counter()
+    ref = jf.flow(p, x0[:n_ref].astype(jnp.float64), t1=t1,
+                  solver=jf.RodasKrylov(krylov_dim=64),
+                  stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10))
+    ref_c = jf.classify(ref)
+    a = np.asarray(refined.status)[:n_ref]
+    b = np.asarray(ref_c.status)[:n_ref]
+    return dict(n_ref=n_ref, agree=int(np.sum(a == b)), ref_statuses=ref_c.counts(),
+                ref_wall_s=round(time.perf_counter() - t0, 1),
+                f_max_abs_diff=float(np.max(np.abs(np.asarray(res.f)[:n_ref]
+                                                   - np.asarray(ref.f)))))
+
+
+def step_cost(sizes, lanes=4, repeat=2):
+    """Wall time of one vmapped step (compile excluded) per stepper and dimension."""
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+
+    import jaxflow as jf
+    from jaxflow import problems
+    from jaxflow._field import GradientField
+    from jaxflow._stepper import make_stepper
+
+    rows = []
+    for n, r in sizes:
+        p = problems.get("matrix-completion-nxn", n=n, r=r, rate=0.35, seed=0)
+        x0 = p.sample(jax.random.key(0), lanes, jnp.float32)
+        field = GradientField(p.f_flat)
+        row = dict(d=p.dim, lanes=lanes)
+        for stepper in (jf.RodasKrylov(), jf.Rodas4(),
+                        make_stepper(diffrax.Kvaerno5(), rtol=1e-6, atol=1e-8)):
+
+            def one(x, h, stepper=stepper):
+                f, v = field.value_and_velocity(x)
+                return stepper.step(field, x, f, v, h, None)
+
+            step = jax.jit(jax.vmap(one, in_axes=(0, None)))
+            jax.block_until_ready(step(x0, jnp.float32(0.1)))
+            t0 = time.perf_counter()
+            for _ in range(repeat):
+                out = step(x0, jnp.float32(0.1))
+            jax.block_until_ready(out)
+            row[f"{stepper.name}_ms"] = round((time.perf_counter() - t0) / repeat * 1e3, 1)
+        row["dense_over_krylov"] = round(min(row["Rodas4_ms"], row["Kvaerno5_ms"])
+                                         / row["RodasKrylov_ms"], 2)
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def main():
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+
+    import jaxflow as jf
+    from jaxflow import problems
+
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default="d120,d1000,d10000,mlp")
+    ap.add_argument("--n120", type=int, default=64)
+    ap.add_argument("--n1000", type=int, default=256)
+    ap.add_argument("--n10000", type=int, default=32)
+    ap.add_argument("--nmlp", type=int, default=256)
+    ap.add_argument("--max-steps-10000", type=int, default=65536,
+                    help="step budget at d = 10^4 (a few steps measure cost and memory)")
+    ap.add_argument("--nref", type=int, default=8)
+    ap.add_argument("--t1", type=float, default=2e3)
+    ap.add_argument("--dense-1000", action="store_true",
+                    help="also run dense Rodas4 at d = 1000 (minutes per step batch)")
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    # float64 for the reference runs; the benchmarked runs are float32 (their starts are).
+    jax.config.update("jax_enable_x64", True)
+    if args.smoke:
+        args.n120, args.n1000, args.n10000, args.nmlp, args.t1 = 4, 4, 2, 4, 10.0
+    cases = args.cases.split(",")
+    rows, checks = [], {}
+
+    if "d120" in cases:
+        solvers = [("auto", "auto"), ("Tsit5", diffrax.Tsit5()),
+                   ("Kvaerno5 (dense)", diffrax.Kvaerno5()), ("Rodas4 (dense)", jf.Rodas4()),
+                   ("RodasKrylov", jf.RodasKrylov())]
+        _, _, r, _ = completion_case(30, 2, args.n120, args.t1, solvers)
+        rows += r
+    if "d1000" in cases:
+        solvers = [("auto", "auto")]
+        if args.dense_1000:
+            solvers.append(("Rodas4 (dense)", jf.Rodas4()))
+        p, x0, r, results = completion_case(100, 5, args.n1000, args.t1, solvers)
+        rows += r
+        res, refined = results["auto"]
+        checks["d1000_vs_float64_reference"] = reference_check(
+            p, x0, res, refined, min(args.nref, args.n1000), args.t1)
+        print(checks, flush=True)
+    if "d10000" in cases:
+        _, _, r, _ = completion_case(1000, 5, args.n10000, args.t1, [("auto", "auto")],
+                                     max_steps=args.max_steps_10000)
+        rows += r
+    if "step_cost" in cases:
+        checks["step_cost"] = step_cost([(30, 2), (60, 2), (60, 4), (100, 5)])
+    if "mlp" in cases:
+        p = problems.get("mlp", widths=[16, 48, 1], activation="tanh", n_samples=1000)
+        x0 = p.sample(jax.random.key(0), args.nmlp, jnp.float32)
+        row, _, _ = run_one(p, x0, "auto", 1e3, 65536, "auto")
+        rows.append(row)
+
+    from _common import markdown_table, write_results
+
+    cols = ["case", "d", "n", "solver", "stepper", "wall_s", "refined", "steps_median",
+            "steps_max", "rejected_total", "peak_rss_gib"]
+    table = markdown_table(
+        [{**r, "refined": ", ".join(f"{k} {v}" for k, v in r["refined"].items())}
+         for r in rows], cols)
+    if "step_cost" in checks:
+        table += "\n\nOne step, compile excluded:\n\n" + markdown_table(
+            checks["step_cost"], ["d", "lanes", "RodasKrylov_ms", "Rodas4_ms", "Kvaerno5_ms",
+                                  "dense_over_krylov"])
+    name = "high_dim" if set(cases) >= {"d120", "d1000", "d10000", "mlp"} else (
+        "high_dim-" + "-".join(cases))
+    write_results(name, {
+        "args": vars(args), "rows": rows, "checks": checks,
+        "note": "machine shared with other jobs (load ~5-10 on 2 cores); wall times "
+                "include compilation",
+    }, table, smoke=args.smoke)
+
+
+if __name__ == "__main__":
+    main()
