@@ -28,6 +28,15 @@ import jax
 events = defaultdict(float)
 jax.monitoring.register_event_duration_secs_listener(lambda name, secs, **kw: events.__setitem__(name, events[name] + secs))
 import jaxflow as jf
+from jaxflow import _executables
+_load, loads = _executables._load, [0.0]
+def _timed_load(path):
+    t = time.perf_counter()
+    try:
+        return _load(path)
+    finally:
+        loads[0] += time.perf_counter() - t
+_executables._load = _timed_load
 cache, out, n, seed, problem, t1 = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], float(sys.argv[6])
 t0 = time.perf_counter()
 res = jf.scan(problem, n, out=out, seed=seed, t1=t1, chunk_size=n, compilation_cache=cache, progress=None)
@@ -36,7 +45,9 @@ keys = ["/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_ml
         "/jax/core/compile/backend_compile_duration"]
 print(json.dumps({"wall_s": wall, "events": dict(events),
                   "trace_lower_compile_s": sum(events.get(k, 0.0) for k in keys),
-                  "backend_compile_s": events.get(keys[2], 0.0)}))
+                  "backend_compile_s": events.get(keys[2], 0.0),
+                  "executable_load_s": loads[0],
+                  "start_s": sum(events.get(k, 0.0) for k in keys) + loads[0]}))
 """
 
 
@@ -71,14 +82,19 @@ def main():
             "new scan: trace+lower+compile s": cold["trace_lower_compile_s"],
             "new scan: XLA compile s": cold["backend_compile_s"],
             "new scan: wall s": cold["wall_s"],
+            "new scan: goal 3 s met": cold["start_s"] <= 3.0,
             "cached: trace+lower+compile s": warm["trace_lower_compile_s"],
             "cached: XLA compile s": warm["backend_compile_s"],
+            "cached: executables loaded s": warm["executable_load_s"],
+            "cached: start s": warm["start_s"],
+            "cached: goal 0.5 s met": warm["start_s"] <= 0.5,
             "cached: wall s": warm["wall_s"],
             "events_cold": cold["events"], "events_warm": warm["events"],
         })
     cols = [c for c in rows[0] if not c.startswith("events")]
     write_results("compile_time", {"args": vars(args), "rows": rows},
-                  "fresh process per measurement; float32\n\n" + markdown_table(rows, cols), smoke=args.smoke)
+                  "fresh process per measurement; float32. start s = trace + lower + XLA compile (or cache "
+                  "retrieval) + loading stored executables, summed over every program of the scan\n\n" + markdown_table(rows, cols), smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,12 @@ def _common_flow_args(p: argparse.ArgumentParser, *, n_default: int, t1_default:
     p.add_argument("--seed", type=int, default=0, help="PRNG seed for the starts")
     p.add_argument("--t1", type=float, default=t1_default, help="horizon of the flow")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--solver", default="auto", help="auto (default) | Rodas4 | ProxLinear[:estimate=euler] | any diffrax solver: Kvaerno5, Tsit5, ...")
+    p.add_argument(
+        "--solver", default="auto",
+        help="auto (default: Rodas4, RodasKrylov from d = 200, ProxLinear if nonsmooth) | "
+        "a jaxflow stepper: Rodas4, RodasKrylov, ProxLinear[:estimate=midpoint] | "
+        "a diffrax solver: Kvaerno5, Tsit5, ...",
+    )
     p.add_argument("--rtol", type=float, default=1e-6)
     p.add_argument("--atol", type=float, default=1e-8)
     p.add_argument("--gtol", type=float, default=None, help="stationarity tolerance")
@@ -297,10 +302,37 @@ class _ScanProgressBar:
         )
 
 
+def _dask_executor(args):
+    """`--dask ADDRESS`: (executor, client, max_in_flight), or Nones without it."""
+    if not args.dask:
+        return None, None, None
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ValueError("--dask needs Dask: pip install 'jaxflow[dask]'") from None
+    client = Client(args.dask)
+    # Two chunks in flight per worker thread of the cluster keep every thread busy.
+    return client.get_executor(), client, max(2, 2 * sum(client.nthreads().values()))
+
+
+def _store_run_options(args) -> dict:
+    """The keyword arguments `scan` and `sweep` share, from the command line."""
+    import diffrax
+
+    return dict(
+        t1=args.t1, seed=args.seed, chunk_size=args.chunk_size, dtype=args.dtype,
+        solver=_solver_from_name(args.solver),
+        stepsize_controller=diffrax.PIDController(rtol=args.rtol, atol=args.atol),
+        gtol=args.gtol, escape_radius=args.escape_radius,
+        extend_undecided=args.extend_undecided, save_trajectories=args.save_trajectories,
+        compilation_cache=False if args.no_compilation_cache else (
+            args.compilation_cache or None),
+    )
+
+
 def cmd_scan(args) -> int:
     devices = _select_device(args.device)
     _enable_dtype(args.dtype)
-    import diffrax
     from rich.console import Console
 
     from ._scan import scan
@@ -312,31 +344,16 @@ def cmd_scan(args) -> int:
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     out = args.out = args.out or _default_out(args, params)
-    cache = False if args.no_compilation_cache else (args.compilation_cache or None)
-    executor = client = max_in_flight = None
-    if args.dask:
-        try:
-            from distributed import Client
-        except ImportError:
-            raise ValueError("--dask needs Dask: pip install 'jaxflow[dask]'") from None
-        client = Client(args.dask)
-        executor = client.get_executor()
-        # Two chunks in flight per worker thread of the cluster keep every thread busy.
-        max_in_flight = max(2, 2 * sum(client.nthreads().values()))
+    executor, client, max_in_flight = _dask_executor(args)
+    if client is not None:
         devices = None
     console = _console(args)
     err_console = Console(stderr=True)
     try:
         with _ScanProgressBar(err_console, enabled=not args.quiet) as bar:
             res = scan(
-                args.problem, args.n, out=out, t1=args.t1, seed=args.seed,
-                chunk_size=args.chunk_size, params=params, dtype=args.dtype,
-                solver=_solver_from_name(args.solver),
-                stepsize_controller=diffrax.PIDController(rtol=args.rtol, atol=args.atol),
-                gtol=args.gtol, escape_radius=args.escape_radius,
-                extend_undecided=args.extend_undecided,
-                save_trajectories=args.save_trajectories, executor=executor, devices=devices,
-                progress=bar, compilation_cache=cache, max_in_flight=max_in_flight,
+                args.problem, args.n, out=out, params=params, devices=devices, progress=bar,
+                executor=executor, max_in_flight=max_in_flight, **_store_run_options(args),
             )
     finally:
         if client is not None:
@@ -498,35 +515,21 @@ def cmd_sweep(args) -> int:
                              f"{getattr(args, name)}")
     devices = _select_device(args.device)
     _enable_dtype(args.dtype)
-    import diffrax
     from rich.console import Console
 
     if ":" in args.problem and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    cache = False if args.no_compilation_cache else (args.compilation_cache or None)
-    executor = client = max_in_flight = None
-    if args.dask:
-        try:
-            from distributed import Client
-        except ImportError:
-            raise ValueError("--dask needs Dask: pip install 'jaxflow[dask]'") from None
-        client = Client(args.dask)
-        executor = client.get_executor()
-        max_in_flight = max(2, 2 * sum(client.nthreads().values()))
+    executor, client, max_in_flight = _dask_executor(args)
+    if client is not None:
         devices = None
     console = _console(args)
     t0 = time.perf_counter()
     try:
         with _SweepProgressBar(Console(stderr=True), enabled=not args.quiet) as bar:
             res = sweep(
-                args.problem, grid, args.n, out=args.out, params=params, t1=args.t1,
-                seed=args.seed, chunk_size=args.chunk_size, dtype=args.dtype,
-                solver=_solver_from_name(args.solver),
-                stepsize_controller=diffrax.PIDController(rtol=args.rtol, atol=args.atol),
-                gtol=args.gtol, escape_radius=args.escape_radius,
-                extend_undecided=args.extend_undecided,
-                save_trajectories=args.save_trajectories, executor=executor, devices=devices,
-                progress=bar, compilation_cache=cache, max_in_flight=max_in_flight,
+                args.problem, grid, args.n, out=args.out, params=params, devices=devices,
+                progress=bar, executor=executor, max_in_flight=max_in_flight,
+                **_store_run_options(args),
             )
     finally:
         if client is not None:
