@@ -195,10 +195,12 @@ class FlowOptions:
 
     - `t1`: horizon.
     - `solver`: any diffrax ODE solver, a jaxflow stepper (`jaxflow.Rodas4()`,
-      `jaxflow.ProxLinear()`), or `"auto"`: `jaxflow.Rodas4` (L-stable Rosenbrock with
-      the exact Hessian) for smooth problems with $d < 200$, where escaping valleys are
-      stiff, `jaxflow.RodasKrylov` above (the same method, matrix-free: dense Hessians cost
-      $O(d^2)$ memory and $O(d^3)$ time per step), `ProxLinear` for nonsmooth problems.
+      `jaxflow.ProxLinear()`), or `"auto"`, the measured best for the problem: escaping
+      valleys are stiff, so L-stable methods with the exact Hessian: `jaxflow.Rodas4`
+      for smooth problems with $d \le 32$, `Kvaerno5` for $32 < d < 200$,
+      `jaxflow.RodasKrylov` above (Rodas4 matrix-free: dense Hessians cost $O(d^2)$
+      memory and $O(d^3)$ time per step); `ProxLinear` for nonsmooth problems (see
+      `jaxflow._stepper.choice.default_solver`).
     - `stepsize_controller`: `diffrax.PIDController(rtol, atol)` (default rtol
       $10^{-6}$, atol $10^{-8}$) or `diffrax.ConstantStepSize()` with `dt0`.
     - `dt0`: first step (default: Hairer–Nørsett–Wanner's guess), or the constant step.

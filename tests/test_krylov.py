@@ -129,8 +129,11 @@ def test_float32_agrees_with_float64(getkey):
 
 def test_auto_is_dense_below_the_crossover_and_matrix_free_above():
     small = problems.get("matrix-completion-nxn", n=4, r=2)
-    assert small.dim < MATRIX_FREE_MIN_DIM
+    assert small.dim <= 32
     assert isinstance(default_solver(small), jf.Rodas4)
+    medium = problems.get("matrix-completion-nxn", n=30, r=2)
+    assert 32 < medium.dim < MATRIX_FREE_MIN_DIM
+    assert isinstance(default_solver(medium), diffrax.Kvaerno5)
     big = problems.get("matrix-completion-nxn", n=MATRIX_FREE_MIN_DIM, r=1)
     assert isinstance(default_solver(big), jf.RodasKrylov)
     spec = jf.FlowOptions(t1=1.0).to_spec(big, jnp.float32)

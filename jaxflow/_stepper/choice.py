@@ -30,14 +30,25 @@ STEPPERS: dict[str, type[AbstractStepper]] = {
 # (227), 91 s vs 48 s for Kvaerno5 including compilation. So the crossover is near
 # d = 200.
 MATRIX_FREE_MIN_DIM = 200
+# Largest dimension at which `solver="auto"` uses Rodas4 rather than Kvaerno5 (see
+# `default_solver`).
+DENSE_ROSENBROCK_MAX_DIM = 32
 
 
 def default_solver(problem):
-    """The measured best per kind of problem: `jaxflow.Rodas4` (dense Hessian, L-stable:
-    stiff escapes; the same statuses and accuracy as `Kvaerno5` in about half the time,
-    `benchmarks/solver_choice.py`) for smooth problems with $d <$ `MATRIX_FREE_MIN_DIM`,
-    `jaxflow.RodasKrylov` (the same method on Hessian-vector products) above;
-    `jaxflow.ProxLinear` for nonsmooth problems (slides along kinks, no chattering).
+    """The measured best per kind of problem, for smooth problems by dimension:
+
+    - $d \\le$ `DENSE_ROSENBROCK_MAX_DIM` (32): `jaxflow.Rodas4` (dense Hessian, L-stable:
+      stiff escapes). The same statuses and accuracy as `Kvaerno5` in about half the time:
+      one factorisation and six solves per step where Kvaerno5 iterates its stages
+      (`benchmarks/solver_choice.py`, `benchmarks/vs_scipy.py`: Example 1.1, deep linear
+      d = 24).
+    - up to `MATRIX_FREE_MIN_DIM` (200): `Kvaerno5`. With the factorisation dominating both,
+      the step count decides, and Rodas4 (order 4) takes more: rank-2 completion at
+      d = 120, median 208 steps against Kvaerno5's 87 (`benchmarks/high_dim.py`).
+    - above: `jaxflow.RodasKrylov` (Rodas4 on Hessian-vector products).
+    - nonsmooth problems: `jaxflow.ProxLinear` (slides along kinks, no chattering).
+
     Explicit solvers (`Tsit5`) only when asked for: escaping valleys are stiff, and an
     explicit solver spends its whole step budget in them.
 
@@ -47,8 +58,10 @@ def default_solver(problem):
     on kinks to ~1e-7 instead of ~1e-9, so it stays an explicit choice."""
     if problem.nonsmooth:
         return ProxLinear()
-    if problem.dim < MATRIX_FREE_MIN_DIM:
+    if problem.dim <= DENSE_ROSENBROCK_MAX_DIM:
         return Rodas4()
+    if problem.dim < MATRIX_FREE_MIN_DIM:
+        return diffrax.Kvaerno5()
     return RodasKrylov()
 
 
