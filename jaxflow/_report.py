@@ -165,7 +165,7 @@ class Report:
         meta = dict(meta or {})
         if int(np.asarray(table["status"]).shape[0]) == 0:
             raise ValueError("Report.from_table: the table has no rows.")
-        if "decided_at" in table and meta.get("t1") is not None:
+        if meta.get("extend_undecided") and "decided_at" in table and meta.get("t1") is not None:
             # Trajectories decided only after being continued past t1 (extend_undecided).
             decided_at = np.asarray(table["decided_at"], np.float64)
             meta["decided_past_t1"] = int(np.sum(decided_at > float(meta["t1"]) * (1 + 1e-6)))
