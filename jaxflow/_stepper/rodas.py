@@ -31,6 +31,22 @@ _C = (
 )
 
 
+def rodas_stages(field, x, v, h, solve):
+    """Rodas4's six stages with `solve(r)` = $h\gamma (I + h\gamma H)^{-1} r$ (dense in
+    `Rodas4`, Krylov in `RodasKrylov`): the new point and the embedded error estimate
+    (the last stage, the method being stiffly accurate)."""
+    stages = [solve(-v)]
+    u = x
+    for i in range(1, 6):
+        if i < 5:
+            u = x + lincomb(_A[i - 1], stages)
+        else:
+            u = u + stages[-1]  # stage 6 sits at u5 + k5
+        coupling = lincomb(_C[i - 1], stages) / h
+        stages.append(solve(-field.velocity(u) + coupling))
+    return u + stages[-1], stages[-1]
+
+
 class Rodas4(AbstractStepper):
     r"""Rodas4: a 6-stage L-stable Rosenbrock method of order 4 (Hairer & Wanner).
 
@@ -57,15 +73,6 @@ class Rodas4(AbstractStepper):
         def solve(r):  # (I/(h gamma) + H)^{-1} r
             return hg * lu_solve(lu, r)
 
-        stages = [solve(-v)]
-        u = x
-        for i in range(1, 6):
-            if i < 5:
-                u = x + lincomb(_A[i - 1], stages)
-            else:
-                u = u + stages[-1]  # stage 6 sits at u5 + k5
-            coupling = lincomb(_C[i - 1], stages) / h
-            stages.append(solve(-field.velocity(u) + coupling))
-        x1 = u + stages[-1]
+        x1, err = rodas_stages(field, x, v, h, solve)
         f1, v1 = field.value_and_velocity(x1)
-        return x1, stages[-1], f1, v1, jnp.array(True), state
+        return x1, err, f1, v1, jnp.array(True), state

@@ -30,8 +30,7 @@ import jax.numpy as jnp
 
 from .base import AbstractStepper
 from .krylov import gmres
-from .linalg import lincomb
-from .rodas import _A, _C, _GAMMA
+from .rodas import _GAMMA, rodas_stages
 
 __all__ = ["RodasKrylov"]
 
@@ -111,18 +110,9 @@ class RodasKrylov(AbstractStepper):
             solve_errors.append(res)
             return hg * y
 
-        stages = [solve(-v)]
-        u = x
-        for i in range(1, 6):
-            if i < 5:
-                u = x + lincomb(_A[i - 1], stages)
-            else:
-                u = u + stages[-1]  # stage 6 sits at u5 + k5
-            coupling = lincomb(_C[i - 1], stages) / h
-            stages.append(solve(-field.velocity(u) + coupling))
-        x1 = u + stages[-1]
+        x1, last = rodas_stages(field, x, v, h, solve)
         f1, v1 = field.value_and_velocity(x1)
         solve_err = hg * jnp.sqrt(sum(res * res for res in solve_errors))
-        err = stages[-1] + solve_err
+        err = last + solve_err
         ok = ok & jnp.all(jnp.isfinite(x1))
         return x1, err, f1, v1, ok, state
