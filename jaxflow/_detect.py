@@ -85,6 +85,7 @@ Calibration: `benchmarks/detector_catalogue.py` (25 landscapes with known fates;
 
 from __future__ import annotations
 
+import functools
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -214,20 +215,9 @@ class Classification(eqx.Module):
 
 # --------------------------------------------------------------------------- one trajectory
 def _wslope(x, y, w):
-    """Weighted least-squares slope of y on x (NaN with fewer than 3 points)."""
+    """Weighted least-squares slope of y on x (NaN with fewer than 3 points) and its
+    standard error from its own residuals (0 with fewer than 4 points)."""
     x = jnp.where(w > 0, x, 0.0)  # masked entries may be NaN, and 0 * NaN = NaN
-    y = jnp.where(w > 0, y, 0.0)
-    sw = jnp.sum(w)
-    xm = jnp.sum(w * x) / jnp.maximum(sw, 1)
-    ym = jnp.sum(w * y) / jnp.maximum(sw, 1)
-    sxx = jnp.sum(w * (x - xm) ** 2)
-    sxy = jnp.sum(w * (x - xm) * (y - ym))
-    return jnp.where((sw >= 3) & (sxx > 0), sxy / jnp.where(sxx > 0, sxx, 1.0), jnp.nan)
-
-
-def _wslope_se(x, y, w):
-    """Standard error of `_wslope` from its own residuals (0 with fewer than 4 points)."""
-    x = jnp.where(w > 0, x, 0.0)
     y = jnp.where(w > 0, y, 0.0)
     sw = jnp.sum(w)
     xm = jnp.sum(w * x) / jnp.maximum(sw, 1)
@@ -236,7 +226,10 @@ def _wslope_se(x, y, w):
     slope = jnp.sum(w * (x - xm) * (y - ym)) / jnp.where(sxx > 0, sxx, 1.0)
     rss = jnp.sum(w * (y - ym - slope * (x - xm)) ** 2)
     var = rss / jnp.maximum(sw - 2, 1.0) / jnp.where(sxx > 0, sxx, 1.0)
-    return jnp.where(sw >= 4, jnp.sqrt(jnp.maximum(var, 0.0)), 0.0)
+    return (
+        jnp.where((sw >= 3) & (sxx > 0), slope, jnp.nan),
+        jnp.where(sw >= 4, jnp.sqrt(jnp.maximum(var, 0.0)), 0.0),
+    )
 
 
 # Rates lambda of the tail models y(s) = A + B (e^{lambda (s - s_c)} - 1) / lambda, s = log t:
@@ -253,45 +246,67 @@ def _basis(lam, u):
 
 
 def _fit(lam, u, y, w):
-    """Weighted least squares of y on [1, basis(lam, u)]: (A, B, residual sum of squares)."""
+    """Weighted least squares of y on [1, basis(lam, u)]: (A, B, residual sum of squares).
+
+    Points on axis 0 of `u`, `y`, `w`; any trailing axes are a batch (as is `lam`)."""
     phi = _basis(lam, u)
-    sw = jnp.maximum(jnp.sum(w), 1.0)
-    pm = jnp.sum(w * phi) / sw
-    ym = jnp.sum(w * y) / sw
-    spp = jnp.sum(w * (phi - pm) ** 2)
-    b = jnp.sum(w * (phi - pm) * (y - ym)) / jnp.where(spp > 0, spp, 1.0)
+    sw = jnp.maximum(jnp.sum(w, axis=0), 1.0)
+    pm = jnp.sum(w * phi, axis=0) / sw
+    ym = jnp.sum(w * y, axis=0) / sw
+    spp = jnp.sum(w * (phi - pm) ** 2, axis=0)
+    b = jnp.sum(w * (phi - pm) * (y - ym), axis=0) / jnp.where(spp > 0, spp, 1.0)
     a = ym - b * pm
-    rss = jnp.sum(w * (y - a - b * phi) ** 2)
+    rss = jnp.sum(w * (y - a - b * phi) ** 2, axis=0)
     return a, b, rss
 
 
-def _select_rate(u, y, w, margin, floor):
+def _select_rate(dphi, spp, u, y, w, margin, floor):
     r"""Model selection over the rates: the best rate, and the range of rates whose fit is
     within `margin` noise variances of the best (the noise variance estimated from the
-    best fit's own residuals, at least `floor`): the profile-likelihood interval."""
-    rates = jnp.asarray(_RATES, y.dtype)
-    a, b, rss = jax.vmap(lambda lam: _fit(lam, u, y, w))(rates)
+    best fit's own residuals, at least `floor`): the profile-likelihood interval.
+
+    `dphi` `(rates, points, *batch)` is `_basis(_RATES, u)` minus its weighted mean and
+    `spp` `(rates, *batch)` the weighted sum of squares of `dphi`: shared by the fits of
+    the norm and of $f$; `u`, `y`, `w` are `(points, *batch)`. The batch is the minor
+    axis, so the sums over points vectorise across trajectories. Residuals are formed
+    explicitly (not as a difference of sums of squares), so a fit at the rounding level
+    keeps residual sums at the rounding level, also in float32."""
+    batch = y.shape[1:]
+    rates = jnp.asarray(_RATES, y.dtype).reshape((-1,) + (1,) * len(batch))
+    nr = rates.shape[0]
+    sw = jnp.maximum(jnp.sum(w, axis=0), 1.0)
+    dy = y - jnp.sum(w * y, axis=0) / sw
+    # Sums over points as contractions: XLA:CPU fuses a reduction whose operand depends
+    # on another reduction by recomputing it per element (~100x slower at these shapes).
+    b = jnp.einsum("rk...,k...->r...", w * dphi, dy) / jnp.where(spp > 0, spp, 1.0)
+    res = dy - b[:, None] * dphi
+    rss = jnp.einsum("rk...,rk...->r...", w * res, res)
     rss = jnp.where(jnp.isfinite(rss), rss, jnp.inf)
-    j = jnp.argmin(rss)
-    m = jnp.sum(w)
-    sigma2 = jnp.maximum(rss[j] / jnp.maximum(m - 3, 1.0), floor)
-    accepted = rss <= rss[j] + margin * sigma2
-    lo = jnp.min(jnp.where(accepted, rates, jnp.inf))
-    hi = jnp.max(jnp.where(accepted, rates, -jnp.inf))
+    j = jnp.argmin(rss, axis=0)
+    take = lambda a, i: jnp.take_along_axis(a, i[None], axis=0)[0]  # noqa: E731
+    rss_best = take(rss, j)
+    m = jnp.sum(w, axis=0)
+    sigma2 = jnp.maximum(rss_best / jnp.maximum(m - 3, 1.0), floor)
+    accepted = rss <= rss_best + margin * sigma2
+    lo = jnp.min(jnp.where(accepted, rates, jnp.inf), axis=0)
+    hi = jnp.max(jnp.where(accepted, rates, -jnp.inf), axis=0)
     # Refine the best rate between grid points (parabola through three residual sums).
-    jm, jp = jnp.clip(j - 1, 0, rates.shape[0] - 1), jnp.clip(j + 1, 0, rates.shape[0] - 1)
-    r0, r1, r2 = rss[jm], rss[j], rss[jp]
+    jm, jp = jnp.clip(j - 1, 0, nr - 1), jnp.clip(j + 1, 0, nr - 1)
+    r0, r1, r2 = take(rss, jm), rss_best, take(rss, jp)
     curv = r0 - 2 * r1 + r2
-    step = rates[1] - rates[0]
+    step = (_RATES[1] - _RATES[0]).astype(y.dtype)
     shift = jnp.where((jm < j) & (jp > j) & (curv > 0), 0.5 * step * (r0 - r2) / curv, 0.0)
-    best = rates[j] + jnp.clip(shift, -step, step)
+    best = jnp.asarray(_RATES, y.dtype)[j] + jnp.clip(shift, -step, step)
     a_best, b_best, _ = _fit(best, u, y, w)
-    b_lo = b[jnp.argmax(jnp.where(accepted, -rates, -jnp.inf))]
-    b_hi = b[jnp.argmax(jnp.where(accepted, rates, -jnp.inf))]
+    b_lo = take(b, jnp.argmax(jnp.where(accepted, -rates, -jnp.inf), axis=0))
+    b_hi = take(b, jnp.argmax(jnp.where(accepted, rates, -jnp.inf), axis=0))
     return best, lo, hi, a_best, b_best, jnp.minimum(b_lo, b_hi), jnp.sqrt(sigma2)
 
 
-def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
+def _tail(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
+    r"""Everything but the tail models, for one trajectory: the anchors, the slopes, the
+    cheap necessary conditions of each verdict, and the series the models are fitted
+    on."""
     dtype = norm.dtype
     eps = jnp.finfo(dtype).eps
     tiny = jnp.finfo(dtype).tiny
@@ -302,16 +317,26 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     last_cp = jnp.max(jnp.where(valid, tk, 0.0))
     end_ok = (t_end > 0) & jnp.isfinite(x_norm) & jnp.isfinite(f_end) & jnp.isfinite(s_end)
     end_new = end_ok & (t_end > last_cp * (1 + 16 * eps))
+    # Per-trajectory scalars are materialised before the sums that use them: XLA:CPU
+    # would otherwise recompute a reduction inside the loop of each dependent reduction.
+    end_new, last_cp = jax.lax.optimization_barrier((end_new, last_cp))
+    # Forward fill with the final state so that times are non-decreasing for interp.
+    norms_ff = jnp.concatenate([jnp.where(valid, nk, x_norm), x_norm[None]])
+    values_ff = jnp.concatenate([jnp.where(valid, fk, f_end), f_end[None]])
+    # Logarithms of the shared checkpoint times are taken once for the batch (unbatched
+    # under vmap); only the final time is per trajectory.
+    log_tk = jnp.log(jnp.maximum(tk, tiny))
+    log_t_end = jnp.log(jnp.maximum(t_end, tiny))
+    log_times_ff = jnp.concatenate([jnp.where(valid, log_tk, log_t_end), log_t_end[None]])
+
+    # The series: the checkpoints then the final state (masked by `has_point`).
     times = jnp.concatenate([tk, t_end[None]])
     norms = jnp.concatenate([nk, x_norm[None]])
     values = jnp.concatenate([fk, f_end[None]])
     speeds = jnp.concatenate([sk, s_end[None]])
     has_point = jnp.concatenate([valid, end_new[None]])
-    # Forward fill with the final state so that times are non-decreasing for interp.
-    times_ff = jnp.where(has_point, times, t_end)
-    norms_ff = jnp.where(has_point, norms, x_norm)
-    values_ff = jnp.where(has_point, values, f_end)
-    log_times_ff = jnp.log(jnp.maximum(times_ff, tiny))
+    log_times = jnp.concatenate([log_tk, log_t_end[None]])
+    last = jnp.max(jnp.where(valid, jnp.arange(tk.shape[0]), -1))  # last valid checkpoint
 
     t_c = t_end
     t_min = ts[1]
@@ -320,7 +345,7 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     q = jnp.minimum(half_max, avail)
     logq = jnp.log(q)
     enough_time = end_ok & (2 * jnp.log10(q) >= opt.min_tail_decades * (1 - 1e-6))
-    lt_c = jnp.log(jnp.maximum(t_c, tiny))
+    lt_c = log_t_end
     lt_b, lt_a = lt_c - logq, lt_c - 2 * logq
 
     def at(lt, vals):
@@ -332,77 +357,156 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
         w = jnp.clip((lt - x0) / jnp.where(x1 > x0, x1 - x0, 1.0), 0.0, 1.0)
         return vals[j] + w * (vals[j + 1] - vals[j])
 
-    norm_a, norm_b, norm_c = at(lt_a, norms_ff), at(lt_b, norms_ff), x_norm
-    value_a, value_b, value_c = at(lt_a, values_ff), at(lt_b, values_ff), f_end
-    speed_c = s_end
+    norm_a, norm_b = at(lt_a, norms_ff), at(lt_b, norms_ff)
+    value_a, value_b = at(lt_a, values_ff), at(lt_b, values_ff)
+    norm_m = at(lt_c - 0.5 * logq, norms_ff)
+    norm_c, value_c = x_norm, f_end
 
     slack = 1e-9
-    log_times = jnp.log(jnp.maximum(times, tiny))
     in_last = has_point & (log_times >= lt_b - slack) & (times <= t_c)
-    in_tail = has_point & (log_times >= lt_a - slack) & (times <= t_c)
     enough = enough_time & (jnp.sum(in_last) >= 3)
 
-    log_norms = jnp.log(jnp.maximum(norms, tiny))
-    log_speeds = jnp.log(jnp.maximum(speeds, tiny))
-    alpha = _wslope(log_times, log_norms, in_last.astype(dtype))
-    p_vel = -_wslope(log_times, log_speeds, in_last.astype(dtype))
-    p_se = _wslope_se(log_times, log_speeds, in_last.astype(dtype))
+    w_last = in_last.astype(dtype)
+    # Logarithms once (XLA:CPU would otherwise recompute them inside every sum below).
+    log_norms, log_speeds = jax.lax.optimization_barrier(
+        (jnp.log(jnp.maximum(norms, tiny)), jnp.log(jnp.maximum(speeds, tiny)))
+    )
+    alpha, _ = _wslope(log_times, log_norms, w_last)
+    p_vel, p_se = _wslope(log_times, log_speeds, w_last)
+    p_vel = -p_vel
 
-    # --- the tail models, fitted to the whole tail window (model selection over rates)
-    w_tail = in_tail.astype(dtype)
-    u = jnp.where(in_tail, log_times - lt_c, 0.0)
+    # What the tail models are fitted to (scaled to order one).
     n_scale = jnp.maximum(jnp.abs(norm_c), 1.0)
-    y_n = jnp.where(in_tail, norms / n_scale, 0.0)
-    floor_n = (16 * eps) ** 2
-    lam_n, lam_n_lo, lam_n_hi, a_n, b_n, b_n_min, sig_n = _select_rate(
-        u, y_n, w_tail, opt.margin, floor_n
-    )
     f_span = jnp.maximum(jnp.abs(value_a - value_c), 16 * eps * jnp.maximum(jnp.abs(value_c), 1.0))
-    y_f = jnp.where(in_tail, (values - value_c) / f_span, 0.0)
-    floor_f = (16 * eps * jnp.maximum(jnp.abs(value_c), 1.0) / f_span) ** 2
-    lam_f, lam_f_lo, lam_f_hi, a_f, b_f, _, sig_f = _select_rate(
-        u, y_f, w_tail, opt.margin, floor_f
+    # Where the tail models' series come from (built by `_series` for the rows that
+    # need them).
+    anchors = dict(
+        last=last, end_new=end_new, lt_a=lt_a, lt_c=lt_c, n_scale=n_scale, value_c=value_c,
+        f_span=f_span, floor_f=(16 * eps * jnp.maximum(jnp.abs(value_c), 1.0) / f_span) ** 2,
     )
-    gamma = -lam_n  # deceleration of the norm increments (0 for log t growth)
-    beta = -lam_f  # f - lim f ~ t^-beta
 
-    # Norm increments (data, for the plateau and recent-growth checks).
+    # Necessary conditions of the verdicts that need no model.
     n_noise = 16 * eps * jnp.maximum(norm_c, 1.0)
-    d1, d2 = norm_b - norm_a, norm_c - norm_b
-    lt_m = lt_c - 0.5 * logq
-    norm_m = at(lt_m, norms_ff)
-    d4 = norm_c - norm_m
-    # The fitted model's growth over the last quarter window: a trajectory that grew and
-    # then stopped (moving between two critical points) falls short of it.
-    fit_d4 = b_n * (0.0 - _basis(lam_n, -0.5 * logq)) * n_scale
-
-    # Value decrements and flatness.
     f_noise = 16 * eps * jnp.maximum(jnp.abs(value_c), 1.0)
+    d1, d2 = norm_b - norm_a, norm_c - norm_b
     e1, e2 = value_a - value_b, value_b - value_c
-    f_flat = (jnp.abs(e1) <= f_noise) & (jnp.abs(e2) <= f_noise)
     f_increased = (e2 < -f_noise) | (e1 < -f_noise)
-    f_falls = (b_f < 0) & (e1 + e2 > f_noise)
-    # Extrapolated limit from the selected model (Aitken's rule is its three-point
-    # version; both are exact for f - c proportional to t^-beta).
-    extrap = value_c + f_span * (a_f - b_f / jnp.where(lam_f < 0, lam_f, -1.0))
-    settles = f_flat | (f_falls & (lam_f_hi <= -opt.value_exponent_min))
-    diverges = f_falls & (lam_f_lo >= -opt.escape_deceleration)
-
-    # --- escape evidence: every model within the margin has increments decaying no faster
-    # than t^-escape_deceleration (log t growth has none), and the norm grew.
-    growing = (
-        (d2 >= opt.escape_growth * norm_c)
-        & (d1 > n_noise)
-        & (b_n_min > 0)
-        & (d4 >= opt.recent_growth * fit_d4)
-    )
-    not_decel = lam_n_lo >= -opt.escape_deceleration
     # An unbounded trajectory has an infinite path length, so a velocity that is
     # integrable beyond doubt (p above the bound by more than two standard errors)
     # rules an escape out: this separates a slow escape from the transient growth of a
     # trajectory that converges exponentially fast (p >> 1).
     path_diverges = p_vel - 2 * p_se < opt.bounded_velocity_exponent
-    sustained = enough & growing & not_decel & path_diverges & ~f_increased
+    may_escape = (
+        enough & (d2 >= opt.escape_growth * norm_c) & (d1 > n_noise) & path_diverges
+        & ~f_increased
+    )
+    # The models decide HORIZON trajectories, may overturn CONVERGED ones (only to
+    # ESCAPING), and extrapolate the limits of ESCAPED ones; the rest keep the engine's
+    # status whatever the models say.
+    needs_models = enough & (
+        (status == Status.HORIZON)
+        | (status == Status.ESCAPED)
+        | (status == Status.MAX_STEPS)
+        | ((status == Status.CONVERGED) & may_escape)
+    )
+    stats = dict(
+        status=status, enough=enough, needs_models=needs_models, alpha=alpha, p_vel=p_vel,
+        p_se=p_se, path_diverges=path_diverges, f_increased=f_increased, d1=d1, d2=d2,
+        d4=norm_c - norm_m, e1=e1, e2=e2, n_noise=n_noise, f_noise=f_noise,
+        norm_a=norm_a, norm_c=norm_c, value_c=value_c, f_end=f_end, x_norm=x_norm,
+        s_end=s_end, t_c=t_c, logq=logq, n_scale=n_scale, f_span=f_span,
+    )
+    return stats, anchors
+
+
+def _series(ts, norm, fv, stat, x_norm, f_end, t_end, anchors, window):
+    r"""What the tail models of one trajectory are fitted to: $u = \log t - \log t_c$,
+    the norm over its final value, $f$ relative to its tail decrease, and the 0/1 weights
+    of the tail, on the tail window (the last `window - 1` checkpoint slots up to the last
+    valid checkpoint, then the final state; `window` covers every checkpoint of the tail,
+    `_window_size`)."""
+    dtype = norm.dtype
+    tiny = jnp.finfo(dtype).tiny
+    tk, nk, fk, sk = ts[1:], norm[1:], fv[1:], stat[1:]
+    kk = tk.shape[0]
+    if window is None or window - 1 >= kk:
+        idx = jnp.arange(kk)
+    else:
+        idx = anchors["last"] - (window - 2) + jnp.arange(window - 1)
+    ok = idx >= 0
+    idx = jnp.clip(idx, 0, kk - 1)
+    tw, nw, fw = tk[idx], nk[idx], fk[idx]
+    valid = ok & jnp.isfinite(nw) & jnp.isfinite(fw) & jnp.isfinite(sk[idx]) & (tw <= t_end)
+    times = jnp.concatenate([tw, t_end[None]])
+    log_times = jnp.concatenate([jnp.log(jnp.maximum(tk, tiny))[idx], anchors["lt_c"][None]])
+    norms = jnp.concatenate([nw, x_norm[None]])
+    values = jnp.concatenate([fw, f_end[None]])
+    has_point = jnp.concatenate([valid, anchors["end_new"][None]])
+    in_tail = has_point & (log_times >= anchors["lt_a"] - 1e-9) & (times <= t_end)
+    return dict(
+        u=jnp.where(in_tail, log_times - anchors["lt_c"], 0.0),
+        y_n=jnp.where(in_tail, norms / anchors["n_scale"], 0.0),
+        y_f=jnp.where(in_tail, (values - anchors["value_c"]) / anchors["f_span"], 0.0),
+        w=in_tail.astype(dtype),
+        floor_f=anchors["floor_f"],
+    )
+
+
+def _models(fit, opt):
+    """The tail models (the costly part: every rate, both series) of a batch of
+    trajectories, the batch on the last axis of `fit["u"]` etc. `(points, batch)`."""
+    u, w = fit["u"], fit["w"]
+    dtype = u.dtype
+    eps = jnp.finfo(dtype).eps
+    phi = _basis(jnp.asarray(_RATES, dtype)[:, None, None], u[None])
+    pm = jnp.einsum("rkb,kb->rb", phi, w) / jnp.maximum(jnp.sum(w, axis=0), 1.0)
+    dphi = phi - pm[:, None]
+    spp = jnp.einsum("rkb,rkb->rb", w * dphi, dphi)
+    shared = (dphi, spp, u)
+    lam_n, lam_n_lo, lam_n_hi, a_n, b_n, b_n_min, _ = _select_rate(
+        *shared, fit["y_n"], w, opt.margin, (16 * eps) ** 2
+    )
+    lam_f, lam_f_lo, lam_f_hi, a_f, b_f, _, sig_f = _select_rate(
+        *shared, fit["y_f"], w, opt.margin, fit["floor_f"]
+    )
+    return dict(
+        lam_n=lam_n, lam_n_lo=lam_n_lo, lam_n_hi=lam_n_hi, b_n=b_n, b_n_min=b_n_min,
+        lam_f=lam_f, lam_f_lo=lam_f_lo, lam_f_hi=lam_f_hi, a_f=a_f, b_f=b_f, sig_f=sig_f,
+    )
+
+
+def _verdict(s, m, opt):
+    """The rules (module docstring), from the statistics `s` and the models `m` (NaN
+    where the models were not needed)."""
+    dtype = s["alpha"].dtype
+    enough, status = s["enough"], s["status"]
+    gamma = -m["lam_n"]  # deceleration of the norm increments (0 for log t growth)
+    beta = -m["lam_f"]  # f - lim f ~ t^-beta
+    # The fitted model's growth over the last quarter window: a trajectory that grew and
+    # then stopped (moving between two critical points) falls short of it.
+    fit_d4 = m["b_n"] * (0.0 - _basis(m["lam_n"], -0.5 * s["logq"])) * s["n_scale"]
+
+    f_flat = (jnp.abs(s["e1"]) <= s["f_noise"]) & (jnp.abs(s["e2"]) <= s["f_noise"])
+    f_falls = (m["b_f"] < 0) & (s["e1"] + s["e2"] > s["f_noise"])
+    # Extrapolated limit from the selected model (Aitken's rule is its three-point
+    # version; both are exact for f - c proportional to t^-beta).
+    extrap = s["value_c"] + s["f_span"] * (
+        m["a_f"] - m["b_f"] / jnp.where(m["lam_f"] < 0, m["lam_f"], -1.0)
+    )
+    settles = f_flat | (f_falls & (m["lam_f_hi"] <= -opt.value_exponent_min))
+    diverges = f_falls & (m["lam_f_lo"] >= -opt.escape_deceleration)
+
+    # --- escape evidence: every model within the margin has increments decaying no faster
+    # than t^-escape_deceleration (log t growth has none), and the norm grew.
+    norm_c, p_vel = s["norm_c"], s["p_vel"]
+    growing = (
+        (s["d2"] >= opt.escape_growth * norm_c)
+        & (s["d1"] > s["n_noise"])
+        & (m["b_n_min"] > 0)
+        & (s["d4"] >= opt.recent_growth * fit_d4)
+    )
+    not_decel = m["lam_n_lo"] >= -opt.escape_deceleration
+    sustained = enough & growing & not_decel & s["path_diverges"] & ~s["f_increased"]
     escape_finite = sustained & settles & (p_vel > opt.escape_velocity_exponent)
     # f -> -inf needs more: the norm at least doubled over the tail (a trajectory that
     # accelerates away from a saddle at the horizon looks the same for a while), and
@@ -411,21 +515,21 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     escape_inf = (
         sustained
         & diverges
-        & (norm_c >= 2 * norm_a)
-        & (p_vel - 2 * p_se <= opt.escape_velocity_exponent + opt.exponent_tolerance)
+        & (norm_c >= 2 * s["norm_a"])
+        & (p_vel - 2 * s["p_se"] <= opt.escape_velocity_exponent + opt.exponent_tolerance)
         & ~escape_finite
     )
-    log_growth = sustained & (lam_n < alpha / 2)
+    log_growth = sustained & (m["lam_n"] < s["alpha"] / 2)
 
     # --- bounded evidence
     integrable = p_vel >= opt.bounded_velocity_exponent
     # If ||v|| keeps decaying like t^-p (p > 1), the path left to travel is at most
     # int_{t_c}^inf ||v(t_c)|| (t / t_c)^-p dt = ||v(t_c)|| t_c / (p - 1).
-    remaining_path = speed_c * t_c / jnp.where(integrable, p_vel - 1, 1.0)
+    remaining_path = s["s_end"] * s["t_c"] / jnp.where(integrable, p_vel - 1, 1.0)
     scale = jnp.maximum(norm_c, 1.0)
-    plateau = (d2 <= opt.plateau_rtol * scale) | (remaining_path <= opt.plateau_rtol * scale)
-    decays = (d1 > n_noise) & (lam_n_hi <= -opt.bounded_deceleration)
-    bounded = enough & (plateau | decays) & integrable & ~f_increased
+    plateau = (s["d2"] <= opt.plateau_rtol * scale) | (remaining_path <= opt.plateau_rtol * scale)
+    decays = (s["d1"] > s["n_noise"]) & (m["lam_n_hi"] <= -opt.bounded_deceleration)
+    bounded = enough & (plateau | decays) & integrable & ~s["f_increased"]
 
     refined_horizon = jnp.where(
         escape_finite | escape_inf,
@@ -442,11 +546,12 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     ).astype(jnp.int8)
 
     is_esc = new_status == Status.ESCAPING
-    extrapolable = enough & settles & ~f_increased
+    extrapolable = enough & settles & ~s["f_increased"]
     # Only escapes are extrapolated: along them f settles like a power of t. A bounded
     # trajectory converging exponentially has tail decrements dominated by its
     # transient, where extrapolation overshoots; its final f is the better estimate.
     escaped = new_status == Status.ESCAPED
+    f_end, value_c = s["f_end"], s["value_c"]
     limit = jnp.where(
         (is_esc & escape_inf & ~escape_finite) | (escaped & enough & diverges),
         -jnp.inf,
@@ -454,32 +559,111 @@ def _classify_one(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
             (is_esc | (escaped & (p_vel > opt.escape_velocity_exponent))) & extrapolable,
             # A noisy tail (wobble) makes the end slope, and so the extrapolation,
             # unreliable: the final value (an upper bound of the limit) is kept then.
-            jnp.where(f_flat | (sig_f > opt.extrapolation_noise), value_c, extrap),
+            jnp.where(f_flat | (m["sig_f"] > opt.extrapolation_noise), value_c, extrap),
             f_end,
         ),
     )
     nan = jnp.asarray(jnp.nan, dtype)
+    modelled = s["needs_models"]
     return dict(
         status=new_status,
-        growth_exponent=jnp.where(enough, alpha, nan),
+        growth_exponent=jnp.where(enough, s["alpha"], nan),
         log_growth=log_growth & is_esc,
         limit_value=limit.astype(dtype),
-        malgrange=(x_norm * s_end).astype(dtype),
-        deceleration=jnp.where(enough, gamma, nan),
+        malgrange=(s["x_norm"] * s["s_end"]).astype(dtype),
+        deceleration=jnp.where(enough & modelled, gamma, nan),
         velocity_exponent=jnp.where(enough, p_vel, nan),
-        value_exponent=jnp.where(enough & f_falls, beta, nan),
+        value_exponent=jnp.where(enough & modelled & f_falls, beta, nan),
     )
 
 
-def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt):
+def _block(n: int) -> int:
+    """Sub-batch size of the tail models: a 32nd of the batch (at least 16)."""
+    return max(16, n // 32)
+
+
+def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt, window=None):
     opt = jax.tree.map(lambda v: jnp.asarray(v, cp_norm.dtype), opt)
-    out = jax.vmap(_classify_one, in_axes=(None, 0, 0, 0, 0, 0, 0, 0, 0, None))(
+    stats, anchors = jax.vmap(_tail, in_axes=(None, 0, 0, 0, 0, 0, 0, 0, 0, None))(
         ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt
     )
-    return out
+    # Materialise the statistics once (XLA:CPU would otherwise recompute them inside the
+    # fusions of each consumer).
+    stats, anchors = jax.lax.optimization_barrier((stats, anchors))
+    # The tail models cost ~100x the rest; only trajectories whose verdict can depend on
+    # them get them (HORIZON, ESCAPED, MAX_STEPS, and CONVERGED ones that grew like an
+    # escape), gathered into sub-batches of `_block(n)` rows: a scan whose trajectories
+    # mostly converge pays for a few blocks, not for every row.
+    n = cp_norm.shape[0]
+    size = _block(n)
+    need = stats["needs_models"]
+    slot = jnp.cumsum(need) - 1
+    count = slot[-1] + 1
+    order = jnp.zeros(n, jnp.int32).at[jnp.where(need, slot, n)].set(
+        jnp.arange(n, dtype=jnp.int32), mode="drop"
+    )
+    rows_in = (cp_norm, cp_f, cp_stat, x_norm, f, t, anchors)
+
+    def models_of(*rows):
+        series = jax.vmap(lambda *r: _series(ts, *r, window))(*rows)
+        # Trajectories on the minor axis: the sums over points vectorise across them.
+        return _models(jax.tree.map(lambda a: a.T, series), opt)
+
+    shapes = jax.eval_shape(models_of, *jax.tree.map(lambda a: a[:1], rows_in))
+    models = jax.tree.map(lambda s_: jnp.full((n,), jnp.nan, s_.dtype), shapes)
+
+    def body(carry):
+        i, models = carry
+        pos = i * size + jnp.arange(size)
+        rows = order[jnp.clip(pos, 0, n - 1)]
+        block = models_of(*jax.tree.map(lambda a: a[rows], rows_in))
+        dest = jnp.where(pos < count, rows, n)  # rows past the count are dropped
+        models = jax.tree.map(lambda m_, b_: m_.at[dest].set(b_, mode="drop"), models, block)
+        return i + 1, models
+
+    _, models = jax.lax.while_loop(lambda c: c[0] * size < count, body, (0, models))
+    return jax.vmap(lambda s_, m_: _verdict(s_, m_, opt))(stats, models)
 
 
-_classify_arrays = jax.jit(_classify_batch)
+def _as_array(v, dtype, on_host: bool):
+    if on_host and not isinstance(v, jax.core.Tracer):
+        return np.asarray(v, dtype)
+    return jnp.asarray(v, dtype)
+
+
+def _on_cpu(a) -> bool:
+    try:
+        return all(d.platform == "cpu" for d in a.devices())
+    except Exception:  # tracers, foreign array types
+        return False
+
+
+def _padded_rows(n: int) -> int:
+    """Rows a batch of `n` is padded to: at least 16, then a multiple of an eighth to a
+    quarter of `n`'s power of two (four programs per octave, at most 25 % padding, so that
+    batches of similar size share one compiled program)."""
+    step = 1 << max(int(n).bit_length() - 3, 0)
+    return max(16, -(-int(n) // step) * step)
+
+
+def _window_size(ts, tail_decades) -> int | None:
+    """Slots of the tail window: the most checkpoints of `ts` in any span of
+    `tail_decades` decades (counted with a margin above float32 rounding of the
+    logarithms), plus the final state; `None` (the whole series) when the threshold is
+    not a concrete number."""
+    try:
+        w = float(tail_decades)
+        lt = np.log(np.asarray(ts, np.float64)[1:])
+    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None
+    if lt.shape[0] == 0 or not np.isfinite(w):
+        return None
+    lo = np.searchsorted(lt, lt - w * np.log(10.0) * (1 + 1e-6) - 1e-9, side="left")
+    most = int(np.max(np.arange(lt.shape[0]) - lo + 1))
+    return most + 1
+
+
+_classify_arrays = jax.jit(_classify_batch, static_argnames=("window",))
 
 
 def classify_arrays(
@@ -516,17 +700,29 @@ def classify_arrays(
     ):
         if jnp.shape(a) != (n,):
             raise ValueError(f"classify: {name} has shape {jnp.shape(a)}, expected ({n},).")
-    # Pad the batch to a power of two so that batches of similar size share one compiled
-    # program (padded rows have status RUNNING, which no rule touches).
-    n_pad = max(16, 1 << max(n - 1, 1).bit_length())
+    # Pad the batch so that batches of similar size share one compiled program (padded
+    # rows have status RUNNING, which no rule touches).
+    n_pad = _padded_rows(n)
 
-    def cast(a, dt=dtype, fill=jnp.nan):
+    # On the host (numpy inputs, or arrays on a CPU device) numpy pads in one copy; eager
+    # `jnp.pad` dispatches several small programs per column.
+    on_host = all(
+        isinstance(a, np.ndarray) or _on_cpu(a)
+        for a in (cp_norm, cp_f, cp_stat, x_norm, f, stationarity, t, status)
+    )
+
+    def cast(a, dt=dtype, fill=np.nan):
+        if on_host:  # numpy arguments go to the program as they are (no eager dispatch)
+            a = np.asarray(a, dt)
+            out = np.full((n_pad,) + a.shape[1:], fill, dt)
+            out[:n] = a
+            return out
         a = jnp.asarray(a, dt)
         pad = [(0, n_pad - n)] + [(0, 0)] * (a.ndim - 1)
         return jnp.pad(a, pad, constant_values=fill)
 
     args = (
-        jnp.asarray(ts, dtype),
+        np.asarray(ts, dtype) if on_host else jnp.asarray(ts, dtype),
         cast(cp_norm),
         cast(cp_f),
         cast(cp_stat),
@@ -536,13 +732,18 @@ def classify_arrays(
         cast(t),
         cast(status, jnp.int8, 0),
         # Thresholds as arrays: traced, and never baked into a stored executable.
-        jax.tree.map(lambda v: jnp.asarray(v, dtype), options),
+        jax.tree.map(lambda v: _as_array(v, dtype, on_host), options),
     )
+    window = _window_size(ts, options.tail_decades)
     # Inside a scan of a built-in problem the program comes from the executable cache
     # (`jaxflow._executables`); elsewhere it is traced and compiled as usual.
-    out = call_cached(_classify_batch, args, static={"fn": "classify"}, compiler_options={})
+    out = call_cached(
+        functools.update_wrapper(functools.partial(_classify_batch, window=window), _classify_batch),
+        args,
+        static={"fn": "classify", "window": window}, compiler_options={},
+    )
     if out is None:
-        out = _classify_arrays(*args)
+        out = _classify_arrays(*args, window=window)
     return Classification(**{k: v[:n] for k, v in out.items()})
 
 

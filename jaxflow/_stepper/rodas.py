@@ -32,7 +32,7 @@ _C = (
 
 
 def rodas_stages(field, x, v, h, solve):
-    """Rodas4's six stages with `solve(r)` = $h\gamma (I + h\gamma H)^{-1} r$ (dense in
+    r"""Rodas4's six stages with `solve(r)` = $h\gamma (I + h\gamma H)^{-1} r$ (dense in
     `Rodas4`, Krylov in `RodasKrylov`): the new point and the embedded error estimate
     (the last stage, the method being stiffly accurate)."""
     stages = [solve(-v)]
