@@ -245,6 +245,15 @@ def _basis(lam, u):
     return jnp.where(small, u + 0.5 * lam * u**2, jnp.expm1(safe * u) / safe)
 
 
+def _basis_grid(u):
+    """`_basis(_RATES[:, None, None], u[None])`: the rate 0 (the only one below 1e-6 in
+    magnitude) is $u$ itself; the others need no branch."""
+    zero = int(np.argmin(np.abs(_RATES)))
+    nonzero = np.delete(_RATES, zero).astype(np.dtype(u.dtype))[:, None, None]
+    phi = jnp.expm1(nonzero * u[None]) * (1 / nonzero)
+    return jnp.concatenate([phi[:zero], u[None], phi[zero:]], axis=0)
+
+
 def _fit(lam, u, y, w):
     """Weighted least squares of y on [1, basis(lam, u)]: (A, B, residual sum of squares).
 
@@ -265,22 +274,21 @@ def _select_rate(dphi, spp, u, y, w, margin, floor):
     within `margin` noise variances of the best (the noise variance estimated from the
     best fit's own residuals, at least `floor`): the profile-likelihood interval.
 
-    `dphi` `(rates, points, *batch)` is `_basis(_RATES, u)` minus its weighted mean and
-    `spp` `(rates, *batch)` the weighted sum of squares of `dphi`: shared by the fits of
-    the norm and of $f$; `u`, `y`, `w` are `(points, *batch)`. The batch is the minor
-    axis, so the sums over points vectorise across trajectories. Residuals are formed
-    explicitly (not as a difference of sums of squares), so a fit at the rounding level
-    keeps residual sums at the rounding level, also in float32."""
-    batch = y.shape[1:]
-    rates = jnp.asarray(_RATES, y.dtype).reshape((-1,) + (1,) * len(batch))
+    `dphi` `(rates, points, batch)` is `_basis(_RATES, u)` minus its weighted mean, zero
+    at the points of weight 0, and `spp` `(rates, batch)` its sum of squares: shared by
+    the fits of the norm and of $f$; `u`, `y`, `w` are `(points, batch)`. The batch is
+    the minor axis, so the sums over points vectorise across trajectories. Residuals are
+    formed explicitly (not as a difference of sums of squares), so a fit at the rounding
+    level keeps residual sums at the rounding level, also in float32."""
+    rates = jnp.asarray(_RATES, y.dtype)[:, None]
     nr = rates.shape[0]
     sw = jnp.maximum(jnp.sum(w, axis=0), 1.0)
-    dy = y - jnp.sum(w * y, axis=0) / sw
+    dy = w * (y - jnp.sum(w * y, axis=0) / sw)
     # Sums over points as contractions: XLA:CPU fuses a reduction whose operand depends
     # on another reduction by recomputing it per element (~100x slower at these shapes).
-    b = jnp.einsum("rk...,k...->r...", w * dphi, dy) / jnp.where(spp > 0, spp, 1.0)
+    b = jnp.einsum("rkb,kb->rb", dphi, dy) / jnp.where(spp > 0, spp, 1.0)
     res = dy - b[:, None] * dphi
-    rss = jnp.einsum("rk...,rk...->r...", w * res, res)
+    rss = jnp.einsum("rkb,rkb->rb", res, res)
     rss = jnp.where(jnp.isfinite(rss), rss, jnp.inf)
     j = jnp.argmin(rss, axis=0)
     take = lambda a, i: jnp.take_along_axis(a, i[None], axis=0)[0]  # noqa: E731
@@ -458,10 +466,10 @@ def _models(fit, opt):
     u, w = fit["u"], fit["w"]
     dtype = u.dtype
     eps = jnp.finfo(dtype).eps
-    phi = _basis(jnp.asarray(_RATES, dtype)[:, None, None], u[None])
+    phi = _basis_grid(u)
     pm = jnp.einsum("rkb,kb->rb", phi, w) / jnp.maximum(jnp.sum(w, axis=0), 1.0)
-    dphi = phi - pm[:, None]
-    spp = jnp.einsum("rkb,rkb->rb", w * dphi, dphi)
+    dphi = w * (phi - pm[:, None])
+    spp = jnp.einsum("rkb,rkb->rb", dphi, dphi)
     shared = (dphi, spp, u)
     lam_n, lam_n_lo, lam_n_hi, a_n, b_n, b_n_min, _ = _select_rate(
         *shared, fit["y_n"], w, opt.margin, (16 * eps) ** 2
@@ -582,46 +590,62 @@ def _block(n: int) -> int:
     return max(16, n // 32)
 
 
-def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt, window=None):
-    opt = jax.tree.map(lambda v: jnp.asarray(v, cp_norm.dtype), opt)
-    stats, anchors = jax.vmap(_tail, in_axes=(None, 0, 0, 0, 0, 0, 0, 0, 0, None))(
-        ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt
-    )
-    # Materialise the statistics once (XLA:CPU would otherwise recompute them inside the
-    # fusions of each consumer).
-    stats, anchors = jax.lax.optimization_barrier((stats, anchors))
-    # The tail models cost ~100x the rest; only trajectories whose verdict can depend on
-    # them get them (HORIZON, ESCAPED, MAX_STEPS, and CONVERGED ones that grew like an
-    # escape), gathered into sub-batches of `_block(n)` rows: a scan whose trajectories
-    # mostly converge pays for a few blocks, not for every row.
-    n = cp_norm.shape[0]
-    size = _block(n)
-    need = stats["needs_models"]
-    slot = jnp.cumsum(need) - 1
+def _on_rows(fn, mask, inputs, size: int):
+    """`fn` (a function of a batch of rows) on the rows where `mask` holds, gathered into
+    sub-batches of `size` rows; the other rows of its outputs are NaN (False, 0)."""
+    n = mask.shape[0]
+    slot = jnp.cumsum(mask) - 1
     count = slot[-1] + 1
-    order = jnp.zeros(n, jnp.int32).at[jnp.where(need, slot, n)].set(
+    order = jnp.zeros(n, jnp.int32).at[jnp.where(mask, slot, n)].set(
         jnp.arange(n, dtype=jnp.int32), mode="drop"
     )
-    rows_in = (cp_norm, cp_f, cp_stat, x_norm, f, t, anchors)
+    shapes = jax.eval_shape(fn, *jax.tree.map(lambda a: a[:size], inputs))
+    empty = lambda s: jnp.full(  # noqa: E731
+        (n,) + s.shape[1:], jnp.nan if jnp.issubdtype(s.dtype, jnp.floating) else 0, s.dtype
+    )
+    out = jax.tree.map(empty, shapes)
 
+    def body(carry):
+        i, out = carry
+        pos = i * size + jnp.arange(size)
+        rows = order[jnp.clip(pos, 0, n - 1)]
+        block = fn(*jax.tree.map(lambda a: a[rows], inputs))
+        dest = jnp.where(pos < count, rows, n)  # rows past the count are dropped
+        out = jax.tree.map(lambda o, b: o.at[dest].set(b, mode="drop"), out, block)
+        return i + 1, out
+
+    return jax.lax.while_loop(lambda c: c[0] * size < count, body, (0, out))[1]
+
+
+def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt, window=None):
+    opt = jax.tree.map(lambda v: jnp.asarray(v, cp_norm.dtype), opt)
+    n = cp_norm.shape[0]
+    size = _block(n)
+    # Only trajectories that ran long enough for a tail (the `enough_time` of `_tail`,
+    # same expression) get statistics: most of a scan converges early and keeps its
+    # engine status whatever its checkpoints say.
+    end_ok = (t > 0) & jnp.isfinite(x_norm) & jnp.isfinite(f) & jnp.isfinite(stat)
+    q = jnp.minimum(10.0 ** (opt.tail_decades / 2), jnp.sqrt(jnp.maximum(t / ts[1], 1.0)))
+    long_enough = end_ok & (2 * jnp.log10(q) >= opt.min_tail_decades * (1 - 1e-6))
+    stats, anchors = _on_rows(
+        jax.vmap(lambda *r: _tail(ts, *r, opt)), long_enough,
+        (cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status), size,
+    )
+    stats = dict(stats, status=status, x_norm=x_norm, f_end=f, s_end=stat, t_c=t)
+    stats["enough"] = long_enough & stats["enough"]
+    stats["needs_models"] = long_enough & stats["needs_models"]
+
+    # The tail models cost ~100x the rest; only trajectories whose verdict can depend on
+    # them get them (HORIZON, ESCAPED, MAX_STEPS, and CONVERGED ones that grew like an
+    # escape): a scan whose trajectories mostly converge pays for a few blocks.
     def models_of(*rows):
         series = jax.vmap(lambda *r: _series(ts, *r, window))(*rows)
         # Trajectories on the minor axis: the sums over points vectorise across them.
         return _models(jax.tree.map(lambda a: a.T, series), opt)
 
-    shapes = jax.eval_shape(models_of, *jax.tree.map(lambda a: a[:1], rows_in))
-    models = jax.tree.map(lambda s_: jnp.full((n,), jnp.nan, s_.dtype), shapes)
-
-    def body(carry):
-        i, models = carry
-        pos = i * size + jnp.arange(size)
-        rows = order[jnp.clip(pos, 0, n - 1)]
-        block = models_of(*jax.tree.map(lambda a: a[rows], rows_in))
-        dest = jnp.where(pos < count, rows, n)  # rows past the count are dropped
-        models = jax.tree.map(lambda m_, b_: m_.at[dest].set(b_, mode="drop"), models, block)
-        return i + 1, models
-
-    _, models = jax.lax.while_loop(lambda c: c[0] * size < count, body, (0, models))
+    models = _on_rows(
+        models_of, stats["needs_models"], (cp_norm, cp_f, cp_stat, x_norm, f, t, anchors), size
+    )
     return jax.vmap(lambda s_, m_: _verdict(s_, m_, opt))(stats, models)
 
 
