@@ -586,67 +586,88 @@ def _verdict(s, m, opt):
 
 
 def _block(n: int) -> int:
-    """Sub-batch size of the tail models: a 32nd of the batch (at least 16)."""
+    """Sub-batch size of the tail models: a 32nd of the batch (at least 16). Their
+    intermediates are `(rates, points, rows)`: larger blocks leave the caches (a 4th of
+    10^4 rows is 5x slower per row on a 2-core EPYC), smaller ones pay per iteration."""
     return max(16, n // 32)
 
 
-def _on_rows(fn, mask, inputs, size: int):
-    """`fn` (a function of a batch of rows) on the rows where `mask` holds, gathered into
-    sub-batches of `size` rows; the other rows of its outputs are NaN (False, 0)."""
+def _compact(mask):
+    """The positions where `mask` holds, first (`order`), their number, and each
+    position's rank among them (`slot`)."""
     n = mask.shape[0]
     slot = jnp.cumsum(mask) - 1
-    count = slot[-1] + 1
     order = jnp.zeros(n, jnp.int32).at[jnp.where(mask, slot, n)].set(
         jnp.arange(n, dtype=jnp.int32), mode="drop"
     )
-    shapes = jax.eval_shape(fn, *jax.tree.map(lambda a: a[:size], inputs))
-    empty = lambda s: jnp.full(  # noqa: E731
-        (n,) + s.shape[1:], jnp.nan if jnp.issubdtype(s.dtype, jnp.floating) else 0, s.dtype
-    )
-    out = jax.tree.map(empty, shapes)
+    return order, slot[-1] + 1, slot
+
+
+def _blocks(fn, inputs_at, count, n: int, size: int):
+    """`fn(*inputs_at(k))` for the compacted positions `k < count`, `size` at a time;
+    outputs in compacted order, written in place (entries from `count` on are junk)."""
+    shapes = jax.eval_shape(lambda k: fn(*inputs_at(k)), jnp.zeros(size, jnp.int32))
+    # `size` spare rows: a block that starts near the end is written whole, not shifted.
+    out = jax.tree.map(lambda s: jnp.zeros((n + size,) + s.shape[1:], s.dtype), shapes)
 
     def body(carry):
         i, out = carry
-        pos = i * size + jnp.arange(size)
-        rows = order[jnp.clip(pos, 0, n - 1)]
-        block = fn(*jax.tree.map(lambda a: a[rows], inputs))
-        dest = jnp.where(pos < count, rows, n)  # rows past the count are dropped
-        out = jax.tree.map(lambda o, b: o.at[dest].set(b, mode="drop"), out, block)
+        block = fn(*inputs_at(jnp.clip(i * size + jnp.arange(size), 0, n - 1)))
+        out = jax.tree.map(
+            lambda o, b: jax.lax.dynamic_update_slice_in_dim(o, b, i * size, axis=0), out, block
+        )
         return i + 1, out
 
-    return jax.lax.while_loop(lambda c: c[0] * size < count, body, (0, out))[1]
+    out = jax.lax.while_loop(lambda c: c[0] * size < count, body, (0, out))[1]
+    return jax.tree.map(lambda o: o[:n], out)
 
 
 def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt, window=None):
     opt = jax.tree.map(lambda v: jnp.asarray(v, cp_norm.dtype), opt)
     n = cp_norm.shape[0]
-    size = _block(n)
+    rows_in = (cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status)
     # Only trajectories that ran long enough for a tail (the `enough_time` of `_tail`,
     # same expression) get statistics: most of a scan converges early and keeps its
-    # engine status whatever its checkpoints say.
+    # engine status whatever its checkpoints say. They are gathered to the front
+    # (compacted order c1) and processed `size` at a time.
     end_ok = (t > 0) & jnp.isfinite(x_norm) & jnp.isfinite(f) & jnp.isfinite(stat)
     q = jnp.minimum(10.0 ** (opt.tail_decades / 2), jnp.sqrt(jnp.maximum(t / ts[1], 1.0)))
     long_enough = end_ok & (2 * jnp.log10(q) >= opt.min_tail_decades * (1 - 1e-6))
-    stats, anchors = _on_rows(
-        jax.vmap(lambda *r: _tail(ts, *r, opt)), long_enough,
-        (cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status), size,
+    order1, count1, slot1 = _compact(long_enough)
+    stats, anchors = _blocks(
+        jax.vmap(lambda *r: _tail(ts, *r, opt)),
+        lambda k: jax.tree.map(lambda a: a[order1[k]], rows_in), count1, n, max(16, n // 8),
     )
-    stats = dict(stats, status=status, x_norm=x_norm, f_end=f, s_end=stat, t_c=t)
-    stats["enough"] = long_enough & stats["enough"]
-    stats["needs_models"] = long_enough & stats["needs_models"]
 
     # The tail models cost ~100x the rest; only trajectories whose verdict can depend on
     # them get them (HORIZON, ESCAPED, MAX_STEPS, and CONVERGED ones that grew like an
-    # escape): a scan whose trajectories mostly converge pays for a few blocks.
+    # escape), compacted again (order c2): a scan that mostly converges pays for a few.
+    need = stats["needs_models"] & (jnp.arange(n) < count1)
+    order2, count2, slot2 = _compact(need)
+
     def models_of(*rows):
         series = jax.vmap(lambda *r: _series(ts, *r, window))(*rows)
         # Trajectories on the minor axis: the sums over points vectorise across them.
         return _models(jax.tree.map(lambda a: a.T, series), opt)
 
-    models = _on_rows(
-        models_of, stats["needs_models"], (cp_norm, cp_f, cp_stat, x_norm, f, t, anchors), size
-    )
-    return jax.vmap(lambda s_, m_: _verdict(s_, m_, opt))(stats, models)
+    def models_at(k):
+        c = order2[k]
+        r = order1[c]
+        return (cp_norm[r], cp_f[r], cp_stat[r], x_norm[r], f[r], t[r],
+                jax.tree.map(lambda a: a[c], anchors))
+
+    models = _blocks(models_of, models_at, count2, n, _block(n))
+    models = jax.tree.map(lambda m: jnp.where(need, m[jnp.clip(slot2, 0, n - 1)], jnp.nan), models)
+    verdict = jax.vmap(lambda s_, m_: _verdict(s_, m_, opt))(stats, models)
+
+    # Rows without a tail: the verdict of no evidence (HORIZON -> UNDECIDED, the other
+    # engine statuses kept, the final value as the limit).
+    blank = jax.tree.map(lambda a: jnp.full_like(a, jnp.nan if a.dtype.kind == "f" else 0),
+                         stats)
+    blank = dict(blank, status=status, x_norm=x_norm, f_end=f, s_end=stat, t_c=t)
+    fallback = jax.vmap(lambda s_, m_: _verdict(s_, m_, opt))(blank, models)
+    back = jnp.clip(slot1, 0, n - 1)
+    return jax.tree.map(lambda v, d: jnp.where(long_enough, v[back], d), verdict, fallback)
 
 
 def _as_array(v, dtype, on_host: bool):
@@ -663,9 +684,12 @@ def _on_cpu(a) -> bool:
 
 
 def _padded_rows(n: int) -> int:
-    """Rows a batch of `n` is padded to: at least 16, then a multiple of an eighth to a
-    quarter of `n`'s power of two (four programs per octave, at most 25 % padding, so that
-    batches of similar size share one compiled program)."""
+    """Rows a batch of `n` is padded to: none for a multiple of 16 (a scan's chunks all
+    have the chunk size), else at least 16, then a multiple of an eighth to a quarter of
+    `n`'s power of two (four programs per octave, at most 25 % padding, so that batches
+    of similar size share one compiled program)."""
+    if n >= 16 and n % 16 == 0:
+        return int(n)
     step = 1 << max(int(n).bit_length() - 3, 0)
     return max(16, -(-int(n) // step) * step)
 
@@ -736,6 +760,8 @@ def classify_arrays(
     )
 
     def cast(a, dt=dtype, fill=np.nan):
+        if n_pad == n:  # a scan's chunk: the arrays go to the program as they are
+            return jnp.asarray(a, dt) if isinstance(a, jax.Array) else np.asarray(a, dt)
         if on_host:  # numpy arguments go to the program as they are (no eager dispatch)
             a = np.asarray(a, dt)
             out = np.full((n_pad,) + a.shape[1:], fill, dt)
@@ -768,7 +794,7 @@ def classify_arrays(
     )
     if out is None:
         out = _classify_arrays(*args, window=window)
-    return Classification(**{k: v[:n] for k, v in out.items()})
+    return Classification(**{k: v if n_pad == n else v[:n] for k, v in out.items()})
 
 
 def classify(

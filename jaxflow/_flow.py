@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from ._controller import IterationCount, PIDControl
-from ._detect import classify
+from ._detect import DetectorOptions, classify
 from ._engine import MIN_LANES, Engine, default_lanes, run
 from ._field import AbstractField
 from ._field_choice import field_for
@@ -189,6 +189,7 @@ def flow(
     options: FlowOptions | None = None,
     *,
     field: AbstractField | None = None,
+    detector_options: DetectorOptions | None = None,
     **shorthands: Unpack[FlowShorthands],
 ) -> FlowResult:
     r"""Integrates $x'(t) = -v(x(t))$ from every row of `x0` up to time `t1`.
@@ -205,10 +206,18 @@ def flow(
     - `field`: the vector field to integrate (default: $\nabla f$, or for a nonsmooth
       problem the minimal-norm Clarke subgradient, `jaxflow.MinNormField`; pass
       `MinNormField.for_problem(problem, fallback="bundle")` for kinks jaxflow cannot read).
+    - `detector_options`: the `jaxflow.DetectorOptions` that decide which trajectories are
+      still `UNDECIDED` when `extend_undecided` continues them (default: the defaults);
+      pass the ones you will classify the result with.
 
     **Returns:** a `jaxflow.FlowResult`.
     """
     opts = FlowOptions.build(options, shorthands, caller="flow")
+    if detector_options is not None and not isinstance(detector_options, DetectorOptions):
+        raise TypeError(
+            "flow: `detector_options` must be a jaxflow.DetectorOptions, got "
+            f"{type(detector_options).__name__}."
+        )
     xs = _flat_starts(problem, x0, "flow")
     n = int(xs.shape[0])
     ts = opts.checkpoint_times()
@@ -242,11 +251,13 @@ def flow(
     )
     res = _integrate(engine, xs, ts, gtol_value, opts.escape_radius, None, meta)
     if opts.extend_undecided is not None:
-        res = _extend_undecided(res, engine, opts, gtol_value)
+        res = _extend_undecided(res, engine, opts, gtol_value, detector_options)
     return res
 
 
-def _extend_undecided(res: FlowResult, engine: Engine, opts: FlowOptions, gtol) -> FlowResult:
+def _extend_undecided(
+    res: FlowResult, engine: Engine, opts: FlowOptions, gtol, detector_options=None
+) -> FlowResult:
     r"""Continues the trajectories left `UNDECIDED` at `t1`, a decade at a time, up to
     `opts.extend_undecided`.
 
@@ -284,7 +295,9 @@ def _extend_undecided(res: FlowResult, engine: Engine, opts: FlowOptions, gtol) 
         )
 
     while horizon < t_max:
-        status = np.asarray(classify(current(), horizon=horizon).status)
+        status = np.asarray(
+            classify(current(), horizon=horizon, options=detector_options).status
+        )
         t_np = np.asarray(out["t"], np.float64)
         todo = np.flatnonzero((status == Status.UNDECIDED) & (t_np >= horizon * (1 - 1e-6)))
         if todo.size == 0:

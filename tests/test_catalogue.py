@@ -149,6 +149,20 @@ def test_extend_undecided(exp_flow):
     np.testing.assert_array_equal(jf.trajectory_table(short)["decided_at"], 5.0)
 
 
+def test_extend_undecided_uses_the_given_detector_options(exp_flow):
+    # Three decades of history (t >= 100 after the first checkpoint 0.1) before any
+    # verdict: the trajectories decided at ~50 with the defaults are continued past it.
+    x0, _, ext = exp_flow
+    p = jf.Problem(lambda x: jnp.exp(-x[0]), dim=1)
+    strict = jf.DetectorOptions(tail_decades=3.0, min_tail_decades=3.0)
+    ext3 = jf.flow(p, x0, t1=5.0, solver=diffrax.Tsit5(), extend_undecided=1e3,
+                   detector_options=strict)
+    assert np.all(np.asarray(ext.decided_at)[:2] < 70)
+    assert np.all(np.asarray(ext3.decided_at) >= 500), ext3.decided_at
+    with pytest.raises(TypeError, match="detector_options"):
+        jf.flow(p, x0, t1=5.0, extend_undecided=1e3, detector_options={"margin": 2.0})
+
+
 def test_extend_undecided_report_states_it(exp_flow):
     _, _, ext = exp_flow
     p = jf.Problem(lambda x: jnp.exp(-x[0]), dim=1)

@@ -34,7 +34,7 @@ import numpy as np
 
 from .._engine import default_lanes
 from .._executables import program_identity
-from .._detect import classify
+from .._detect import DetectorOptions, classify
 from .._flow import flow
 from .._options import FlowOptions
 from .._problem import Problem
@@ -206,7 +206,10 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
     options = FlowOptions.from_spec(spec["flow"], save_states=int(spec["save_states"]))
     if options.lanes is None:  # left to the worker's backend (the result does not depend on it)
         options = options.replace(lanes=default_lanes(cs, _backend(device), dim=problem.dim))
-    res = flow(problem, x0, options)
+    # The scan's detector thresholds also decide which trajectories `extend_undecided`
+    # continues (a `horizon` there is for the final classification only).
+    detect = {k: v for k, v in spec["classify"].items() if k != "horizon"}
+    res = flow(problem, x0, options, detector_options=DetectorOptions(**detect))
     cols = _trajectory_columns(res, spec["classify"])
     x0_np = np.asarray(x0)[:valid]
     index = chunk * cs + np.arange(valid, dtype=np.int64)
