@@ -187,7 +187,8 @@ class Classification(eqx.Module):
       selected tail model: $-\alpha$ for power growth, 0 for logarithmic growth, $> 0$
       when $\|x\|$ converges), `velocity_exponent` ($p$), `value_exponent` ($\beta$ of
       the selected $f$ model, NaN when $f$ does not fall): the tail statistics behind
-      the verdict (NaN where undefined).
+      the verdict (NaN where undefined, and for a `CONVERGED` trajectory whose tail did
+      not grow like an escape: its verdict needs no tail model, so none is fitted).
     """
 
     status: jax.Array
