@@ -49,7 +49,9 @@ three checkpoints in $[t_b, t_c]$; otherwise `UNDECIDED`.
   $f$ never increased; and a path length that may diverge, $p <$
   `bounded_velocity_exponent` [1.1] within two standard errors of the slope (an
   unbounded trajectory has infinite length; an exponentially fast convergence has
-  $p \gg 1$).
+  $p \gg 1$), and over the last quarter window alone $p \le$
+  `recent_velocity_exponent` [2] (a late saddle departure that settles into a minimum
+  has $\|v\|$ collapsing there).
 - `ESCAPING` with a finite limit: sustained growth, $f$ settles (flat to rounding, or
   every plausible $f$ rate is $\le -$`value_exponent_min` [0.1]) and
   $p >$ `escape_velocity_exponent` [1/2] ($\int^\infty\|v\|^2 = f - \lim f$ finite).
@@ -125,6 +127,10 @@ class DetectorOptions(eqx.Module):
       `margin` noise variances of the best one (default 4, about two standard errors).
     - `recent_growth`: least ratio of the last quarter window's growth to the selected
       model's prediction for an escape (default 0.3).
+    - `recent_velocity_exponent`: largest velocity exponent over the last quarter window
+      of an escape (default 2: escapes have $p \le 1$ asymptotically; a trajectory
+      settling into a minimum after leaving a saddle late shows local exponents of 8 and
+      more there).
     - `exponent_tolerance`: slack of the test $p \le 1/2$ for a limit $-\infty$, on top
       of two standard errors: logarithmic factors ($\|v\| \sim t^{-1/2}(\log t)^k$)
       shift a fitted exponent by about $k/\log t$ (default 0.05).
@@ -145,6 +151,7 @@ class DetectorOptions(eqx.Module):
     recent_growth: float = 0.3
     extrapolation_noise: float = 0.02
     exponent_tolerance: float = 0.05
+    recent_velocity_exponent: float = 2.0
 
     def __check_init__(self):
         for name in self.__dataclass_fields__:
@@ -383,6 +390,13 @@ def _tail(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     alpha, _ = _wslope(log_times, log_norms, w_last)
     p_vel, p_se = _wslope(log_times, log_speeds, w_last)
     p_vel = -p_vel
+    # The velocity exponent over the last quarter window only: where a trajectory that
+    # left a saddle settles into a minimum, ||v|| collapses (exponentially: local
+    # exponents of 8 to 14 within a decade) while the half-window slope, mixing the
+    # departure's bump with the collapse, stays moderate with a large standard error.
+    in_quarter = has_point & (log_times >= lt_c - 0.5 * logq - slack) & (times <= t_c)
+    p_recent, _ = _wslope(log_times, log_speeds, in_quarter.astype(dtype))
+    p_recent = -p_recent
 
     # What the tail models are fitted to (scaled to order one).
     n_scale = jnp.maximum(jnp.abs(norm_c), 1.0)
@@ -404,7 +418,11 @@ def _tail(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     # integrable beyond doubt (p above the bound by more than two standard errors)
     # rules an escape out: this separates a slow escape from the transient growth of a
     # trajectory that converges exponentially fast (p >> 1).
-    path_diverges = p_vel - 2 * p_se < opt.bounded_velocity_exponent
+    # An escape keeps moving: over the last quarter window its ||v|| decays no faster
+    # than t^-recent_velocity_exponent (NaN, too few points, does not rule it out).
+    path_diverges = (p_vel - 2 * p_se < opt.bounded_velocity_exponent) & ~(
+        p_recent > opt.recent_velocity_exponent
+    )
     may_escape = (
         enough & (d2 >= opt.escape_growth * norm_c) & (d1 > n_noise) & path_diverges
         & ~f_increased
@@ -637,7 +655,7 @@ def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt,
     order1, count1, slot1 = _compact(long_enough)
     stats, anchors = _blocks(
         jax.vmap(lambda *r: _tail(ts, *r, opt)),
-        lambda k: jax.tree.map(lambda a: a[order1[k]], rows_in), count1, n, max(16, n // 8),
+        lambda k: jax.tree.map(lambda a: a[order1[k]], rows_in), count1, n, _block(n),
     )
 
     # The tail models cost ~100x the rest; only trajectories whose verdict can depend on

@@ -205,3 +205,22 @@ def test_fast_convergence_is_not_an_escape():
     assert np.all(np.asarray(c.status) == S.CONVERGED)
     np.testing.assert_array_equal(np.asarray(c.limit_value), d["f"])
     assert np.all(np.asarray(c.velocity_exponent) > 3)
+
+
+def test_late_saddle_departure_into_a_minimum_is_not_an_escape():
+    # Matrix sensing, float32, the paper acceptance benchmark at full size (start 1158 of
+    # 2000): ||x|| jumps from 3.46 to 3.73 at t ~ 10 (leaving a saddle) and the flow
+    # stops at t = 25.7 by stationarity, f = 1.4e-8 (a global minimum). Over its tail the
+    # norm grew and f settled like an escape, and the half-window velocity slope (p = 3.05,
+    # standard error large from the bump) allowed a divergent path; over the last quarter
+    # window ||v|| collapses (p > 2), which no escape does.
+    d = json.loads((pathlib.Path(__file__).parent / "data" / "late_saddle_departure.json")
+                   .read_text())
+    row = lambda k: np.asarray([d[k]], np.float32)  # noqa: E731
+    args = (np.asarray(d["ts"], np.float32), row("cp_norm"), row("cp_f"), row("cp_stat"),
+            row("norm"), row("f"), row("stationarity"), row("t"),
+            np.asarray([d["status"]], np.int8))
+    assert int(jf.classify_arrays(*args).status[0]) == S.CONVERGED
+    # The rule is what decides it: without it the tail is a complete escape signature.
+    loose = jf.DetectorOptions(recent_velocity_exponent=1e9)
+    assert int(jf.classify_arrays(*args, options=loose).status[0]) == S.ESCAPING
