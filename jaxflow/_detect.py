@@ -679,12 +679,14 @@ def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt,
     models = jax.tree.map(lambda m: jnp.where(need, m[jnp.clip(slot2, 0, n - 1)], jnp.nan), models)
     verdict = jax.vmap(lambda s_, m_: _verdict(s_, m_, opt))(stats, models)
 
-    # Rows without a tail: the verdict of no evidence (HORIZON -> UNDECIDED, the other
-    # engine statuses kept, the final value as the limit).
-    blank = jax.tree.map(lambda a: jnp.full_like(a, jnp.nan if a.dtype.kind == "f" else 0),
-                         stats)
-    blank = dict(blank, status=status, x_norm=x_norm, f_end=f, s_end=stat, t_c=t)
-    fallback = jax.vmap(lambda s_, m_: _verdict(s_, m_, opt))(blank, models)
+    # Rows without a tail: what `_verdict` says without evidence (HORIZON -> UNDECIDED,
+    # the other engine statuses kept, the final value as the limit, no statistics).
+    nan = jnp.full_like(f, jnp.nan)
+    fallback = dict(
+        status=jnp.where(status == Status.HORIZON, Status.UNDECIDED, status).astype(jnp.int8),
+        growth_exponent=nan, log_growth=jnp.zeros_like(long_enough), limit_value=f,
+        malgrange=x_norm * stat, deceleration=nan, velocity_exponent=nan, value_exponent=nan,
+    )
     back = jnp.clip(slot1, 0, n - 1)
     return jax.tree.map(lambda v, d: jnp.where(long_enough, v[back], d), verdict, fallback)
 
