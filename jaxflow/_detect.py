@@ -705,14 +705,17 @@ def _on_cpu(a) -> bool:
 
 
 def _padded_rows(n: int) -> int:
-    """Rows a batch of `n` is padded to: none for a multiple of 16 (a scan's chunks all
-    have the chunk size), else at least 16, then a multiple of an eighth to a quarter of
-    `n`'s power of two (four programs per octave, at most 25 % padding, so that batches
-    of similar size share one compiled program)."""
-    if n >= 16 and n % 16 == 0:
-        return int(n)
-    step = 1 << max(int(n).bit_length() - 3, 0)
-    return max(16, -(-int(n) // step) * step)
+    """Rows a batch of `n` is padded to, so that batches of similar size share one
+    compiled program: the next power of two (at least 16) below 4096 rows; above, none
+    for a multiple of 16 (a scan's chunks all have the chunk size), else a multiple of
+    an eighth to a quarter of `n`'s power of two (at most 25 % padding)."""
+    n = int(n)
+    if n < 4096:
+        return max(16, 1 << max(n - 1, 1).bit_length())
+    if n % 16 == 0:
+        return n
+    step = 1 << (n.bit_length() - 3)
+    return -(-n // step) * step
 
 
 def _window_size(ts, tail_decades) -> int | None:
