@@ -21,10 +21,11 @@ trajectories (spurious when clearly above $\inf f = 0$), and structural facts of
 instance (observed entries, rows and columns with fewer than $r$ observed entries,
 connectedness of the observed bipartite graph). It then reads off, per rank, per seed and
 pooled, the smallest rate of the grid above which no start escapes, with the upper 95 %
-bound on the escaping fraction there. Up to `--max-candidates` escaping starts per point at the
-highest rate that shows escapes (every seed there; the first seed at the next lower rate),
-per rank, are re-run from their own start in float64 to `--recheck-t1` (100 x the scan's
-horizon) and saved as reproducible cases, with the drift of the invariant $X^TX - Y^TY$.
+bound on the escaping fraction there. Up to `--max-candidates` escaping starts per point, per
+rank, at rate 1 (every seed with escapes there) and at the highest rate that shows spurious
+escapes (every seed there; the first seed at the next lower rate), are re-run from their
+own start in float64 to `--recheck-t1` (100 x the scan's horizon) and saved as
+reproducible cases, with the drift of the invariant $X^TX - Y^TY$.
 
 Writes `benchmarks/results/completion_rates-<machine>.json`, a Markdown table next to it
 and `completion_rates_cases-<machine>.json`. `--smoke` runs a tiny version (seconds) and
@@ -55,8 +56,11 @@ PROBLEM = "matrix-completion-nxn"
 ESCAPE = (int(jf.Status.ESCAPING), int(jf.Status.ESCAPED))
 UNDECIDED = (int(jf.Status.UNDECIDED), int(jf.Status.HORIZON), int(jf.Status.MAX_STEPS),
              int(jf.Status.NONFINITE))
-# A value at infinity above this is spurious (inf f = 0): float32 flows converge to
-# f ~ 1e-8 here, and the smallest spurious values seen are ~1e-4 (see the Markdown table).
+# An escaping trajectory still above this f at the horizon is counted as spurious (its
+# value at infinity is above inf f = 0): float32 flows that converge end at f ~ 1e-8 here,
+# while the escapes to a positive value settle at 1e-4 and above (their extrapolated
+# limits cluster there, and the float64 re-checks flatten out there). The extrapolated
+# limit alone is too noisy for values ~1e-4 (it can come out negative).
 SPURIOUS_TOL = 1e-5
 
 
@@ -101,18 +105,29 @@ def escape_profile(result) -> dict:
     out = {"best_converged_f": float(f[conv].min()) if conv.any() else None,
            "spurious_escapes": 0, "escapes_towards_zero": 0}
     if esc.any():
-        # The value at infinity of a trajectory: its extrapolated limit of f, never above
-        # the last f reached (f decreases along the flow).
-        v = np.minimum(np.where(np.isfinite(lim[esc]), lim[esc], f[esc]), f[esc])
+        # The value at infinity of a trajectory: its extrapolated limit of f, clipped to
+        # [0, last f reached] (f decreases along the flow, and f >= 0).
+        v = np.clip(np.where(np.isfinite(lim[esc]), lim[esc], f[esc]), 0.0, f[esc])
+        spurious = f[esc] > SPURIOUS_TOL
         out.update(
-            spurious_escapes=int((v > SPURIOUS_TOL).sum()),
-            escapes_towards_zero=int((v <= SPURIOUS_TOL).sum()),
+            spurious_escapes=int(spurious.sum()),
+            escapes_towards_zero=int((~spurious).sum()),
             escaping_final_f=[float(np.min(f[esc])), float(np.median(f[esc])),
                               float(np.max(f[esc]))],
             escaping_value_at_infinity=[float(np.min(v)), float(np.median(v)),
                                         float(np.max(v))],
         )
     return out
+
+
+def chunk_seconds(result) -> float:
+    """Seconds the point's chunks took (compile + integrate + classify), from its journal:
+    also known for points computed by an earlier, interrupted run."""
+    path = Path(result.out) / "journal.jsonl"
+    if not path.exists():
+        return float("nan")
+    return float(sum(json.loads(line).get("seconds", 0.0)
+                     for line in path.read_text().splitlines() if line.strip()))
 
 
 def invariant(problem, x):
@@ -199,8 +214,9 @@ def markdown(record: dict) -> str:
     out = [f"# Matrix completion across observation rates: n = {record['n']}, "
            f"T = {record['t1']:g} (float32, undecided continued to {record['extend']:g}), "
            f"re-checks to T = {record['recheck_t1']:g} (float64)", "",
-           f"{record['note']}. N = {record['n_starts']} starts per point; "
-           f"wall {record['wall_s'] / 60:.1f} min.", ""]
+           f"{record['note']}. N = {record['n_starts']} starts per point; the points' "
+           f"chunks took {record['chunk_seconds_total'] / 60:.1f} min in all (compile included), "
+           f"the last run {record['wall_s'] / 60:.1f} min.", ""]
     san = record.get("example_1_1")
     if san:
         out += [f"Example 1.1 (n = 2, r = 1, bidiagonal, all ones): escaping "
@@ -210,14 +226,14 @@ def markdown(record: dict) -> str:
     for r, rd in record["reading"].items():
         th, ths = rd["pooled_threshold"], rd["pooled_threshold_spurious"]
         out += [f"## rank r = {r}", ""]
-        if th["rate"] is not None:
-            out.append(f"No escapes at any seed from rate {th['rate']:g} on "
-                       f"({th['starts_without_escape']} starts, escaping fraction < "
-                       f"{100 * th['escaping_fraction_upper_95']:.3f} % at 95 %); highest rate "
-                       f"with escapes: {th['highest_rate_with_escapes']}; highest with "
-                       f"spurious ones: {ths.get('highest_rate_with_escapes')}.")
-        else:
-            out.append("Escapes at the highest rate of the grid.")
+        for label, t in (("escapes", th), ("spurious escapes", ths)):
+            if t["rate"] is not None:
+                out.append(f"No {label} at any seed from rate {t['rate']:g} on "
+                           f"({t['starts_without_escape']} starts, fraction < "
+                           f"{100 * t['escaping_fraction_upper_95']:.3f} % at 95 %); highest "
+                           f"rate with {label}: {t['highest_rate_with_escapes']}.")
+            else:
+                out.append(f"{label.capitalize()} at the highest rate of the grid.")
         out += ["", "Pooled over seeds:", "",
                 "| rate | N | escaping [95 %] | spurious [95 %] | seeds with escapes | "
                 "undecided |", "|---|---|---|---|---|---|"]
@@ -247,14 +263,15 @@ def markdown(record: dict) -> str:
     if record.get("cases"):
         out += ["## Re-checks (float64, own start)", "",
                 "| r | rate | seed | row | float32 | float64 | f(T/100) | f(T) | "
-                "‖x‖(T/100) | ‖x‖(T) | invariant drift |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "‖x‖(T/100) | ‖x‖(T) | invariant drift |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in record["cases"]:
             p = c["params"]
-            out.append(f"| {p['r']} | {p['rate']:g} | {p['seed']} | {c['row']} | "
-                       f"{c['status_float32']} | {c['status_float64']} | "
-                       f"{c['f_at_t1_over_100']:.6f} | {c['f_final']:.6f} | "
-                       f"{c['norm_at_t1_over_100']:.2f} | {c['norm_final']:.2f} | "
-                       f"{c['invariant_drift']:.1e} |")
+            out.append((f"| {p['r']} | {p['rate']:g} | {p['seed']} | {c['row']} | "
+                        f"{c['status_float32']} | {c['status_float64']} | "
+                        f"{c['f_at_t1_over_100']:.6f} | {c['f_final']:.6f} | "
+                        f"{c['norm_at_t1_over_100']:.2f} | {c['norm_final']:.2f} | "
+                        f"{c['invariant_drift']:.1e} |").replace("nan", "—"))
         out.append("")
     return "\n".join(out)
 
@@ -271,6 +288,7 @@ def main(argv=None):
     ap.add_argument("--extend", type=float, default=1e5, help="extend_undecided horizon")
     ap.add_argument("--recheck-t1", type=float, default=1e6)
     ap.add_argument("--max-candidates", type=int, default=3, help="re-checked per point")
+    ap.add_argument("--note", default=None, help="appended to the results' note")
     ap.add_argument("--smoke", action="store_true", help="tiny run (seconds)")
     ap.add_argument("--write", action="store_true", help="with --smoke: write results anyway")
     ap.add_argument("--markdown-only", action="store_true",
@@ -324,6 +342,9 @@ def main(argv=None):
 
     def progress(sp):
         if sp.scan is None:
+            # Every point is a new program (its data are constants of the objective):
+            # without this the compiled programs of all points pile up in memory.
+            jax.clear_caches()
             starts[sp.point] = time.perf_counter()
             print(f"  point {sp.point + 1}/{sp.points_total} {sp.params}", flush=True)
 
@@ -346,46 +367,61 @@ def main(argv=None):
             "undecided", "undecided_fraction", "undecided_low", "undecided_high",
             "values_at_infinity", "value_at_infinity_fractions", "growth_exponents",
             "spurious_at_infinity", "best_value", "bounded_verdict")}
-        keep.update(p, counts=r.counts(), wall_s=point_wall.get(i), **structure(problem, p["r"]),
+        keep.update(p, counts=r.counts(), wall_s=point_wall.get(i),
+                    chunk_seconds=chunk_seconds(r), **structure(problem, p["r"]),
                     **escape_profile(r))
         rows.append(keep)
 
-    # Re-checks: escaping starts at the highest rate with escapes (every seed there) and at
-    # the next one (its first seed with escapes), per rank.
+    # Re-checks, per rank: every escape called at rate 1 (where trajectories are bounded),
+    # the spurious escapes at the highest rate that has some (every seed there) and at the
+    # next lower one (its first seed).
     cases = []
     names = jf.Status.names()
     for rk in ranks:
-        esc_rates = sorted({x["rate"] for x in rows if x["r"] == rk and x["escaping"]})
-        for q in esc_rates[-2:]:
-            chosen = [x for x in rows if x["r"] == rk and x["rate"] == q and x["escaping"]]
-            for x in chosen if q == esc_rates[-1] else chosen[:1]:
-                p = {"r": rk, "rate": q, "seed": x["seed"]}
-                r = res.point(**p)
-                problem = jf.problems.get(PROBLEM, **fixed, **p)
-                st = r.column("status")
-                sel = np.flatnonzero(np.isin(st, ESCAPE))[: args.max_candidates]
-                x0 = start_points(r, problem.dim)[sel]
-                t1 = time.perf_counter()
-                checks = recheck(problem, x0, args.recheck_t1)
-                print(f"  recheck {p}: {len(sel)} starts, {time.perf_counter() - t1:.0f} s",
-                      flush=True)
-                for k, c in zip(sel, checks, strict=True):
-                    cases.append({"params": {**fixed, **p}, "row": int(k),
-                                  "start": [float(v) for v in x0[list(sel).index(k)]],
-                                  "status_float32": names[int(st[k])],
-                                  "f_float32": float(r.column("f")[k]),
-                                  "norm_float32": float(r.column("norm")[k]),
-                                  "limit_value_float32": float(r.column("limit_value")[k]),
-                                  **c})
+        sp_rates = sorted({x["rate"] for x in rows if x["r"] == rk and x["spurious_escapes"]})
+        todo = [(x, False) for x in rows
+                if x["r"] == rk and x["rate"] == 1.0 and x["escaping"]]
+        for q in sp_rates[-2:]:
+            chosen = [x for x in rows if x["r"] == rk and x["rate"] == q
+                      and x["spurious_escapes"]]
+            todo += [(x, True) for x in (chosen if q == sp_rates[-1] else chosen[:1])]
+        for x, only_spurious in todo:
+            p = {"r": rk, "rate": x["rate"], "seed": x["seed"]}
+            r = res.point(**p)
+            problem = jf.problems.get(PROBLEM, **fixed, **p)
+            st = r.column("status")
+            pick = np.isin(st, ESCAPE)
+            if only_spurious:
+                pick &= r.column("f") > SPURIOUS_TOL
+            sel = np.flatnonzero(pick)[: args.max_candidates]
+            x0 = start_points(r, problem.dim)[sel]
+            t1 = time.perf_counter()
+            checks = recheck(problem, x0, args.recheck_t1)
+            print(f"  recheck {p}: {len(sel)} starts, {time.perf_counter() - t1:.0f} s",
+                  flush=True)
+            for k, c in zip(sel, checks, strict=True):
+                cases.append({"params": {**fixed, **p}, "row": int(k),
+                              "start": [float(v) for v in x0[list(sel).index(k)]],
+                              "status_float32": names[int(st[k])],
+                              "f_float32": float(r.column("f")[k]),
+                              "norm_float32": float(r.column("norm")[k]),
+                              "limit_value_float32": float(r.column("limit_value")[k]),
+                              **c})
     record.update(points=rows, reading=reading(rows, rates, seeds, ranks), cases=cases,
                   full_observation={str(rk): {
                       "escaping": sum(x["escaping"] for x in rows
                                       if x["r"] == rk and x["rate"] == 1.0),
+                      "spurious_escapes": sum(x["spurious_escapes"] for x in rows
+                                              if x["r"] == rk and x["rate"] == 1.0),
                       "n": sum(x["n"] for x in rows if x["r"] == rk and x["rate"] == 1.0)}
                       for rk in ranks if 1.0 in rates},
-                  wall_s=time.perf_counter() - t_all)
+                  wall_s=time.perf_counter() - t_all,
+                  chunk_seconds_total=float(np.nansum([x["chunk_seconds"] for x in rows])))
+    if args.note:
+        record["note"] += f"; {args.note}"
     for v in record["full_observation"].values():
         v["escaping_fraction_upper_95"] = wilson_interval(v["escaping"], v["n"])[1]
+        v["spurious_fraction_upper_95"] = wilson_interval(v["spurious_escapes"], v["n"])[1]
     print(markdown(record))
     if args.smoke and not args.write:
         return
