@@ -342,9 +342,6 @@ def main(argv=None):
 
     def progress(sp):
         if sp.scan is None:
-            # Every point is a new program (its data are constants of the objective):
-            # without this the compiled programs of all points pile up in memory.
-            jax.clear_caches()
             starts[sp.point] = time.perf_counter()
             print(f"  point {sp.point + 1}/{sp.points_total} {sp.params}", flush=True)
 
