@@ -55,8 +55,12 @@ SUBDIR = "jaxflow-executables"
 _IDENTITY: contextvars.ContextVar = contextvars.ContextVar("jaxflow_program_identity",
                                                            default=None)
 # Executables loaded or compiled in this process, by key (a chunk program is reused by
-# every chunk of a scan).
+# every chunk of a scan), the most recently used last. Bounded: a sweep goes through a few
+# programs per grid point, and every executable kept holds ~250 memory maps on XLA:CPU;
+# unbounded, a sweep of ~40 points of `matrix-completion-nxn` reached the kernel's
+# vm.max_map_count (65530) and died in LLVM ("Cannot allocate memory").
 _LOADED: dict[str, Any] = {}
+_MAX_LOADED = 16
 _LOCK = threading.Lock()
 # The JAX flags that change how a traced program is lowered (and so its executable).
 _FLAGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_rank_promotion",
@@ -116,6 +120,14 @@ def _arrays(dynamic) -> list:
     ]
 
 
+def _remember(key: str, compiled) -> None:
+    with _LOCK:
+        _LOADED.pop(key, None)
+        _LOADED[key] = compiled  # dicts keep insertion order: the oldest use comes first
+        while len(_LOADED) > _MAX_LOADED:
+            del _LOADED[next(iter(_LOADED))]
+
+
 def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options: Mapping):
     """`jax.jit(fn, compiler_options)(*args)` through the executable cache, or `None`
     when no `program_identity` is active (then the caller compiles as usual).
@@ -149,15 +161,16 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
         return compiled
 
     with _LOCK:
-        compiled = _LOADED.get(key)
+        compiled = _LOADED.pop(key, None)
+        if compiled is not None:
+            _LOADED[key] = compiled  # most recently used last
     loaded = False
     if compiled is None:
         compiled = _load(path)
         loaded = compiled is not None
         if compiled is None:
             compiled = compile_and_store()
-        with _LOCK:
-            _LOADED[key] = compiled
+        _remember(key, compiled)
     if not loaded:
         return compiled(leaves)
     try:
@@ -169,8 +182,7 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
         # host devices): compiled anew, replacing the entry. The call is pure, so
         # running it again is safe.
         compiled = compile_and_store()
-        with _LOCK:
-            _LOADED[key] = compiled
+        _remember(key, compiled)
         return compiled(leaves)
 
 

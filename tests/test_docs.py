@@ -98,7 +98,7 @@ def test_site_builds_strict(tmp_path):
     assert not missing, f"no rendered API entry for {missing}"
     # The notebooks are rendered with their stored outputs (figures as inline PNGs).
     nbs = sorted((site / "reproducing" / "notebooks").glob("0*/index.html"))
-    assert len(nbs) == len(list((ROOT / "notebooks").glob("0*.ipynb"))) == 7
+    assert len(nbs) == len(list((ROOT / "notebooks").glob("0*.ipynb"))) == 8
     for nb in nbs:
         assert any(src.startswith("data:image/png") for src in _parse(nb).imgs), nb
     # Math reaches the page as arithmatex spans for MathJax; MathJax is not needed to build.

@@ -89,3 +89,17 @@ def test_no_identity_no_cache():
     ) is None
     with _executables.program_identity({"a": 1}, None):
         assert _executables.current_identity() is None
+
+
+def test_loaded_executables_are_bounded(monkeypatch):
+    # A sweep compiles a few programs per grid point; keeping every one of them in the
+    # process exhausted its memory maps after ~40 points. The least recently used go.
+    monkeypatch.setattr(_executables, "_LOADED", {})
+    m = _executables._MAX_LOADED
+    for i in range(m + 5):
+        _executables._remember(f"k{i}", object())
+    assert list(_executables._LOADED) == [f"k{i}" for i in range(5, m + 5)]
+    _executables._remember("k5", object())  # used again: now the most recent
+    _executables._remember("new", object())
+    assert "k5" in _executables._LOADED and "k6" not in _executables._LOADED
+    assert len(_executables._LOADED) == m

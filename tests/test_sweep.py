@@ -162,6 +162,14 @@ def test_grid_syntax(spec, values):
     assert [type(v) for v in got] == [type(v) for v in values]
 
 
+def test_float_ranges_give_the_typed_values():
+    # Accumulated binary error must not leak into the values (and the points' directory
+    # names): 0.3 + 3 * 0.1 == 0.6000000000000001, 0.1 * 1.5 ** 2 == 0.22500000000000003.
+    assert parse_axis("rate=0.3:1:0.1")[1] == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert parse_axis("x=0.1:0.3*1.5")[1] == [0.1, 0.15, 0.225]
+    assert [p["rate"] for p in Grid(["rate=0.3:1:0.1"]).points()][3] == 0.6
+
+
 def test_grid_points_order_and_union():
     g = Grid({"a": [1, 2], "b": ["x", "y"]})
     assert g.points() == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"},

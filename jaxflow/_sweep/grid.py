@@ -69,7 +69,9 @@ def _range(name: str, start, stop, step, *, geometric: bool) -> list:
         v = start * step**i if geometric else start + i * step
         if v > stop + slack:
             break
-        values.append(v if ints else float(v))
+        # 0.3 + 3 * 0.1 is 0.6000000000000001 in binary: keep 12 significant digits, so
+        # that a range gives the values (and point names) one would type.
+        values.append(v if ints else float(f"{v:.12g}"))
         i += 1
         if i > _MAX_VALUES:
             raise ValueError(f"grid: `{name}`: the range has more than {_MAX_VALUES} values.")
