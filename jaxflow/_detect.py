@@ -81,13 +81,21 @@ an extrapolated limit when their tail allows one. A limit is extrapolated only w
 $f$ fit's residual noise is at most `extrapolation_noise` [2 %] of the tail's decrease;
 otherwise the final value (an upper bound of the limit) is kept.
 
+**Cost.** The tail models are the expensive part, so only the trajectories whose verdict
+can depend on them get them: trajectories with enough history get the statistics, and of
+those the `HORIZON`, `ESCAPED` and `MAX_STEPS` ones and the `CONVERGED` ones whose tail grew
+like an escape get the models, gathered (compacted) into sub-batches inside the one compiled
+program and fitted on the tail window only (`_window_size` slots); `deceleration` and
+`value_exponent` stay NaN for the others (their verdict never depended on them).
+
 Calibration: `benchmarks/detector_catalogue.py` (25 landscapes with known fates; see
-`docs/concepts/detectors.md` for the confusion matrices).
+`docs/concepts/detectors.md` for the confusion matrices); cost: `benchmarks/classify_cost.py`.
 """
 
 from __future__ import annotations
 
 import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
