@@ -57,11 +57,10 @@ def main():
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from _common import markdown_table, write_results
 
     import jaxflow as jf
     from jaxflow._scan import worker
-
-    from _common import markdown_table, write_results
 
     problem = jf.problems.get("matrix-completion")
     x0 = problem.sample(jax.random.key(0), args.n, jnp.float32)

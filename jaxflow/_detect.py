@@ -356,7 +356,6 @@ def _tail(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     # The series: the checkpoints then the final state (masked by `has_point`).
     times = jnp.concatenate([tk, t_end[None]])
     norms = jnp.concatenate([nk, x_norm[None]])
-    values = jnp.concatenate([fk, f_end[None]])
     speeds = jnp.concatenate([sk, s_end[None]])
     has_point = jnp.concatenate([valid, end_new[None]])
     log_times = jnp.concatenate([log_tk, log_t_end[None]])
@@ -819,9 +818,9 @@ def classify_arrays(
     window = _window_size(ts, options.tail_decades)
     # Inside a scan of a built-in problem the program comes from the executable cache
     # (`jaxflow._executables`); elsewhere it is traced and compiled as usual.
+    program = functools.partial(_classify_batch, window=window)
     out = call_cached(
-        functools.update_wrapper(functools.partial(_classify_batch, window=window), _classify_batch),
-        args,
+        functools.update_wrapper(program, _classify_batch), args,
         static={"fn": "classify", "window": window}, compiler_options={},
     )
     if out is None:
