@@ -648,42 +648,62 @@ def _blocks(fn, inputs_at, count, n: int, size: int):
     return jax.tree.map(lambda o: o[:n], out)
 
 
-def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt, window=None):
+# Batches up to this many rows are classified in one pass over every row (a smaller
+# program, compiled in about half the time); larger ones (a scan's chunks) in compacted
+# sub-batches of the rows that need each stage. Both give the same verdicts.
+DIRECT_MAX_ROWS = 2048
+
+
+def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt, window=None,
+                    blocked=None):
     opt = jax.tree.map(lambda v: jnp.asarray(v, cp_norm.dtype), opt)
     n = cp_norm.shape[0]
+    blocked = n > DIRECT_MAX_ROWS if blocked is None else blocked
     rows_in = (cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status)
     # Only trajectories that ran long enough for a tail (the `enough_time` of `_tail`,
     # same expression) get statistics: most of a scan converges early and keeps its
-    # engine status whatever its checkpoints say. They are gathered to the front
-    # (compacted order c1) and processed `size` at a time.
+    # engine status whatever its checkpoints say.
     end_ok = (t > 0) & jnp.isfinite(x_norm) & jnp.isfinite(f) & jnp.isfinite(stat)
     q = jnp.minimum(10.0 ** (opt.tail_decades / 2), jnp.sqrt(jnp.maximum(t / ts[1], 1.0)))
     long_enough = end_ok & (2 * jnp.log10(q) >= opt.min_tail_decades * (1 - 1e-6))
-    order1, count1, slot1 = _compact(long_enough)
-    stats, anchors = _blocks(
-        jax.vmap(lambda *r: _tail(ts, *r, opt)),
-        lambda k: jax.tree.map(lambda a: a[order1[k]], rows_in), count1, n, _block(n),
-    )
-
-    # The tail models cost ~100x the rest; only trajectories whose verdict can depend on
-    # them get them (HORIZON, ESCAPED, MAX_STEPS, and CONVERGED ones that grew like an
-    # escape), compacted again (order c2): a scan that mostly converges pays for a few.
-    need = stats["needs_models"] & (jnp.arange(n) < count1)
-    order2, count2, slot2 = _compact(need)
 
     def models_of(*rows):
         series = jax.vmap(lambda *r: _series(ts, *r, window))(*rows)
         # Trajectories on the minor axis: the sums over points vectorise across them.
         return _models(jax.tree.map(lambda a: a.T, series), opt)
 
-    def models_at(k):
-        c = order2[k]
-        r = order1[c]
-        return (cp_norm[r], cp_f[r], cp_stat[r], x_norm[r], f[r], t[r],
-                jax.tree.map(lambda a: a[c], anchors))
+    # The tail models cost ~100x the rest; only trajectories whose verdict can depend on
+    # them get them (HORIZON, ESCAPED, MAX_STEPS, and CONVERGED ones that grew like an
+    # escape); the others get NaN.
+    if blocked:
+        # Rows with a tail gathered to the front (compacted order c1), those that need
+        # the models compacted again (order c2), each processed `_block(n)` at a time:
+        # a scan that mostly converges pays for a few blocks.
+        order1, count1, slot1 = _compact(long_enough)
+        stats, anchors = _blocks(
+            jax.vmap(lambda *r: _tail(ts, *r, opt)),
+            lambda k: jax.tree.map(lambda a: a[order1[k]], rows_in), count1, n, _block(n),
+        )
+        need = stats["needs_models"] & (jnp.arange(n) < count1)
+        order2, count2, slot2 = _compact(need)
 
-    models = _blocks(models_of, models_at, count2, n, _block(n))
-    models = jax.tree.map(lambda m: jnp.where(need, m[jnp.clip(slot2, 0, n - 1)], jnp.nan), models)
+        def models_at(k):
+            c = order2[k]
+            r = order1[c]
+            return (cp_norm[r], cp_f[r], cp_stat[r], x_norm[r], f[r], t[r],
+                    jax.tree.map(lambda a: a[c], anchors))
+
+        models = _blocks(models_of, models_at, count2, n, _block(n))
+        models = jax.tree.map(
+            lambda m: jnp.where(need, m[jnp.clip(slot2, 0, n - 1)], jnp.nan), models
+        )
+        back = jnp.clip(slot1, 0, n - 1)
+    else:
+        stats, anchors = jax.vmap(lambda *r: _tail(ts, *r, opt))(*rows_in)
+        need = stats["needs_models"] & long_enough
+        models = models_of(cp_norm, cp_f, cp_stat, x_norm, f, t, anchors)
+        models = jax.tree.map(lambda m: jnp.where(need, m, jnp.nan), models)
+        back = jnp.arange(n)
     verdict = jax.vmap(lambda s_, m_: _verdict(s_, m_, opt))(stats, models)
 
     # Rows without a tail: what `_verdict` says without evidence (HORIZON -> UNDECIDED,
@@ -694,7 +714,6 @@ def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt,
         growth_exponent=nan, log_growth=jnp.zeros_like(long_enough), limit_value=f,
         malgrange=x_norm * stat, deceleration=nan, velocity_exponent=nan, value_exponent=nan,
     )
-    back = jnp.clip(slot1, 0, n - 1)
     return jax.tree.map(lambda v, d: jnp.where(long_enough, v[back], d), verdict, fallback)
 
 
@@ -742,7 +761,7 @@ def _window_size(ts, tail_decades) -> int | None:
     return most + 1
 
 
-_classify_arrays = jax.jit(_classify_batch, static_argnames=("window",))
+_classify_arrays = jax.jit(_classify_batch, static_argnames=("window", "blocked"))
 
 
 def classify_arrays(

@@ -252,6 +252,32 @@ def test_section_4_nonsmooth_factorization_never_escapes():
 
 
 # --------------------------------------------------------------------------- mechanics
+def test_direct_and_blocked_classification_agree():
+    # Small batches are classified in one pass over every row, chunk-sized ones in
+    # compacted sub-batches; on the same rows both give the same verdicts. Example 1.1,
+    # float32: converged, escaping and too-short trajectories, with a few NaN rows.
+    from jaxflow._detect import _classify_batch
+
+    p = jf.problems.get("matrix-completion")
+    x0 = jax.random.uniform(jax.random.PRNGKey(3), (60, 4), jnp.float32, -1, 1)
+    res = jf.flow(p, x0, t1=2e3)
+    pad = lambda a, fill: jnp.concatenate(  # noqa: E731
+        [a, jnp.full((4,) + a.shape[1:], fill, a.dtype)])
+    args = (res.ts, *(pad(getattr(res, k), jnp.nan) for k in ("cp_norm", "cp_f", "cp_stat",
+            "norm", "f", "stationarity", "t")), pad(res.status, 0))
+    opt = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), jf.DetectorOptions())
+    from jaxflow._detect import _window_size
+
+    w = _window_size(res.ts, 2.0)
+    direct = jax.jit(lambda *a: _classify_batch(*a, opt, window=w, blocked=False))(*args)
+    blocked = jax.jit(lambda *a: _classify_batch(*a, opt, window=w, blocked=True))(*args)
+    st = np.asarray(direct["status"])
+    assert {S.CONVERGED, S.ESCAPING} <= set(st.tolist())
+    for k in direct:
+        np.testing.assert_allclose(np.asarray(blocked[k], np.float64),
+                                   np.asarray(direct[k], np.float64), rtol=1e-5, atol=0, err_msg=k)
+
+
 def test_no_recompilation_for_similar_batches(quartic):
     _, res = quartic
     jf.classify(res[:2])
