@@ -141,3 +141,20 @@ def floor_gd(problem, x0, lr, steps):
         return jax.lax.fori_loop(0, steps, body, (x, state))[0]
 
     return run
+
+
+def status_groups() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The statuses the sweep studies count as escaping, and as undecided."""
+    import jaxflow as jf
+
+    S = jf.Status
+    return ((int(S.ESCAPING), int(S.ESCAPED)),
+            (int(S.UNDECIDED), int(S.HORIZON), int(S.MAX_STEPS), int(S.NONFINITE)))
+
+
+def start_points(result, dim):
+    """The starts of a stored scan, `(n, dim)`, from its `start_j` columns."""
+    import numpy as np
+
+    cols = result.table
+    return np.stack([cols.column(f"start_{j}").to_numpy() for j in range(dim)], -1)

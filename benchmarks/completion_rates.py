@@ -47,15 +47,19 @@ jax.config.update("jax_enable_x64", True)  # float64 for the re-checks; scans st
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine_info, machine_tag  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    machine_info,
+    machine_tag,
+    start_points,
+    status_groups,
+)
 
 import jaxflow as jf  # noqa: E402
 from jaxflow._stats import wilson_interval  # noqa: E402
 
 PROBLEM = "matrix-completion-nxn"
-ESCAPE = (int(jf.Status.ESCAPING), int(jf.Status.ESCAPED))
-UNDECIDED = (int(jf.Status.UNDECIDED), int(jf.Status.HORIZON), int(jf.Status.MAX_STEPS),
-             int(jf.Status.NONFINITE))
+ESCAPE, UNDECIDED = status_groups()
 # An escaping trajectory still above this f at the horizon is counted as spurious (its
 # value at infinity is above inf f = 0): float32 flows that converge end at f ~ 1e-8 here,
 # while the escapes to a positive value settle at 1e-4 and above (their extrapolated
@@ -89,11 +93,6 @@ def structure(problem, r: int) -> dict:
         "connected": components == 1,
         "mask": mask.astype(int).tolist(),
     }
-
-
-def start_points(result, dim):
-    cols = result.table
-    return np.stack([cols.column(f"start_{j}").to_numpy() for j in range(dim)], -1)
 
 
 def escape_profile(result) -> dict:

@@ -42,15 +42,19 @@ jax.config.update("jax_enable_x64", True)  # float64 for the re-checks; scans st
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine_info, machine_tag  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    machine_info,
+    machine_tag,
+    start_points,
+    status_groups,
+)
 
 import jaxflow as jf  # noqa: E402
 from jaxflow._stats import wilson_interval  # noqa: E402
 
 PROBLEM = "one-hidden-sigmoid"
-ESCAPE = (int(jf.Status.ESCAPING), int(jf.Status.ESCAPED))
-UNDECIDED = (int(jf.Status.UNDECIDED), int(jf.Status.HORIZON), int(jf.Status.MAX_STEPS),
-             int(jf.Status.NONFINITE))
+ESCAPE, UNDECIDED = status_groups()
 
 
 def sweeps(args):
@@ -65,11 +69,6 @@ def sweeps(args):
         "seeds": dict(grid={"seed": [1, 2, 3, 4]},
                       params={"hidden": 4, "points": 4, "input_dim": 1}, n=args.n_seeds),
     }
-
-
-def start_points(result, dim):
-    cols = result.table
-    return np.stack([cols.column(f"start_{j}").to_numpy() for j in range(dim)], -1)
 
 
 def escape_profile(result, problem):
