@@ -327,6 +327,15 @@ def _select_rate(dphi, spp, u, y, w, margin, floor):
     return best, lo, hi, a_best, b_best, jnp.minimum(b_lo, b_hi), jnp.sqrt(sigma2)
 
 
+def _tail_span(ts, x_norm, f_end, s_end, t_end, opt):
+    r"""The half-window ratio $q$ of a trajectory's tail, whether its final state is finite
+    (`end_ok`), and whether it ran long enough for a verdict (`min_tail_decades`)."""
+    end_ok = (t_end > 0) & jnp.isfinite(x_norm) & jnp.isfinite(f_end) & jnp.isfinite(s_end)
+    q = jnp.minimum(10.0 ** (opt.tail_decades / 2), jnp.sqrt(jnp.maximum(t_end / ts[1], 1.0)))
+    long_enough = end_ok & (2 * jnp.log10(q) >= opt.min_tail_decades * (1 - 1e-6))
+    return q, end_ok, long_enough
+
+
 def _tail(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     r"""Everything but the tail models, for one trajectory: the anchors, the slopes, the
     cheap necessary conditions of each verdict, and the series the models are fitted
@@ -339,7 +348,7 @@ def _tail(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     nk, fk, sk = norm[1:], fv[1:], stat[1:]
     valid = jnp.isfinite(nk) & jnp.isfinite(fk) & jnp.isfinite(sk) & (tk <= t_end)
     last_cp = jnp.max(jnp.where(valid, tk, 0.0))
-    end_ok = (t_end > 0) & jnp.isfinite(x_norm) & jnp.isfinite(f_end) & jnp.isfinite(s_end)
+    q, end_ok, enough_time = _tail_span(ts, x_norm, f_end, s_end, t_end, opt)
     end_new = end_ok & (t_end > last_cp * (1 + 16 * eps))
     # Per-trajectory scalars are materialised before the sums that use them: XLA:CPU
     # would otherwise recompute a reduction inside the loop of each dependent reduction.
@@ -362,12 +371,7 @@ def _tail(ts, norm, fv, stat, x_norm, f_end, s_end, t_end, status, opt):
     last = jnp.max(jnp.where(valid, jnp.arange(tk.shape[0]), -1))  # last valid checkpoint
 
     t_c = t_end
-    t_min = ts[1]
-    half_max = 10.0 ** (opt.tail_decades / 2)
-    avail = jnp.sqrt(jnp.maximum(t_c / t_min, 1.0))
-    q = jnp.minimum(half_max, avail)
     logq = jnp.log(q)
-    enough_time = end_ok & (2 * jnp.log10(q) >= opt.min_tail_decades * (1 - 1e-6))
     lt_c = log_t_end
     lt_b, lt_a = lt_c - logq, lt_c - 2 * logq
 
@@ -660,12 +664,10 @@ def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt,
     n = cp_norm.shape[0]
     blocked = n > DIRECT_MAX_ROWS if blocked is None else blocked
     rows_in = (cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status)
-    # Only trajectories that ran long enough for a tail (the `enough_time` of `_tail`,
-    # same expression) get statistics: most of a scan converges early and keeps its
-    # engine status whatever its checkpoints say.
-    end_ok = (t > 0) & jnp.isfinite(x_norm) & jnp.isfinite(f) & jnp.isfinite(stat)
-    q = jnp.minimum(10.0 ** (opt.tail_decades / 2), jnp.sqrt(jnp.maximum(t / ts[1], 1.0)))
-    long_enough = end_ok & (2 * jnp.log10(q) >= opt.min_tail_decades * (1 - 1e-6))
+    # Only trajectories that ran long enough for a tail (as `_tail` decides it) get
+    # statistics: most of a scan converges early and keeps its engine status whatever its
+    # checkpoints say.
+    _, _, long_enough = _tail_span(ts, x_norm, f, stat, t, opt)
 
     def models_of(*rows):
         series = jax.vmap(lambda *r: _series(ts, *r, window))(*rows)
