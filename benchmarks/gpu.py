@@ -7,8 +7,15 @@ so the numbers compare engines, not solvers; wall times are reported too. Compil
 is excluded (one warm-up call per shape). A global deadline keeps the whole script
 under `--budget` seconds: cases that would start after it are reported as skipped.
 
-    python benchmarks/gpu.py               # on a GPU machine (about 3-4 minutes)
-    python benchmarks/gpu.py --smoke       # seconds, on CPU
+Then the model sizes of `high_dim.py` on the card: rank-5 completion of a 100 x 100
+matrix (d = 10^3, N = 256, observation rates 0.35 and 0.1, each with a float64
+reference on 8 starts) and of a 1000 x 1000 matrix (d = 10^4, N = 32, rate 0.01),
+float32 to t1 = 2e3 with the default solver (matrix-free `RodasKrylov`), wall times
+including compilation.
+
+    python benchmarks/gpu.py               # on a GPU machine (about 6-8 minutes)
+    python benchmarks/gpu.py --problems smooth --high-dim "" --part smooth   # one part
+    python benchmarks/gpu.py --smoke       # a minute or two, on CPU
 """
 
 from __future__ import annotations
@@ -79,10 +86,18 @@ def main():
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--budget", type=float, default=220.0, help="seconds for the whole script")
     ap.add_argument("--lanes", type=int, default=None, help="engine lanes (default: backend-based)")
+    ap.add_argument("--high-dim", default="d1000,d1000-sparse,d10000-sparse",
+                    help="model-size cases after the throughput ones ('' for none)")
+    ap.add_argument("--high-dim-budget", type=float, default=240.0,
+                    help="seconds for the model-size cases (checked before each)")
+    ap.add_argument("--problems", default="smooth,nonsmooth",
+                    help="throughput cases: smooth (Example 1.1), nonsmooth (||XY^T - M||_1)")
+    ap.add_argument("--part", default="",
+                    help="results go to gpu-PART-<machine>.json (runs split into parts)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     if args.smoke:
-        args.sizes, args.budget = "300,1000", 120.0
+        args.sizes, args.budget, args.high_dim_budget = "300,1000", 120.0, 120.0
 
     import jax
 
@@ -91,21 +106,40 @@ def main():
     from _common import markdown_table, write_results
 
     start = time.perf_counter()
-    cases = [
-        ("matrix-completion", problems.get("matrix-completion"), 200.0),
-        ("nonsmooth-factorization 10x10 r=2", problems.get(
-            "nonsmooth-factorization", m=10, n=10, r=2, rank_m=2), 10.0),
-    ]
-    rows = []
-    for label, problem, t1 in cases:
-        for n in [int(s) for s in args.sizes.split(",")]:
+    wanted = set(args.problems.split(",")) - {""}
+    cases = [c for key, c in [
+        ("smooth", ("matrix-completion", problems.get("matrix-completion"), 200.0)),
+        ("nonsmooth", ("nonsmooth-factorization 10x10 r=2", problems.get(
+            "nonsmooth-factorization", m=10, n=10, r=2, rank_m=2), 10.0)),
+    ] if key in wanted]
+    dev = jax.devices()[0]
+    title = (f"float32, PID rtol 1e-4 atol 1e-6, device {getattr(dev, 'device_kind', dev)}; "
+             "naive on the nonsmooth loss uses jax.grad (no min-norm selection)")
+    cols = ["problem", "engine", "n", "t1", "wall_s", "traj_steps_per_s", "lockstep_efficiency",
+            "first_call_s", "note"]
+    rows, high_rows, checks = [], [], {}
+
+    def save():
+        # After every case, so that a run stopped from outside keeps what it measured.
+        table = title + "\n\n" + markdown_table(rows, cols)
+        if high_rows:
+            table += ("\n\nModel sizes (float32, t1 = 2e3, default solver, wall incl. "
+                      "compilation):\n\n" + markdown_table(
+                          [{**r, "refined": ", ".join(f"{k} {v}" for k, v in r.get("refined", {}).items())}
+                           for r in high_rows],
+                          ["case", "d", "n", "stepper", "wall_s", "refined", "steps_median",
+                           "steps_median_escaping", "steps_max", "note"]))
+        write_results("gpu" + (f"-{args.part}" if args.part else ""), {"args": vars(args), "rows": rows, "high_dim_rows": high_rows,
+                              "high_dim_checks": checks}, table, smoke=args.smoke)
+
+    # Sizes outermost: both problems are measured at the smaller sizes before the budget
+    # can run out.
+    for n in [int(s) for s in args.sizes.split(",")]:
+        for label, problem, t1 in cases:
             for kind in ("jaxflow", "naive"):
                 if time.perf_counter() - start > args.budget:
                     rows.append({"problem": label, "engine": kind, "n": n, "note": "skipped (time budget)"})
                     continue
-                if kind == "naive" and "nonsmooth" in label:
-                    # diffrax cannot follow a min-norm subgradient; naive means jax.grad here.
-                    pass
                 try:
                     r = jaxflow_case(problem, n, t1, args.lanes) if kind == "jaxflow" else naive_case(problem, n, t1)
                 except Exception as e:  # noqa: BLE001 - record and go on (e.g. out of memory)
@@ -113,12 +147,46 @@ def main():
                 r["problem"] = label
                 rows.append(r)
                 print(r, flush=True)
-    cols = ["problem", "engine", "n", "t1", "wall_s", "traj_steps_per_s", "lockstep_efficiency", "first_call_s", "note"]
-    dev = jax.devices()[0]
-    title = (f"float32, PID rtol 1e-4 atol 1e-6, device {getattr(dev, 'device_kind', dev)}; "
-             "naive on the nonsmooth loss uses jax.grad (no min-norm selection)")
-    write_results("gpu", {"args": vars(args), "rows": rows}, title + "\n\n" + markdown_table(rows, cols),
-                  smoke=args.smoke)
+                save()
+    high_dim_cases(args, high_rows, checks, save)
+    save()
+
+
+def high_dim_cases(args, rows, checks, save):
+    """The d = 10^3 and 10^4 completion cases of `high_dim.py`, on this device (appends
+    to `rows` and `checks`, calls `save` after each)."""
+    import jax
+
+    from high_dim import completion_case, reference_check
+
+    # (n, r, starts, observation rate): at rate 0.35 the d = 10^3 instance has no
+    # escapes; at about 10 observed entries per row (rates 0.1 and 0.01) most starts
+    # escape to infinity, the stiff case.
+    sizes = {"d1000": (100, 5, 256, 0.35), "d1000-sparse": (100, 5, 256, 0.1),
+             "d10000-sparse": (1000, 5, 32, 0.01)}
+    if args.smoke:  # d = 200, 400: still matrix-free
+        sizes = {"d1000": (20, 5, 4, 0.35), "d1000-sparse": (20, 5, 4, 0.5),
+                 "d10000-sparse": (40, 5, 2, 0.25)}
+    jax.config.update("jax_enable_x64", True)  # the reference; the benchmarked runs are float32
+    start = time.perf_counter()
+    for case in [c for c in args.high_dim.split(",") if c]:
+        n, r, n_starts, rate = sizes[case]
+        if time.perf_counter() - start > args.high_dim_budget:
+            rows.append({"case": case, "n": n_starts, "note": "skipped (time budget)"})
+            continue
+        try:
+            p, x0, r_rows, results = completion_case(
+                n, r, n_starts, 2e3, [("auto", "auto")], rate=rate)
+            rows += r_rows
+            if case.startswith("d1000-") or case == "d1000":
+                res, refined = results["auto"]
+                checks[f"{case}_vs_float64_reference"] = reference_check(
+                    p, x0, res, refined, min(8, n_starts), 2e3)
+                print(checks, flush=True)
+        except Exception as e:  # noqa: BLE001 - record and go on (e.g. out of memory)
+            rows.append({"case": case, "n": n_starts, "note": f"failed: {type(e).__name__}: {e}"[:200]})
+            print(rows[-1], flush=True)
+        save()
 
 
 if __name__ == "__main__":

@@ -36,11 +36,13 @@ def run_one(problem, x0, solver, t1, max_steps, label):
     wall = time.perf_counter() - t0
     refined = jf.classify(res)
     steps = np.asarray(res.steps)
+    escaping = np.asarray(refined.status) == int(jf.Status.ESCAPING)
     row = dict(
         case=problem.description, d=problem.dim, n=int(x0.shape[0]), solver=label,
         stepper=res.meta["solver"], wall_s=round(wall, 2), lanes=res.lanes,
         statuses=res.counts(), refined=refined.counts(),
         steps_median=float(np.median(steps)), steps_max=int(steps.max()),
+        steps_median_escaping=float(np.median(steps[escaping])) if escaping.any() else None,
         rejected_total=int(np.sum(np.asarray(res.rejected))),
         peak_rss_gib=round(_peak_rss_gib(), 2),
     )
@@ -48,13 +50,13 @@ def run_one(problem, x0, solver, t1, max_steps, label):
     return row, res, refined
 
 
-def completion_case(n, r, n_starts, t1, solvers, seed=0, max_steps=65536):
+def completion_case(n, r, n_starts, t1, solvers, seed=0, max_steps=65536, rate=0.35):
     import jax
     import jax.numpy as jnp
 
     from jaxflow import problems
 
-    p = problems.get("matrix-completion-nxn", n=n, r=r, rate=0.35, seed=seed)
+    p = problems.get("matrix-completion-nxn", n=n, r=r, rate=rate, seed=seed)
     x0 = p.sample(jax.random.key(seed), n_starts, jnp.float32)
     rows, results = [], {}
     for label, solver in solvers:

@@ -129,3 +129,41 @@ def test_equinox_model_as_example_pytree_scans_end_to_end(getkey):
 
 def _to_registry(params):
     return [{"b": layer.bias, "w": layer.weight.T} for layer in params.layers]
+
+
+def test_flax_model_as_example_pytree_scans_end_to_end(getkey):
+    """A `flax.linen` MLP's `params` are the `example`: its flat layout (leaves sorted by
+    key: `Dense_0` bias, kernel, `Dense_1` ...) is the registry `mlp`'s, so the loss, the
+    flow and the teacher carry over coordinate for coordinate. Skipped where flax is not
+    installed (it is not a dependency)."""
+    nn = pytest.importorskip("flax.linen")
+    ref = problems.get("mlp", widths="2,3,1", activation="tanh", n_samples=20, seed=2)
+    xs, ys = jnp.asarray(ref.data["x"]), jnp.asarray(ref.data["y"])
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            hidden = jnp.tanh(nn.Dense(3)(x))  # created first: "Dense_0"
+            return nn.Dense(1)(hidden)
+
+    model = MLP()
+    params = model.init(getkey(), xs[:1].astype(jnp.float32))["params"]
+
+    def loss(params):
+        dtype = params["Dense_0"]["kernel"].dtype
+        pred = model.apply({"params": params}, xs.astype(dtype))
+        return 0.5 * jnp.mean((pred - ys.astype(dtype)) ** 2)
+
+    p = jf.Problem(loss, example=params, name="flax-mlp")
+    assert p.dim == ref.dim
+    teacher = jnp.asarray(ref.data["teacher"], jnp.float64)
+    assert float(p.f_flat(teacher)) < 1e-28
+    starts = p.sample(getkey(), 3, jnp.float64)
+    np.testing.assert_allclose(np.asarray(jax.vmap(p.f_flat)(starts)),
+                               np.asarray(jax.vmap(ref.f_flat)(starts)), rtol=1e-12)
+    res = jf.flow(p, starts, t1=5.0, solver=diffrax.Tsit5())
+    res_ref = jf.flow(ref, starts, t1=5.0, solver=diffrax.Tsit5())
+    np.testing.assert_allclose(np.asarray(res.x), np.asarray(res_ref.x), rtol=1e-9, atol=1e-12)
+    assert np.all(np.asarray(res.f) < np.asarray(jax.vmap(p.f_flat)(starts)))
+    back = p.unravel(res.x[0])
+    assert set(back) == {"Dense_0", "Dense_1"} and back["Dense_0"]["kernel"].shape == (2, 3)
