@@ -75,7 +75,9 @@ def section_4(name):
 @functools.cache
 def nonsmooth_factorization():
     """(4.11) ||X Y^T - M||_1 (Proposition 4.5), 3x3, r = rank M = 1: 8 Gaussian starts,
-    float64, t1 = 100, the min-norm Clarke subgradient flow."""
+    float64, t1 = 100, the min-norm Clarke subgradient flow. With the midpoint error
+    estimate: the same statuses as the default in ~15x fewer steps (the default's
+    invariants are tested in test_nonsmooth_flow)."""
     p = problems.get("nonsmooth-factorization")
     x0 = p.sample(jax.random.key(5), 8, jnp.float64)
-    return p, x0, jf.flow(p, x0, t1=1e2)
+    return p, x0, jf.flow(p, x0, t1=1e2, solver=jf.ProxLinear(estimate="midpoint"))
