@@ -101,6 +101,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compact import blocks as _blocks
+from ._compact import compact as _compact
 from ._executables import call_cached
 from ._status import Status, status_counts
 
@@ -620,36 +622,6 @@ def _block(n: int) -> int:
     intermediates are `(rates, points, rows)`: larger blocks leave the caches (a 4th of
     10^4 rows is 5x slower per row on a 2-core EPYC), smaller ones pay per iteration."""
     return max(16, n // 32)
-
-
-def _compact(mask):
-    """The positions where `mask` holds, first (`order`), their number, and each
-    position's rank among them (`slot`)."""
-    n = mask.shape[0]
-    slot = jnp.cumsum(mask) - 1
-    order = jnp.zeros(n, jnp.int32).at[jnp.where(mask, slot, n)].set(
-        jnp.arange(n, dtype=jnp.int32), mode="drop"
-    )
-    return order, slot[-1] + 1, slot
-
-
-def _blocks(fn, inputs_at, count, n: int, size: int):
-    """`fn(*inputs_at(k))` for the compacted positions `k < count`, `size` at a time;
-    outputs in compacted order, written in place (entries from `count` on are junk)."""
-    shapes = jax.eval_shape(lambda k: fn(*inputs_at(k)), jnp.zeros(size, jnp.int32))
-    # `size` spare rows: a block that starts near the end is written whole, not shifted.
-    out = jax.tree.map(lambda s: jnp.zeros((n + size,) + s.shape[1:], s.dtype), shapes)
-
-    def body(carry):
-        i, out = carry
-        block = fn(*inputs_at(jnp.clip(i * size + jnp.arange(size), 0, n - 1)))
-        out = jax.tree.map(
-            lambda o, b: jax.lax.dynamic_update_slice_in_dim(o, b, i * size, axis=0), out, block
-        )
-        return i + 1, out
-
-    out = jax.lax.while_loop(lambda c: c[0] * size < count, body, (0, out))[1]
-    return jax.tree.map(lambda o: o[:n], out)
 
 
 # Batches up to this many rows are classified in one pass over every row (a smaller

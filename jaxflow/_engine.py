@@ -3,7 +3,8 @@ r"""The integration engine: many trajectories of $x' = -v(x)$ in one compiled lo
 Design (measured on Example 1.1, see `benchmarks/`):
 
 - **Fused steps.** Each step is straight-line code from a stepper (`jaxflow._stepper`),
-  vmapped over *lanes*.
+  vmapped over *lanes* (`AbstractStepper.batched_step`; `ProxLinear` runs its QP only on
+  the lanes that need it).
 - **Lane refill instead of lockstep.** A naive `vmap(diffeqsolve)` runs its adaptive
   loop until the slowest trajectory ends, so one stiff escaping trajectory sets the
   cost of the whole batch. Here a fixed number of lanes pulls trajectories from a
@@ -190,7 +191,9 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters, narrow: bool, resume=No
         lanes = jax.tree.map(lambda a: a[moved], wide)
         next_ptr = n_todo = jnp.zeros((), jnp.int32)  # the queue is empty
 
-    step_fn = jax.vmap(lambda x, f, v, h, s: stepper.step(field, x, f, v, h, s))
+    def step_fn(x, f, v, h, s, active):
+        return stepper.batched_step(field, x, f, v, h, s, active)
+
     eps = jnp.finfo(dtype).eps
     rung = _rung_below(n_lanes)  # the next narrower width
     narrow_at = rung if narrow and rung < n_lanes else 0
@@ -213,7 +216,7 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters, narrow: bool, resume=No
             lanes["h"], segment - lanes["tau"], segment, eps, lanes["steps"], k, cp_iters
         )
         x1, err, f1, v1, ok, state1 = step_fn(
-            lanes["x"], lanes["f"], lanes["v"], h, lanes["stepper_state"]
+            lanes["x"], lanes["f"], lanes["v"], h, lanes["stepper_state"], active
         )
         finite1 = jnp.isfinite(f1) & jnp.all(jnp.isfinite(x1), axis=-1)
         finite1 = finite1 & jnp.all(jnp.isfinite(v1), axis=-1)

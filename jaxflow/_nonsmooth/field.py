@@ -26,7 +26,7 @@ from .bundle import bundle_solve
 from .certificates import Exactness, realise
 from .kinks import KinkProgram, UnsupportedKinkError
 from .options import MinNormOptions, machine_eps
-from .selection import kink_solve
+from .selection import kink_solve, prox_screen, selection_gradient
 
 __all__ = ["NO_KINKS", "MinNormField", "MinNormResult", "minnorm_field_of"]
 
@@ -164,6 +164,32 @@ class MinNormField(AbstractField):
         black-box mode."""
         out = self._solve(x, h=h)
         return out["f"], out["v"], out.get("selected")
+
+    def screens(self, dtype) -> bool:
+        """Whether `prox_screen`/`prox_selection` apply for `dtype`: a kink program
+        whose kinks are not nested (the batched prox-linear step, `ProxLinear`)."""
+        prog = self.program(dtype)
+        return prog is not None and prog is not NO_KINKS and not prog.nested
+
+    def prox_screen(self, x, h):
+        r"""$(f(x), g_0, n, \theta^0)$: the natural gradient, the number of kinks a
+        prox-linear step of size $h$ can reach, and the natural selection. When $n = 0$
+        these are the step's answer (`prox_selection` would return the same); only
+        where `screens(x.dtype)`."""
+        out = prox_screen(self.program(x.dtype), x, self.options, h)
+        return out["f"], out["v"], out["n_active"], out["theta"]
+
+    def prox_selection(self, x, h):
+        r"""$(f(x), v_h(x), \theta^*)$: the prox-linear velocity and the absolute piece
+        selection that the QP chose (`selection_gradient(theta)` is the $G$ of
+        `prox_linearisation`); only where `screens(x.dtype)`."""
+        out = kink_solve(self.program(x.dtype), x, self.options, h=h)
+        return out["f"], out["v"], out["theta"]
+
+    def selection_gradient(self, theta, dtype):
+        r"""$G(y) = \nabla_y F(y, \theta)$ for a selection from `prox_screen` or
+        `prox_selection`."""
+        return selection_gradient(self.program(dtype), theta)
 
     def jacobian(self, x):
         return jax.hessian(self.f)(x)

@@ -20,7 +20,7 @@ from .options import MinNormOptions
 from .qp import hull_minnorm, simplex_product_minnorm
 from .slots import KinkAnalysis, vertex_gradients
 
-__all__ = ["kink_solve"]
+__all__ = ["kink_solve", "prox_screen", "selection_gradient"]
 
 
 def kink_solve(
@@ -45,9 +45,7 @@ def kink_solve(
         )
         v, gap = sol.v, sol.gap
         theta_star = an.theta(sol.y - an.lam0)
-
-        def selected(y):
-            return jax.grad(lambda z: prog.lift(z, theta=theta_star)[0])(y)
+        selected = selection_gradient(prog, theta_star)
     else:
         table, vvalid, vpen, vgrads = vertex_gradients(
             an.grad_at, an.s_valid, an.lam0, an.s_gamma, r_max, k, dtype
@@ -68,8 +66,31 @@ def kink_solve(
             return jnp.tensordot(mu, jax.vmap(one)(onehot), axes=1)
 
     out = dict(f=an.f, v=v, gap=gap, n_active=an.n_active, selected=selected)
+    if not prog.nested:
+        out["theta"] = theta_star
     if not with_certificate:
         return out
     # Certificates (minnorm_subgradient only).
     out["exactness"], out["wants_realisability"] = certify(an)
     return out
+
+
+def selection_gradient(prog: KinkProgram, theta):
+    r"""$G(y) = \nabla_y F(y, \theta)$: the gradient of the frozen (absolute) piece
+    selection `theta`, a smooth field."""
+
+    def selected(y):
+        return jax.grad(lambda z: prog.lift(z, theta=theta)[0])(y)
+
+    return selected
+
+
+def prox_screen(prog: KinkProgram, x, opts: MinNormOptions, h) -> dict:
+    r"""The cheap first pass of a prox-linear step of size `h` at one point (kinks not
+    nested): $f(x)$, the natural selection's gradient $g_0$, the number of candidate
+    kinks (tied within the band of the step, see `KinkAnalysis`), and the natural
+    selection $\theta^0$. With no candidate, `kink_solve(prog, x, opts, h=h)` returns
+    exactly $(f, g_0)$ and the selection $\theta^0$: its QP has no free weight."""
+    an = KinkAnalysis(prog, x, opts, h)
+    theta0 = an.theta(jnp.zeros((an.k, an.r_max), an.dtype))
+    return dict(f=an.f, v=an.g0, n_active=an.n_active, theta=theta0)

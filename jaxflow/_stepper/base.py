@@ -1,7 +1,7 @@
 r"""`AbstractStepper`: one step of $x' = -v(x)$ for a single trajectory, state in and out.
 
-The engine (`jaxflow._flow`) vmaps `step` over its lanes, so a stepper is written for one
-flat point. Steppers that carry state between steps (an optax optimiser's moments) return
+The engine (`jaxflow._engine`) calls `batched_step` on all its lanes, which vmaps `step`
+unless a stepper overrides it, so a stepper is written for one flat point. Steppers that carry state between steps (an optax optimiser's moments) return
 it from `init` and thread it through `step`; the others use `None`.
 """
 
@@ -11,6 +11,7 @@ import abc
 from typing import Any
 
 import equinox as eqx
+import jax
 
 from .._field import AbstractField
 
@@ -37,6 +38,13 @@ class AbstractStepper(eqx.Module):
         self, field: AbstractField, x, f, v, h, state
     ) -> tuple[Any, Any, Any, Any, Any, Any]:
         """`(x1, err, f1, v1, ok, state1)` for a step of size `h` from `x`."""
+
+    def batched_step(self, field: AbstractField, x, f, v, h, state, active):
+        """`step` for every lane (leading axis of all arguments); `active` marks the lanes
+        whose results are used. By default `step` vmapped; a stepper overrides it to skip
+        work per lane (the results of a lane must still depend on its own inputs only)."""
+        del active
+        return jax.vmap(lambda x, f, v, h, s: self.step(field, x, f, v, h, s))(x, f, v, h, state)
 
     @property
     @abc.abstractmethod
