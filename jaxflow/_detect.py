@@ -492,16 +492,35 @@ def _series(ts, norm, fv, stat, x_norm, f_end, t_end, anchors, window):
     )
 
 
-def _models(fit, opt):
-    """The tail models (the costly part: every rate, both series) of a batch of
-    trajectories, the batch on the last axis of `fit["u"]` etc. `(points, batch)`."""
-    u, w = fit["u"], fit["w"]
-    dtype = u.dtype
-    eps = jnp.finfo(dtype).eps
+def _centred_basis(u, w):
+    """The basis of every rate at the points `u` minus its weighted mean (zero where
+    `w` is), and its sum of squares: `(rates, points, batch)`, `(rates, batch)`."""
     phi = _basis_grid(u)
     pm = jnp.einsum("rkb,kb->rb", phi, w) / jnp.maximum(jnp.sum(w, axis=0), 1.0)
     dphi = w * (phi - pm[:, None])
-    spp = jnp.einsum("rkb,rkb->rb", dphi, dphi)
+    return dphi, jnp.einsum("rkb,rkb->rb", dphi, dphi)
+
+
+def _template_series(ts, opt, window, dtype):
+    """The series of a trajectory that reached the horizon `ts[-1]` with every
+    checkpoint finite: the points `u` and weights `w` that such trajectories share."""
+    ones = jnp.ones(ts.shape, dtype)
+    one, t_end = jnp.ones((), dtype), ts[-1]
+    _, anchors = _tail(ts, ones, ones, ones, one, one, one, t_end,
+                       jnp.asarray(Status.HORIZON, jnp.int8), opt)
+    return _series(ts, ones, ones, ones, one, one, t_end, anchors, window)
+
+
+def _models(fit, opt, basis=None):
+    """The tail models (the costly part: every rate, both series) of a batch of
+    trajectories, the batch on the last axis of `fit["u"]` etc. `(points, batch)`.
+
+    `basis`: the trajectories' `_centred_basis`, when the caller has it (shared by
+    trajectories with the same `u` and `w`)."""
+    u, w = fit["u"], fit["w"]
+    dtype = u.dtype
+    eps = jnp.finfo(dtype).eps
+    dphi, spp = _centred_basis(u, w) if basis is None else basis
     shared = (dphi, spp, u)
     lam_n, lam_n_lo, lam_n_hi, a_n, b_n, b_n_min, _ = _select_rate(
         *shared, fit["y_n"], w, opt.margin, (16 * eps) ** 2
@@ -667,7 +686,44 @@ def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt,
             return (cp_norm[r], cp_f[r], cp_stat[r], x_norm[r], f[r], t[r],
                     jax.tree.map(lambda a: a[c], anchors))
 
-        models = _blocks(models_of, models_at, count2, n, _block(n))
+        # Trajectories that reached the horizon with every checkpoint of their tail
+        # window (most of those that need models in a scan) have the same points `u`
+        # and weights: they share one basis (the rates' `expm1` and centring, half the
+        # models' cost). Whether a row shares is decided by its own series alone.
+        size = _block(n)
+        series = _blocks(jax.vmap(lambda *r: _series(ts, *r, window)), models_at, count2, n,
+                         size)
+        tmpl = _template_series(ts, opt, window, cp_norm.dtype)
+        in_c2 = jnp.arange(n) < count2
+        shares = (jnp.all(series["u"] == tmpl["u"], axis=1)
+                  & jnp.all(series["w"] == tmpl["w"], axis=1) & in_c2)
+        basis = _centred_basis(tmpl["u"][:, None], tmpl["w"][:, None])
+        # The sharing rows first, then the others: blocks are all sharing but one.
+        order3, count3, slot3 = _compact(shares)
+        order4, _, slot4 = _compact(~shares & in_c2)
+        order = jnp.where(jnp.arange(n) < count3, order3,
+                          order4[jnp.clip(jnp.arange(n) - count3, 0, n - 1)])
+
+        def models_block(fit, sh):
+            # A row's basis is the template's if it shares, else its own: decided per
+            # row (the block only skips computing own bases that no row uses).
+            own = jax.lax.cond(
+                jnp.all(sh), lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                                  jax.eval_shape(_centred_basis, fit["u"],
+                                                                 fit["w"])),
+                lambda: _centred_basis(fit["u"], fit["w"]))
+            dphi = jnp.where(sh[None, None], basis[0], own[0])
+            spp = jnp.where(sh[None], basis[1], own[1])
+            return _models(fit, opt, (dphi, spp))
+
+        def fits_at(k):
+            # Rows from `count2` on are junk: marked sharing, so they cost nothing.
+            j = order[k]
+            return (jax.tree.map(lambda a: a[j].T, series), shares[j] | ~in_c2[k])
+
+        models = _blocks(models_block, fits_at, count2, n, size)
+        back2 = jnp.clip(jnp.where(shares, slot3, count3 + slot4), 0, n - 1)
+        models = jax.tree.map(lambda m: m[back2], models)
         models = jax.tree.map(
             lambda m: jnp.where(need, m[jnp.clip(slot2, 0, n - 1)], jnp.nan), models
         )

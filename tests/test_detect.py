@@ -255,16 +255,23 @@ def test_section_4_nonsmooth_factorization_never_escapes():
 def test_direct_and_blocked_classification_agree():
     # Small batches are classified in one pass over every row, chunk-sized ones in
     # compacted sub-batches; on the same rows both give the same verdicts. Example 1.1,
-    # float32: converged, escaping and too-short trajectories, with a few NaN rows.
+    # float32: converged, escaping and too-short trajectories, with a few NaN rows. The
+    # blocked path shares one basis among the trajectories that reached the horizon with
+    # every checkpoint of their tail; two of them lose a checkpoint there (their own
+    # basis, in a block with sharing rows).
     from jaxflow._detect import _classify_batch
 
     p = jf.problems.get("matrix-completion")
     x0 = jax.random.uniform(jax.random.PRNGKey(3), (60, 4), jnp.float32, -1, 1)
     res = jf.flow(p, x0, t1=2e3)
+    horizon = np.nonzero(np.asarray(res.status) == S.HORIZON)[0]
+    assert horizon.size >= 4
+    cp_norm = res.cp_norm.at[horizon[0], -3].set(jnp.nan)
+    cp_f = res.cp_f.at[horizon[2], -2].set(jnp.nan)
     pad = lambda a, fill: jnp.concatenate(  # noqa: E731
         [a, jnp.full((4,) + a.shape[1:], fill, a.dtype)])
-    args = (res.ts, *(pad(getattr(res, k), jnp.nan) for k in ("cp_norm", "cp_f", "cp_stat",
-            "norm", "f", "stationarity", "t")), pad(res.status, 0))
+    args = (res.ts, *(pad(a, jnp.nan) for a in (cp_norm, cp_f, res.cp_stat, res.norm, res.f,
+            res.stationarity, res.t)), pad(res.status, 0))
     opt = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), jf.DetectorOptions())
     from jaxflow._detect import _window_size
 
