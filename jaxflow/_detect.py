@@ -86,7 +86,9 @@ can depend on them get them: trajectories with enough history get the statistics
 those the `HORIZON`, `ESCAPED` and `MAX_STEPS` ones and the `CONVERGED` ones whose tail grew
 like an escape get the models, gathered (compacted) into sub-batches inside the one compiled
 program and fitted on the tail window only (`_window_size` slots); `deceleration` and
-`value_exponent` stay NaN for the others (their verdict never depended on them).
+`value_exponent` stay NaN for the others (their verdict never depended on them). Those
+that reached the horizon with every checkpoint of their tail window have the same points
+and weights, so they share one basis of the models (`_template_series`; decided per row).
 
 Calibration: `benchmarks/detector_catalogue.py` (25 landscapes with known fates; see
 `docs/concepts/detectors.md` for the confusion matrices); cost: `benchmarks/classify_cost.py`.
