@@ -200,7 +200,7 @@ def main():
         landscapes=len(C.LANDSCAPES),
         t1=args.t1,
         dtype="float32",
-        solver="auto (Kvaerno5)",
+        solver=f"auto ({res.meta['solver']})",
         flow_seconds=t_flow,
         classify_seconds=t_classify,
         classify_share_of_integration=t_classify / t_flow,
