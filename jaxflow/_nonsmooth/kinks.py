@@ -266,7 +266,14 @@ class _Interpretation:
     collecting the probes and, with `tie_tol`, the tie count."""
 
     def __init__(
-        self, program, mode, dth=None, eps=None, track_mag=False, theta=None, tie_tol=None,
+        self,
+        program,
+        mode,
+        dth=None,
+        eps=None,
+        track_mag=False,
+        theta=None,
+        tie_tol=None,
         nat=None,
     ):
         self.program = program

@@ -103,10 +103,13 @@ def _tied_groups(prog: KinkProgram, probe, g_dth, c, wdot, h, opts: MinNormOptio
         is_nat = jnp.arange(m, dtype=nat.dtype)[None, :] == nat[:, None]
         valid = (gap <= band) | is_nat
         gd = g_dth[i].reshape(g, m)
-        # Switching between pieces tied within rounding costs nothing (their values
-        # differ by rounding alone): the prox-linear penalty treats them alike.
         gamma = jnp.abs(gd - jnp.take_along_axis(gd, nat[:, None], axis=-1))
-        gamma = jnp.where(rounding, 0.0, gamma)
+        if site.orientation != 0:
+            # The scores of max/min/abs are the pieces themselves: pieces tied within
+            # rounding differ in value by rounding alone, so switching between them costs
+            # nothing (a penalty of that size would follow the rounding of the batch).
+            # A comparison's pieces may differ at its tie (a jump): their cost stays.
+            gamma = jnp.where(rounding, 0.0, gamma)
         norm_gap = jnp.where(is_nat, jnp.inf, gap / jnp.maximum(band, jnp.finfo(dtype).tiny))
         norm_gap = jnp.where(valid & ~is_nat, jnp.minimum(norm_gap, 1.0), norm_gap)
         r = min(m, opts.max_pieces)
@@ -198,9 +201,11 @@ class KinkAnalysis:
         f, probe = prog.lift(x, track_mag=True)
         probe = _settled(prog, probe, opts, dtype)
         self.nat = nat = probe.nat
-        g0, g_dth, c = jax.grad(
-            lambda y, t, e: prog.lift(y, t, e, nat=nat)[0], argnums=(0, 1, 2)
-        )(x, dth0, eps0)
+
+        def lifted(y, t, e):
+            return prog.lift(y, t, e, nat=nat)[0]
+
+        g0, g_dth, c = jax.grad(lifted, argnums=(0, 1, 2))(x, dth0, eps0)
         self.f, self.probe, self.g0 = f, probe, g0
         wdot = None
         if h is not None:
@@ -287,5 +292,3 @@ def vertex_gradients(grad_at, s_valid, lam0, s_gamma, r_max, k, dtype):
     vpen = jnp.sum(onehot * s_gamma[None], axis=(1, 2))
     vgrads = jax.vmap(lambda oh: grad_at(oh - lam0))(onehot)
     return table, vvalid, vpen, vgrads
-
-
