@@ -1,11 +1,15 @@
 """The prox-linear stepper runs its QP only on the lanes with a candidate kink
 (`ProxLinear.batched_step`): the same answers as the QP on every lane, bit for bit, and a
-lane's answer does not depend on which other lanes needed the QP."""
+lane's answer does not depend on which other lanes needed the QP; nor, at a point exactly on
+a kink, on the rounding of its batch."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize as so
 
 import jaxflow as jf
 from jaxflow import problems
@@ -18,14 +22,13 @@ SOLVER = jf.ProxLinear(estimate="midpoint")
 H = 1e-2
 
 
-def _on_kink(x):
-    """`x` moved within reach of the kink of residual (0, 0): X_00 Y_00 - M_00 = 1e-5,
-    which a step of size H reaches. (Not onto it: at a residual of an ulp, whether
-    XLA:CPU fuses the product into an FMA, which depends on the row's position in a
-    vectorised batch, decides its sign and with it the natural piece.)"""
+def _on_kink(x, offset=1e-5):
+    """`x` moved within reach of the kink of residual (0, 0): X_00 Y_00 - M_00 = `offset`,
+    which a step of size H reaches; `offset=0` puts it on the kink (a residual of 0 or
+    an ulp, whose sign depends on whether XLA:CPU fuses the product into an FMA)."""
     p = PROBLEM.unravel(x)
     m00 = PROBLEM.data["M"][0, 0]
-    p = dict(p, X=p["X"].at[0, 0].set((m00 + 1e-5) / p["Y"][0, 0]))
+    p = dict(p, X=p["X"].at[0, 0].set((m00 + offset) / p["Y"][0, 0]))
     return PROBLEM.ravel(p)
 
 
@@ -41,18 +44,18 @@ FIELD = minnorm_field_of(PROBLEM, MinNormOptions())
 @jax.jit
 def _compare(x):
     """One step of size H from every row of `x`, through the compacted QP and through the
-    QP on every lane, and the number of candidate kinks per lane."""
+    QP on every lane, the number of candidate kinks per lane, and the exact field."""
     f, v = jax.vmap(FIELD.value_and_velocity)(x)
     h = jnp.full(x.shape[:1], H)
     active = jnp.ones(x.shape[:1], bool)
     compact = SOLVER.batched_step(FIELD, x, f, v, h, None, active)[:5]
     every = jax.vmap(lambda *a: SOLVER.step(FIELD, *a, None))(x, f, v, h)[:5]
     count = jax.vmap(FIELD.prox_screen)(x, h)[2]
-    return compact, every, count
+    return compact, every, count, v
 
 
 def _steps(x):
-    compact, every, count = _compare(x)
+    compact, every, count, _ = _compare(x)
     return [np.asarray(a) for a in compact], [np.asarray(a) for a in every], np.asarray(count)
 
 
@@ -111,3 +114,86 @@ def test_nonsmooth_flow_is_batch_independent_and_keeps_the_invariant(starts):
     drift = np.linalg.norm((i1 - i0).reshape(len(i0), -1), axis=1)
     assert np.all(drift <= 1e-12 * np.linalg.norm(i0.reshape(len(i0), -1), axis=1))
     assert np.all(ref["steps"] > 10)
+
+
+# ------------------------------------------------------------------- exact kink ties
+def _reference_minnorm(x, tie=1e-12):
+    r"""The minimal-norm element of $\partial\|XY^T - M\|_1$ at `x` by scipy (float64):
+    Clarke's chain rule for this convex composite, $\{\sum_{ij} s_{ij}\nabla R_{ij}\}$ with
+    $s_{ij} = \operatorname{sign} R_{ij}$, or $s_{ij} \in [-1, 1]$ where $|R_{ij}| \le$ `tie`:
+    a box-constrained least-squares problem."""
+    p = PROBLEM.unravel(jnp.asarray(x))
+    xm, ym = np.asarray(p["X"]), np.asarray(p["Y"])
+    r = xm @ ym.T - PROBLEM.data["M"]
+    fixed, free = np.zeros(x.shape), []
+    for (i, j), rij in np.ndenumerate(r):
+        dx, dy = np.zeros_like(xm), np.zeros_like(ym)
+        dx[i], dy[j] = ym[j], xm[i]
+        grad = np.asarray(PROBLEM.ravel({"X": jnp.asarray(dx), "Y": jnp.asarray(dy)}))
+        if abs(rij) <= tie:
+            free.append(grad)
+        else:
+            fixed += np.sign(rij) * grad
+    a = np.stack(free, axis=1)
+    s = so.lsq_linear(a, -fixed, bounds=(-1.0, 1.0), method="bvls", tol=1e-15).x
+    return fixed + a @ s
+
+
+@functools.partial(jax.jit, static_argnames="estimates")
+def _at_ties(x, estimates):
+    """The exact field (`value_and_velocity`, the engine's first evaluation) and its QP
+    gap, and one ProxLinear step of size H of each estimate, from every row (and with one
+    row, the prox-linear velocity)."""
+    f, v = jax.vmap(FIELD.value_and_velocity)(x)
+    h = jnp.full(x.shape[:1], H)
+    active = jnp.ones(x.shape[:1], bool)
+    out = dict(v=v, gap=jax.vmap(lambda y: FIELD._solve(y)["gap"])(x))
+    if len(x) == 1:
+        out["v_h"] = jax.vmap(FIELD.prox_selection)(x, h)[1]
+    for est in estimates:
+        out[est] = jf.ProxLinear(estimate=est).batched_step(FIELD, x, f, v, h, None, active)[:5]
+    return out
+
+
+def test_exact_kink_tie_gives_one_answer_in_every_batch_and_it_is_the_minimal_norm_one():
+    # X_00 = M_00 / Y_00 in float64: the residual R_00 is 0 or an ulp, and XLA:CPU computes
+    # its sign with or without an FMA depending on the kernel and the row's position. The
+    # natural piece must not follow that sign: the field and the step are the same in a
+    # batch of 1, 16 or 32 rows at any position, bit for bit, and right.
+    ties = np.asarray(jax.vmap(lambda y: _on_kink(y, 0.0))(PROBLEM.sample(jax.random.key(0), 4)))
+    free = np.asarray(PROBLEM.sample(jax.random.key(5), 32))
+    for x in ties[1:3]:  # two whose batched answers used to differ (ties[0, 3] did not)
+        one = jax.tree.map(lambda a: np.asarray(a)[0], _at_ties(x[None], ("euler", "midpoint")))
+        ref = _reference_minnorm(x)
+        bound = np.sqrt(2 * one.pop("gap")) + 1e-13 * np.linalg.norm(ref)
+        assert np.linalg.norm(one["v"] - ref) <= bound
+        # Only this kink is within reach of the step, and it is on its manifold (no
+        # switching cost): the prox-linear velocity is the same minimal-norm element.
+        np.testing.assert_allclose(one.pop("v_h"), ref, rtol=0, atol=1e-13)
+        # 16 rows, neighbours all tied (one QP pass over every lane), the Euler estimate;
+        # 32 rows, free neighbours (compacted QP blocks, and the QP on every lane), the
+        # midpoint one. (The estimates differ only in the error they report.)
+        for n in (16, 32):
+            for pos in (0, n // 2 - 1, n - 1):
+                batch = ties[[1, 2, 3] * 6][:16] if n == 16 else free.copy()
+                batch[pos] = x
+                if n == 16:
+                    got = _at_ties(batch, ("euler",))
+                    got = {"v": got["v"], "euler": got["euler"]}
+                else:
+                    compact, every, _, v = _compare(batch)
+                    got = {"v": v, "midpoint": compact, "every lane": every}
+                got = jax.tree.map(lambda a, i=pos: np.asarray(a)[i], got)
+                want = {k: one["midpoint" if k == "every lane" else k] for k in got}
+                jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_flow_from_exact_kink_ties_is_batch_independent():
+    # Every start on the kink: 16 lanes against 32, and shuffled.
+    starts = jax.vmap(lambda y: _on_kink(y, 0.0))(PROBLEM.sample(jax.random.key(3), 24))
+    ref = _flow(starts, 32)
+    order = np.random.default_rng(2).permutation(len(starts))
+    runs = ((_flow(starts, 16), np.arange(len(starts))), (_flow(starts[order], 32), order))
+    for got, perm in runs:
+        for k in FIELDS:
+            np.testing.assert_array_equal(got[k], ref[k][perm], err_msg=k)

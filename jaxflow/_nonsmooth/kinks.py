@@ -262,13 +262,23 @@ def _relevance(jaxpr, out_rel) -> _Rel:
 class _Interpretation:
     """The state of one interpretation of the jaxpr: `"discover"` registers the kink
     sites, `"eval"` re-evaluates $F$ with the selector perturbations `dth`/`eps` (or the
-    frozen selection `theta`), collecting the probes and, with `tie_tol`, the tie count."""
+    frozen selection `theta`) around the natural pieces (given as `nat`, or decided here),
+    collecting the probes and, with `tie_tol`, the tie count."""
 
     def __init__(
-        self, program, mode, dth=None, eps=None, track_mag=False, theta=None, tie_tol=None
+        self,
+        program,
+        mode,
+        dth=None,
+        eps=None,
+        track_mag=False,
+        theta=None,
+        tie_tol=None,
+        nat=None,
     ):
         self.program = program
         self.theta = theta
+        self.nat = nat
         self.tie_tol = tie_tol
         self.ties = jnp.zeros((), jnp.int32)
         self.mode = mode  # "discover" or "eval"
@@ -424,14 +434,23 @@ class KinkProgram:
         return dth, eps
 
     # -- evaluation --------------------------------------------------------------------
-    def lift(self, x, dth=None, eps=None, *, track_mag: bool = False, theta=None):
+    def lift(self, x, dth=None, eps=None, *, track_mag: bool = False, theta=None, nat=None):
         """$F(x, \\delta\\theta) + \\sum\\langle\\epsilon, \\text{kink outputs}\\rangle$, and the
         `Probe`.
+
+        `nat` (tuple of `(*shape,)` piece indices, e.g. the `Probe.nat` of an earlier
+        call) fixes the natural pieces that `dth` moves weight from, instead of deciding
+        them here from the comparisons. Within one compiled program XLA may recompute
+        those comparisons in several kernels that round differently (a fused
+        multiply-add in one, not in the other), so at an exact tie two evaluations need
+        not agree; pass the pieces decided once (`jaxflow._nonsmooth.slots`).
 
         With `theta` (tuple of `(*shape, m)` weights) every kink output is the fixed
         combination $\\sum_j \\theta_j\\,\\text{piece}_j(x)$ instead, whichever piece is
         natural at `x` (a frozen selection)."""
-        ctx = _Interpretation(self, "eval", dth=dth, eps=eps, track_mag=track_mag, theta=theta)
+        ctx = _Interpretation(
+            self, "eval", dth=dth, eps=eps, track_mag=track_mag, theta=theta, nat=nat
+        )
         val = self._run(ctx, x)
         n = len(self.sites)
         w = tuple(ctx.probe[i][0] for i in range(n))
@@ -807,6 +826,8 @@ def _register_kink(ctx, eqn, kink: _Kink) -> _TracedValue:
     shape = jnp.shape(kink.value)
     m = pv.shape[-1]
     idx, first = ctx.site(kink.key, kink.kind, shape, m, kink.upstream, ctx.source(eqn))
+    if ctx.nat is not None:
+        nat = jnp.broadcast_to(ctx.nat[idx], shape)
     if first and ctx.tie_tol is not None and kink.tie is not None:
         ctx.ties = ctx.ties + jnp.sum(kink.tie(ctx.tie_tol), dtype=jnp.int32)
     if first:
@@ -819,7 +840,7 @@ def _register_kink(ctx, eqn, kink: _Kink) -> _TracedValue:
         # Frozen absolute selection (independent of which piece is natural here).
         safe = jnp.where(jnp.isfinite(pv), pv, 0.0)
         out = jnp.sum(ctx.theta[idx].astype(pv.dtype) * safe, axis=-1)
-    elif ctx.dth is not None or ctx.eps is not None:
+    elif ctx.dth is not None or ctx.eps is not None or ctx.nat is not None:
         safe = jnp.where(jnp.isfinite(pv), pv, 0.0)
         out = jnp.take_along_axis(pv, nat[..., None], axis=-1)[..., 0]
         if ctx.dth is not None:

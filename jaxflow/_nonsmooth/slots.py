@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .kinks import KinkProgram
+from .kinks import KinkProgram, Probe
 from .options import MinNormOptions, machine_eps
 
 __all__ = ["KinkAnalysis", "vertex_gradients", "vertex_table"]
@@ -44,6 +44,42 @@ class _TiedGroups(eqx.Module):
     trunc_pieces: jax.Array  # () more tied pieces than max_pieces somewhere
 
 
+def _rounding_tied(w, mag, opts: MinNormOptions, dtype):
+    """`(..., m)`: the pieces whose switching score is within the rounding band of the
+    largest (the natural piece's); a test that depends only on the scores, not on which
+    piece the comparisons in `f` happened to pick."""
+    top = jnp.max(w, axis=-1, keepdims=True)
+    return (top - w) <= opts.band_ulps * machine_eps(dtype) * mag
+
+
+def _settled(prog: KinkProgram, probe: Probe, opts: MinNormOptions, dtype) -> Probe:
+    r"""`probe` with each kink's natural piece decided once, and by a rule that does not
+    depend on rounding: the first of the pieces tied within the rounding band.
+
+    At an exact tie (a residual of 0 or an ulp) the piece `f` picks depends on the sign
+    of a value within rounding of zero, e.g. on whether XLA:CPU contracts
+    $x_1 x_2 - m$ into a fused multiply-add, which differs between the kernels of one
+    program and with a row's position in a vectorised batch. Two effects follow, both
+    removed here: (1) the probe and the gradient of the natural selection were taken in
+    different kernels, so they could disagree on the natural piece, and the QP then
+    searched a hull shifted by a piece's gradient (a wrong answer, not a rounding
+    difference); (2) the natural piece, hence $g_0$, $\lambda^0$ and the QP's path,
+    depended on the batch. The probe goes through an optimisation barrier, so its scores
+    are computed once per row and every decision below reads the same values; tied
+    pieces are then treated alike (the lowest index is the natural one), so the answer
+    is the same in every batch.
+    """
+    probe = jax.lax.optimization_barrier(probe)
+    nat = []
+    for i, site in enumerate(prog.sites):
+        w, mag, n0 = probe.w[i], probe.mag[i], probe.nat[i]
+        is_nat = jnp.arange(site.npieces, dtype=n0.dtype) == n0[..., None]
+        # The natural piece is tied with itself; `| is_nat` keeps it where a score is NaN.
+        tied = _rounding_tied(w, mag, opts, dtype) | is_nat
+        nat.append(jnp.argmax(tied, axis=-1).astype(jnp.int32))
+    return probe._replace(nat=tuple(nat))
+
+
 def _tied_groups(prog: KinkProgram, probe, g_dth, c, wdot, h, opts: MinNormOptions, dtype):
     """Tied pieces per group, padded to a common width R."""
     eps = machine_eps(dtype)
@@ -56,8 +92,9 @@ def _tied_groups(prog: KinkProgram, probe, g_dth, c, wdot, h, opts: MinNormOptio
         w = probe.w[i].reshape(g, m)
         nat = probe.nat[i].reshape(g)
         mag = probe.mag[i].reshape(g, m)
-        w_nat = jnp.take_along_axis(w, nat[:, None], axis=-1)
-        gap = jnp.maximum(w_nat - w, 0.0)
+        # Distances to the largest score: the same whichever tied piece is natural.
+        gap = jnp.maximum(jnp.max(w, axis=-1, keepdims=True) - w, 0.0)
+        rounding = _rounding_tied(w, mag, opts, dtype)
         band = opts.band_ulps * eps * mag
         if wdot is not None:
             wd = wdot[i].reshape(g, m)
@@ -67,6 +104,12 @@ def _tied_groups(prog: KinkProgram, probe, g_dth, c, wdot, h, opts: MinNormOptio
         valid = (gap <= band) | is_nat
         gd = g_dth[i].reshape(g, m)
         gamma = jnp.abs(gd - jnp.take_along_axis(gd, nat[:, None], axis=-1))
+        if site.orientation != 0:
+            # The scores of max/min/abs are the pieces themselves: pieces tied within
+            # rounding differ in value by rounding alone, so switching between them costs
+            # nothing (a penalty of that size would follow the rounding of the batch).
+            # A comparison's pieces may differ at its tie (a jump): their cost stays.
+            gamma = jnp.where(rounding, 0.0, gamma)
         norm_gap = jnp.where(is_nat, jnp.inf, gap / jnp.maximum(band, jnp.finfo(dtype).tiny))
         norm_gap = jnp.where(valid & ~is_nat, jnp.minimum(norm_gap, 1.0), norm_gap)
         r = min(m, opts.max_pieces)
@@ -153,17 +196,22 @@ class KinkAnalysis:
         self.d = x.shape[0]
         dth0, eps0 = prog.zeros(dtype)
         self.dth0, self.eps0 = dth0, eps0
-        (f, probe), (g0, g_dth, c) = jax.value_and_grad(
-            lambda y, t, e: prog.lift(y, t, e, track_mag=True),
-            argnums=(0, 1, 2),
-            has_aux=True,
-        )(x, dth0, eps0)
+        # The natural pieces are decided once (`_settled`), then every evaluation of
+        # F around them is told which they are.
+        f, probe = prog.lift(x, track_mag=True)
+        probe = _settled(prog, probe, opts, dtype)
+        self.nat = nat = probe.nat
+
+        def lifted(y, t, e):
+            return prog.lift(y, t, e, nat=nat)[0]
+
+        g0, g_dth, c = jax.grad(lifted, argnums=(0, 1, 2))(x, dth0, eps0)
         self.f, self.probe, self.g0 = f, probe, g0
         wdot = None
         if h is not None:
             # Rates of the switching scores along the current velocity: the band of
             # kinks a step of size h can reach.
-            _, wdot = jax.jvp(lambda y: prog.lift(y, dth0, eps0)[1].w, (x,), (g0,))
+            _, wdot = jax.jvp(lambda y: prog.lift(y, dth0, eps0, nat=nat)[1].w, (x,), (g0,))
         grp = _tied_groups(prog, probe, g_dth, c, wdot, h, opts, dtype)
         lay = _GroupLayout.of(prog)
         self.lay = lay
@@ -191,7 +239,7 @@ class KinkAnalysis:
     def grad_at(self, t):
         """Selection gradient with slot weights moved by `t` `(k, R)`."""
         dth = self.dth(t)
-        return jax.grad(lambda y: self.prog.lift(y, dth, self.eps0)[0])(self.x)
+        return jax.grad(lambda y: self.prog.lift(y, dth, self.eps0, nat=self.nat)[0])(self.x)
 
     @property
     def jac(self):
@@ -212,7 +260,7 @@ class KinkAnalysis:
         prog, k, r_max = self.prog, self.k, self.r_max
 
         def w_slots(y):
-            _, pr = prog.lift(y, self.dth0, self.eps0)
+            _, pr = prog.lift(y, self.dth0, self.eps0, nat=self.nat)
             out = jnp.zeros((k, r_max), self.dtype)
             for i, site in enumerate(prog.sites):
                 w = pr.w[i].reshape(site.size, site.npieces)
@@ -244,5 +292,3 @@ def vertex_gradients(grad_at, s_valid, lam0, s_gamma, r_max, k, dtype):
     vpen = jnp.sum(onehot * s_gamma[None], axis=(1, 2))
     vgrads = jax.vmap(lambda oh: grad_at(oh - lam0))(onehot)
     return table, vvalid, vpen, vgrads
-
-
