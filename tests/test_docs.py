@@ -165,8 +165,10 @@ def test_readme_is_a_front_page():
     assert first_block[:2] == [
         "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && "
         "jaxflow scan matrix-completion",
-        'pip install -e ".[test]" && python -m pytest',
+        'pip install -e ".[test]" && python -m pytest -n 2',
     ]
+    # CI runs the README's test command (quietly).
+    assert "python -m pytest -q -n 2" in (ROOT / ".ci" / "run").read_text()
     assert text.index("```bash") < text.index("## ")
     # Relative links and images point at files that exist (the docs pages, the figure).
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
