@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import json
 import os
@@ -128,6 +129,34 @@ def _remember(key: str, compiled) -> None:
             del _LOADED[next(iter(_LOADED))]
 
 
+# XLA:CPU may split a module into several object files compiled in parallel. Stored
+# executables have been seen to load in a new process and then fail when run ("Function
+# compare_convert_fusion.2 not found"; one-core processes, scans of 10^4 starts), so each
+# was compiled again; with one part per module the same scans loaded and ran. Not
+# reproduced on demand since: a defensive option, with no measured cost (cold compile of
+# the README's scan on one core 22.6 s with it, 22.7 s without).
+_CPU_STORABLE = {"xla_cpu_parallel_codegen_split_count": 1}
+
+
+@functools.cache
+def _storable_options_for(platform: str) -> tuple:
+    if platform != "cpu":
+        return ()
+    accepted = []
+    for name, value in _CPU_STORABLE.items():
+        try:
+            jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(0.0).compile()
+        except Exception:  # an option this jaxlib does not know
+            continue
+        accepted.append((name, value))
+    return tuple(accepted)
+
+
+def _storable_options() -> dict:
+    """Compiler options that make an executable loadable in another process."""
+    return dict(_storable_options_for(jax.default_backend()))
+
+
 def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options: Mapping):
     """`jax.jit(fn, compiler_options)(*args)` through the executable cache, or `None`
     when no `program_identity` is active (then the caller compiles as usual).
@@ -139,6 +168,7 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
     if current is None:
         return None
     identity, directory = current
+    compiler_options = {**compiler_options, **_storable_options()}
     dynamic, rest = eqx.partition(args, eqx.is_array)
     leaves, treedef = jax.tree.flatten(dynamic)
     key_text = json.dumps(

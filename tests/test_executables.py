@@ -103,3 +103,44 @@ def test_loaded_executables_are_bounded(monkeypatch):
     _executables._remember("new", object())
     assert "k5" in _executables._LOADED and "k6" not in _executables._LOADED
     assert len(_executables._LOADED) == m
+
+
+_CHILD = """
+import os, sys
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as under taskset
+import jax
+lowered = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, secs, **kw: lowered.append(kw.get("fun_name"))
+    if name == "/jax/core/compile/jaxpr_to_mlir_module_duration" else None)
+import jaxflow as jf
+from jaxflow import _executables
+stored = []
+_store = _executables._store
+_executables._store = lambda path, compiled: (stored.append(path.name), _store(path, compiled))
+jf.scan("matrix-completion", 128, out=sys.argv[2], compilation_cache=sys.argv[1], t1=50.0,
+        chunk_size=64, progress=None)
+print("LOWERED", lowered.count("jit(_run)"), "STORED", len(stored))
+"""
+
+
+def test_stored_engine_runs_in_another_process(tmp_path):
+    # The stored engine loads and runs in a new process with nothing compiled or stored
+    # again (the test above reloads in the same process). On one core (taskset), scans of
+    # 10^4 starts once stored executables that loaded in a new process and failed to run
+    # ("Function ... not found", a module split for parallel code generation); not
+    # reproduced at this size, see `_executables._CPU_STORABLE`.
+    import subprocess
+    import sys
+
+    cache = tmp_path / "xla"
+    runs = []
+    for out in ("a", "b"):
+        proc = subprocess.run([sys.executable, "-c", _CHILD, str(cache), str(tmp_path / out)],
+                              capture_output=True, text=True, timeout=300,
+                              env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(proc.stdout.split("LOWERED")[-1].split())
+    assert int(runs[0][0]) >= 1 and int(runs[0][2]) >= 1  # compiled and stored
+    assert runs[1] == ["0", "STORED", "0"], runs  # loaded and run: nothing compiled or stored
