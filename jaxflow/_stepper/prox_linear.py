@@ -39,8 +39,11 @@ number of kinks a step of size $h$ can reach) on every lane; lanes without a can
 take the natural gradient, which is exactly what their QP returns (it has no free
 weight), and the QP runs only on the others, gathered into fixed-size blocks
 (`jaxflow._compact`). A lane's answer does not depend on which other lanes needed the
-QP: the block size is fixed per lane count, and rows of a vmapped block round alike for
-every block size from 16 rows up (the engine's `MIN_LANES`).
+QP: the block size is fixed per lane count, and the decisions that rounding could tip
+(which piece of a tied kink is natural) are taken once per row from stored scores
+(`jaxflow._nonsmooth.slots`), not recomputed in kernels that XLA:CPU may vectorise or
+contract differently by a row's position; `tests/test_prox_compaction.py` checks
+bit-identical steps across batches of 1, 16 and 32 rows.
 
 In black-box mode (`fallback="bundle"`) there is no selection: the step is the
 prox-linear one with the implicit-Euler estimate $\tfrac h2 (v_h(x_+) - v_h(x))$.
