@@ -1,8 +1,9 @@
 r"""`AbstractStepper`: one step of $x' = -v(x)$ for a single trajectory, state in and out.
 
 The engine (`jaxflow._engine`) calls `batched_step` on all its lanes, which vmaps `step`
-unless a stepper overrides it, so a stepper is written for one flat point. Steppers that carry state between steps (an optax optimiser's moments) return
-it from `init` and thread it through `step`; the others use `None`.
+unless a stepper overrides it, so a stepper is written for one flat point. Steppers that
+carry state between steps (an optax optimiser's moments) return it from `init` and thread
+it through `step`; the others use `None`.
 """
 
 from __future__ import annotations
