@@ -13,7 +13,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["compact", "blocks"]
+__all__ = ["compact", "blocks", "on_rows", "block_size", "MIN_BLOCK"]
+
+# Fewest rows of a block: the engine's fewest lanes (`MIN_LANES`), below which XLA:CPU
+# vectorises a batch differently (a row's rounding would depend on its block).
+MIN_BLOCK = 16
 
 
 def compact(mask):
@@ -44,3 +48,43 @@ def blocks(fn, inputs_at, count, n: int, size: int):
 
     out = jax.lax.while_loop(lambda c: c[0] * size < count, body, (0, out))[1]
     return jax.tree.map(lambda o: o[:n], out)
+
+
+def block_size(rows: int) -> int:
+    """Rows of a block for a batch of `rows`: a quarter of them in whole multiples of
+    `MIN_BLOCK` (at least one block): few blocks when most rows need the work, little
+    padding when few do."""
+    return max(MIN_BLOCK, rows // 4 // MIN_BLOCK * MIN_BLOCK)
+
+
+def on_rows(fn, args, need, fallback):
+    """`vmap(fn)(*args)` where `need` holds and `fallback` elsewhere, computing `fn` only
+    on the rows that need it (in blocks of `block_size`, or in one pass over all rows when
+    more than half need it, which then costs less than the blocks; not at all when none
+    does). Batches of fewer than `MIN_BLOCK` rows are computed whole."""
+    n = need.shape[0]
+    solve = jax.vmap(fn)
+
+    def pick(new, old, back):
+        keep = need.reshape(need.shape + (1,) * (old.ndim - 1))
+        return jnp.where(keep, new if back is None else new[back], old)
+
+    if n < MIN_BLOCK:
+        return jax.tree.map(lambda a, b: pick(a, b, None), solve(*args), fallback)
+    order, count, slot = compact(need)
+
+    def at(k):
+        rows = order[k]
+        return tuple(a[rows] for a in args)
+
+    def compacted():
+        return blocks(solve, at, count, n, block_size(n)), jnp.clip(slot, 0, n - 1)
+
+    def every_row():
+        return solve(*args), jnp.arange(n)
+
+    def some_rows():
+        out, back = jax.lax.cond(count > n // 2, every_row, compacted)
+        return jax.tree.map(lambda a, b: pick(a, b, back), out, fallback)
+
+    return jax.lax.cond(count > 0, some_rows, lambda: fallback)

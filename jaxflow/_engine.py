@@ -225,12 +225,15 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters, narrow: bool, resume=No
             clipped=clipped, prev_inv=lanes["prev_inv"], order=order, active=active,
             segment=segment, eps=eps,
         )
+        kept = lanes["stepper_state"]
+        if jax.tree.leaves(kept):
+            kept = jax.vmap(stepper.rejected_state)(kept, state1)
         stepper_state = jax.tree.map(
             lambda new, old: jnp.where(
                 accept.reshape(accept.shape + (1,) * (new.ndim - 1)), new, old
             ),
             state1,
-            lanes["stepper_state"],
+            kept,
         )
 
         accepted = accept[:, None]

@@ -26,7 +26,8 @@ class AbstractStepper(eqx.Module):
     velocity $v(x)$ (first-same-as-last) and returns `(x1, err, f1, v1, ok, state1)`: the
     candidate, the local error estimate (a vector, or `None` without one), $f$ and $v$ at
     the candidate, `ok=False` when an implicit solve failed, and the stepper's state after
-    the step (kept only if the engine accepts the step).
+    the step (kept if the engine accepts the step; otherwise `rejected_state` says what
+    is kept).
     """
 
     def init(self, x) -> Any:
@@ -39,6 +40,14 @@ class AbstractStepper(eqx.Module):
         self, field: AbstractField, x, f, v, h, state
     ) -> tuple[Any, Any, Any, Any, Any, Any]:
         """`(x1, err, f1, v1, ok, state1)` for a step of size `h` from `x`."""
+
+    def rejected_state(self, state, state1):
+        """The state to continue from after the step that returned `state1` from `state`
+        was rejected (same point, smaller step). By default `state`: a rejected step
+        leaves no trace. A stepper overrides it to keep what is still valid at the same
+        point (a Hessian computed there)."""
+        del state1
+        return state
 
     def batched_step(self, field: AbstractField, x, f, v, h, state, active):
         """`step` for every lane (leading axis of all arguments); `active` marks the lanes

@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg  # noqa: F401
 
-from .._compact import blocks, compact
+from .._compact import MIN_BLOCK, on_rows
 from .base import AbstractStepper
 
 __all__ = ["ProxLinear"]
@@ -109,34 +109,12 @@ class ProxLinear(AbstractStepper):
     def batched_step(self, field, x, f, v, h, state, active):
         n = x.shape[0]
         screens = getattr(field, "screens", None)
-        if not (self.compact_qp and screens is not None and screens(x.dtype)) or n < _QP_BLOCK:
+        compactable = self.compact_qp and screens is not None and screens(x.dtype)
+        if not compactable or n < MIN_BLOCK:
             return super().batched_step(field, x, f, v, h, state, active)
         f0, g0, count, theta0 = jax.vmap(field.prox_screen)(x, h)
         need = (count > 0) & active
-        order, n_need, slot = compact(need)
-        size = _qp_block(n)
-
-        def at(k):
-            rows = order[k]
-            return x[rows], h[rows]
-
-        solve = jax.vmap(field.prox_selection)
-
-        def compacted():
-            return blocks(solve, at, n_need, n, size), jnp.clip(slot, 0, n - 1)
-
-        def every_lane():
-            return solve(x, h), jnp.arange(n)
-
-        # When most lanes need the QP, blocks cost more than one pass over all lanes.
-        (f_q, v_q, theta_q), back = jax.lax.cond(n_need > n // 2, every_lane, compacted)
-
-        def pick(new, old):
-            keep = need.reshape(need.shape + (1,) * (old.ndim - 1))
-            return jnp.where(keep, new[back], old)
-
-        v_step = pick(v_q, g0)
-        theta = jax.tree.map(pick, theta_q, theta0)
+        _, v_step, theta = on_rows(field.prox_selection, (x, h), need, (f0, g0, theta0))
 
         def correct(x, h, v_step, theta, s):
             g = field.selection_gradient(theta, x.dtype)
@@ -174,16 +152,3 @@ class ProxLinear(AbstractStepper):
             err = err * jnp.minimum(1.0, h * jnp.max(jnp.sum(jnp.abs(dg), axis=1)) / 6.0)
         ok = jnp.all(jnp.isfinite(z)) & jnp.all(jnp.isfinite(v_step))
         return z, err, f1, v1, ok, state
-
-
-# Rows of a block of the compacted QP: the engine's fewest lanes (`MIN_LANES`), below
-# which XLA:CPU vectorises a batch differently (a row's rounding would depend on its
-# block); fewer lanes than this run the QP on every lane.
-_QP_BLOCK = 16
-
-
-def _qp_block(lanes: int) -> int:
-    """Block size of the compacted QP for `lanes` lanes: a quarter of them in whole
-    multiples of `_QP_BLOCK` (at least one): few blocks when most lanes need the QP,
-    little padding when few do."""
-    return max(_QP_BLOCK, lanes // 4 // _QP_BLOCK * _QP_BLOCK)
