@@ -15,7 +15,14 @@ poorly on the last step (`refresh_rate`), when it is `max_age` accepted steps ol
 when a step taken with an old Hessian was rejected; a rejected step keeps a Hessian it
 computed (same point). The engine computes the Hessian only on the lanes that need one
 (`jaxflow._compact.on_rows`); each lane's decision uses its own history only, so its
-steps do not depend on its batch.
+steps do not depend on its batch. With reuse, a stage's chord iteration also stops once
+a correction is below `NEWTON_STOP` of the tolerance (at most `newton_iters`).
+
+Measured on that problem (64 starts, float32, $t_1 = 2\cdot10^3$, one core, side by
+side): 22.2 / 20.5 s with a fresh Hessian at every step; with reuse at `refresh_rate`
+0.05, 14.2 / 14.5 s with the same statuses and the same step counts (median 88, max
+229 against 227), and 12.4 s with the early stop; a looser 0.1 saved fewer Hessians
+than it cost in rejected steps (715 against 609), 0.3 more so (1532).
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ class ESDIRKStepper(AbstractTableauStepper):
     newton_tol: float = eqx.field(static=True, default=1.0)
     reuse_hessian: bool | None = eqx.field(static=True, default=None)
     max_age: int = eqx.field(static=True, default=10)
-    refresh_rate: float = eqx.field(static=True, default=0.3)
+    refresh_rate: float = eqx.field(static=True, default=0.05)
 
     def __check_init__(self):
         if self.reuse_hessian not in (None, True, False):
