@@ -185,9 +185,18 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
 
         flat.__name__ = flat.__qualname__ = fn.__name__  # the program's name: jit(_run)
         lowered = jax.jit(flat, compiler_options=dict(compiler_options)).lower(leaves)
+        hits = _persistent_cache_hits()
         compiled = lowered.compile()
-        if "custom_call" not in lowered.as_text():
+        # An executable that JAX took from its persistent cache is not stored: on
+        # XLA:CPU it serialises without its compiled functions, and the entry would fail
+        # when run in the next process ("Function ... not found"), be compiled (taken
+        # from JAX's cache) and stored broken again, in every process.
+        fresh = _persistent_cache_hits() == hits
+        if fresh and "custom_call" not in lowered.as_text():
             _store(path, compiled)
+        elif not fresh:
+            with contextlib.suppress(OSError):  # an entry that failed: not read again
+                path.unlink(missing_ok=True)
         return compiled
 
     with _LOCK:
@@ -214,6 +223,25 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
         compiled = compile_and_store()
         _remember(key, compiled)
         return compiled(leaves)
+
+
+_HITS = threading.local()
+_LISTENING: list = []
+_LISTENING_LOCK = threading.Lock()
+
+
+def _persistent_cache_hits() -> int:
+    """Hits of JAX's persistent compilation cache in this thread so far (a listener on
+    JAX's monitoring events, registered on first use)."""
+    with _LISTENING_LOCK:
+        if not _LISTENING:
+            def listen(name, **kwargs):
+                if name == "/jax/compilation_cache/cache_hits":
+                    _HITS.n = getattr(_HITS, "n", 0) + 1
+
+            jax.monitoring.register_event_listener(listen)
+            _LISTENING.append(listen)
+    return getattr(_HITS, "n", 0)
 
 
 def _load(path: Path):

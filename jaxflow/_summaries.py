@@ -345,7 +345,7 @@ class TableSummary:
             tol = np.maximum(np.concatenate([r["tol"] for r in reps]), ctol[owner])
             types, methods, eigs = critical_point_type(
                 problem, pts, np.concatenate([r["value"] for r in reps]), tol,
-                key=jax.random.key(0) if key is None else key,
+                key=key,
             )
             record = []
             for lab, r in enumerate(reps):

@@ -211,30 +211,41 @@ def _hessian_eigs(problem, points, field=None):
     return w, v.astype(points.dtype)
 
 
-def _perturbation_tests(problem, points, values, tol_f, key, n_dirs=128, directions=None):
+def _directions(key, shape, dtype, salt: int):
+    """Standard normal directions: from NumPy's generator seeded `(0, salt)` when `key`
+    is None (no JAX program to lower: a repeated scan's report starts at once), else
+    from the JAX `key` (`salt` 0: its first split; `salt` i > 0: row i - 1 of the null
+    space tests, folded into the second)."""
+    if key is None:
+        return np.random.default_rng([0, salt]).standard_normal(shape).astype(dtype)
+    k_rand, k_null = jax.random.split(key)
+    k = k_rand if salt == 0 else jax.random.fold_in(k_null, salt - 1)
+    return np.asarray(jax.random.normal(k, shape, dtype))
+
+
+def _perturbation_tests(problem, points, values, tol_f, directions):
     r"""Batched perturbation test at radii $\max(1, \|x\|)\,10^{-k/2}$, $k = 6..1$.
 
     Returns per point `(descent, ascent, rise, fall, descent_any, ascent_any)`: whether
     some direction decreases / increases $f$ by more than the tolerance at the smallest
     informative radius or the next one, the shares of rising / falling directions at
     that next radius, and whether a decrease / increase occurs at any radius.
-    `directions` `(m, n_dirs, d)` replaces the random unit directions.
+    `directions` `(m, n_dirs, d)`: the directions per point (normalised here). The
+    points are formed on the host; $f$ is evaluated in one compiled program.
     """
-    x = jnp.asarray(points)
+    x = np.asarray(points)
     m, d = x.shape
-    scale = jnp.maximum(1.0, jnp.linalg.norm(x, axis=1))
-    steps = jnp.asarray(10.0 ** (-np.arange(6, 0, -1) / 2), x.dtype)  # smallest first
-    if directions is None:
-        u = jax.random.normal(key, (m, n_dirs, d), x.dtype)
-    else:
-        u = jnp.asarray(directions, x.dtype)
-    u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
+    scale = np.maximum(1.0, np.linalg.norm(x, axis=1)).astype(x.dtype)
+    steps = (10.0 ** (-np.arange(6, 0, -1) / 2)).astype(x.dtype)  # smallest first
+    u = np.asarray(directions, x.dtype)
+    u = u / np.linalg.norm(u, axis=-1, keepdims=True)
     n_dirs = u.shape[1]
     pts = (
         x[:, None, None, :]
         + (scale[:, None, None, None] * steps[None, :, None, None]) * u[:, None, :, :]
     )
-    fv = _call(_values, _field_for_values(problem), pts.reshape(-1, d))
+    fv = _call(_values, _field_for_values(problem), jnp.asarray(pts.reshape(-1, d)))
+    fv = np.asarray(fv)
     fv = fv.reshape(m, steps.shape[0], n_dirs)
     diff = np.asarray(fv, np.float64) - np.asarray(values, np.float64)[:, None, None]
     tol = np.asarray(tol_f, np.float64)[:, None, None]
@@ -286,12 +297,15 @@ def critical_point_type(problem, points, values, tol_f, *, key=None, eig_tol=Non
       positive definite point means the representative is not at the critical point:
       `degenerate`).
     - Nonsmooth problems: the random perturbation test only (see the module docstring).
+
+    `key`: a JAX PRNG key for the random directions; `None` (default): NumPy's
+    generator with a fixed seed (the same directions in every process, and no JAX
+    program besides the evaluation of $f$).
     """
     points = np.asarray(points)
     m = points.shape[0]
     values = np.broadcast_to(np.asarray(values, np.float64), (m,))
     tol_f = np.broadcast_to(np.asarray(tol_f, np.float64), (m,))
-    key = jax.random.key(0) if key is None else key
     field = _field_or_none(problem)
     smooth = not getattr(problem, "nonsmooth", False)
     if field is not None:
@@ -304,8 +318,8 @@ def critical_point_type(problem, points, values, tol_f, *, key=None, eig_tol=Non
         except NotImplementedError:
             eigs = vecs = None
     # The random perturbation test, for every point (cheap, one batched evaluation).
-    k_rand, k_null = jax.random.split(key)
-    descent, ascent, rise, fall, _, _ = _perturbation_tests(problem, points, values, tol_f, k_rand)
+    u = _directions(key, (m, 128, points.shape[1]), points.dtype, 0)
+    descent, ascent, rise, fall, _, _ = _perturbation_tests(problem, points, values, tol_f, u)
     types = [
         _type_from_perturbation(bool(descent[i]), bool(ascent[i]), float(rise[i]), float(fall[i]))
         for i in range(m)
@@ -334,14 +348,14 @@ def critical_point_type(problem, points, values, tol_f, *, key=None, eig_tol=Non
             methods[i] = "hessian+perturbation"
         else:
             basis = vecs[i][:, null]  # (d, k)
-            g = np.asarray(jax.random.normal(jax.random.fold_in(k_null, i), (64, basis.shape[1])))
+            g = _directions(key, (64, basis.shape[1]), points.dtype, 1 + i)
             null_rows.append((i, pos, neg))
             null_dirs.append(g @ basis.T)
             methods[i] = "hessian+perturbation"
     if null_rows:
         idx = [r[0] for r in null_rows]
         _, _, _, _, dn_any, up_any = _perturbation_tests(
-            problem, points[idx], values[idx], tol_f[idx], k_null, directions=np.stack(null_dirs)
+            problem, points[idx], values[idx], tol_f[idx], np.stack(null_dirs)
         )
         for j, (i, pos, neg) in enumerate(null_rows):
             down, up = bool(dn_any[j]), bool(up_any[j])
@@ -380,6 +394,7 @@ def critical_values(
     - `n_total`: number of starts for the fractions (default: rows of `table`).
     - `n_probe`: members per cluster whose type is checked (smallest stationarity first).
     - `classify_types`: compute the type (Hessian / perturbation test).
+    - `key`: random directions of the perturbation test (see `critical_point_type`).
 
     **Returns:** a list of `CriticalValue`, by increasing value.
     """
@@ -419,7 +434,7 @@ def critical_values(
             pts[allrep],
             vals[allrep],
             np.maximum(tol[allrep], np.asarray(ctol)[owner]),
-            key=jax.random.key(0) if key is None else key,
+            key=key,
         )
     out = []
     for lab in range(n_clusters):

@@ -64,14 +64,16 @@ def test_repeated_scan_loads_the_engine_with_identical_results(tmp_path, compila
     assert set(entries) < set(_bins(cache))
     assert other.counts() == plain.counts()  # same fates, other steps
 
-    # Damaged entries are not loaded: compiled again, rewritten, same results.
+    # Damaged entries are not loaded: compiled again, same results; the entries are
+    # rewritten, or removed where the program came from JAX's persistent cache (whose
+    # executables are not stored, see `test_stored_engine_runs_in_another_process`).
     for entry in entries:
         entry.write_bytes(entry.read_bytes()[:1000])
     fresh_process()
     before = compilations()
     fixed = jf.scan("matrix-completion", 128, out=tmp_path / "d", compilation_cache=cache, **KW)
     assert compilations() == before + 1
-    assert all(entry.stat().st_size > 1000 for entry in entries)
+    assert all(not entry.exists() or entry.stat().st_size > 1000 for entry in entries)
     _same(_table(fixed), _table(plain))
 
 
@@ -127,16 +129,19 @@ print("LOWERED", lowered.count("jit(_run)"), "STORED", len(stored))
 
 def test_stored_engine_runs_in_another_process(tmp_path):
     # The stored engine loads and runs in a new process with nothing compiled or stored
-    # again (the test above reloads in the same process). On one core (taskset), scans of
-    # 10^4 starts once stored executables that loaded in a new process and failed to run
-    # ("Function ... not found", a module split for parallel code generation); not
-    # reproduced at this size, see `_executables._CPU_STORABLE`.
+    # again (the test above reloads in the same process). An executable that JAX took
+    # from its persistent cache is not stored: on XLA:CPU it serialised without its
+    # compiled functions, and every later process failed to run it ("Function ... not
+    # found"), compiled it again and stored it broken again.
+    import shutil
     import subprocess
     import sys
 
     cache = tmp_path / "xla"
     runs = []
-    for out in ("a", "b"):
+    for out in ("a", "b", "c"):
+        if out == "c":  # JAX's cache keeps the programs; ours is gone
+            shutil.rmtree(cache / _executables.SUBDIR)
         proc = subprocess.run([sys.executable, "-c", _CHILD, str(cache), str(tmp_path / out)],
                               capture_output=True, text=True, timeout=300,
                               env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
@@ -144,3 +149,4 @@ def test_stored_engine_runs_in_another_process(tmp_path):
         runs.append(proc.stdout.split("LOWERED")[-1].split())
     assert int(runs[0][0]) >= 1 and int(runs[0][2]) >= 1  # compiled and stored
     assert runs[1] == ["0", "STORED", "0"], runs  # loaded and run: nothing compiled or stored
+    assert int(runs[2][0]) >= 1 and runs[2][2] == "0", runs  # from JAX's cache: not stored
