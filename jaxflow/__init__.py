@@ -50,6 +50,7 @@ from ._sweep import SweepSummary as SweepSummary
 from ._sweep import load_sweep as load_sweep
 from ._sweep import sweep as sweep
 from ._stepper import AbstractStepper as AbstractStepper
+from ._stepper import ESDIRKStepper as ESDIRKStepper
 from ._stepper import ProxLinear as ProxLinear
 from ._stepper import Rodas4 as Rodas4
 from ._stepper import RodasKrylov as RodasKrylov
