@@ -57,11 +57,12 @@ def block_size(rows: int) -> int:
     return max(MIN_BLOCK, rows // 4 // MIN_BLOCK * MIN_BLOCK)
 
 
-def on_rows(fn, args, need, fallback):
+def on_rows(fn, args, need, fallback, *, whole_pass: bool = True):
     """`vmap(fn)(*args)` where `need` holds and `fallback` elsewhere, computing `fn` only
-    on the rows that need it (in blocks of `block_size`, or in one pass over all rows when
-    more than half need it, which then costs less than the blocks; not at all when none
-    does). Batches of fewer than `MIN_BLOCK` rows are computed whole."""
+    on the rows that need it (in blocks of `block_size`, or, with `whole_pass`, in one
+    pass over all rows when more than half need it, which then costs less than the blocks
+    but puts a second copy of `fn` in the program; not at all when none does). Batches of
+    fewer than `MIN_BLOCK` rows are computed whole."""
     n = need.shape[0]
     solve = jax.vmap(fn)
 
@@ -84,7 +85,10 @@ def on_rows(fn, args, need, fallback):
         return solve(*args), jnp.arange(n)
 
     def some_rows():
-        out, back = jax.lax.cond(count > n // 2, every_row, compacted)
+        if whole_pass:
+            out, back = jax.lax.cond(count > n // 2, every_row, compacted)
+        else:
+            out, back = compacted()
         return jax.tree.map(lambda a, b: pick(a, b, back), out, fallback)
 
     return jax.lax.cond(count > 0, some_rows, lambda: fallback)
