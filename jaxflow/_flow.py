@@ -139,12 +139,15 @@ def _flat_starts(problem, x0, caller: str):
     return xs
 
 
-def _lane_count(lanes: int | None, n: int, dim: int) -> int:
-    """Lanes for `n` starts: the request (default `default_lanes(n, dim=dim)`), at most
+def _lane_count(lanes: int | None, n: int, dim: int, matrices: int = 0) -> int:
+    """Lanes for `n` starts: the request (default `default_lanes(n, dim=dim, matrices=
+    matrices)`: `matrices` dense $d\times d$ matrices per lane for the stepper), at most
     `n`, rounded up to a multiple of `MIN_LANES` (XLA:CPU vectorises lanes in SIMD vectors
     and computes a partial vector with other code, so a lane's rounding would depend on
     the count)."""
-    wanted = min(default_lanes(n, dim=dim) if lanes is None else int(lanes), n)
+    if lanes is None:
+        lanes = default_lanes(n, dim=dim, matrices=matrices)
+    wanted = min(int(lanes), n)
     return -(-wanted // MIN_LANES) * MIN_LANES
 
 
@@ -224,7 +227,7 @@ def flow(
     dtype = xs.dtype
     gtol_value = opts.gtol_for(dtype)
     stepper = opts.stepper(problem)
-    n_lanes = _lane_count(opts.lanes, n, problem.dim)
+    n_lanes = _lane_count(opts.lanes, n, problem.dim, stepper.matrices_per_lane(problem.dim))
     engine = Engine(
         field=field_for(problem) if field is None else field,
         stepper=stepper,

@@ -155,3 +155,23 @@ def test_default_lanes_shrink_with_the_dimension():
     big = default_lanes(10**5, "cpu", dim=10**7)
     assert MIN_LANES <= big < 1024 and big & (big - 1) == 0
     assert default_lanes(10**5, "cpu", dim=10**8) <= big
+
+
+def test_default_lanes_count_a_dense_stepper_s_matrices(monkeypatch):
+    """Dense Hessians (d^2 per matrix and lane) cap the lanes where vectors alone would
+    not: at d = 120 with a 1 GiB budget on an accelerator."""
+    import diffrax
+
+    from jaxflow import _engine
+    from jaxflow._stepper import make_stepper
+
+    monkeypatch.setattr(_engine, "_lane_memory_budget", lambda backend: 2**30)
+    d = 120
+    kv = make_stepper(diffrax.Kvaerno5(), rtol=1e-6, atol=1e-8)
+    assert jf.RodasKrylov().matrices_per_lane(d) == 0 < kv.matrices_per_lane(d)
+    assert kv.matrices_per_lane(4) == jf.Rodas4().matrices_per_lane(4) == 0  # unrolled
+    free = _engine.default_lanes(10**7, "gpu", dim=d)
+    dense = _engine.default_lanes(10**7, "gpu", dim=d, matrices=kv.matrices_per_lane(d))
+    per_lane = (_engine._VECTORS_PER_LANE + kv.matrices_per_lane(d) * d) * d * 8
+    assert dense * per_lane <= 2**30 < 2 * dense * per_lane  # the largest power of two
+    assert dense < free

@@ -205,7 +205,9 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
     x0 = _sample_padded(problem, key, jnp.asarray(valid, jnp.int32), cs, dtype)
     options = FlowOptions.from_spec(spec["flow"], save_states=int(spec["save_states"]))
     if options.lanes is None:  # left to the worker's backend (the result does not depend on it)
-        options = options.replace(lanes=default_lanes(cs, _backend(device), dim=problem.dim))
+        matrices = options.stepper(problem).matrices_per_lane(problem.dim)
+        options = options.replace(lanes=default_lanes(cs, _backend(device), dim=problem.dim,
+                                                      matrices=matrices))
     # The scan's detector thresholds also decide which trajectories `extend_undecided`
     # continues (a `horizon` there is for the final classification only).
     detect = {k: v for k, v in spec["classify"].items() if k != "horizon"}

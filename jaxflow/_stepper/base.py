@@ -56,6 +56,13 @@ class AbstractStepper(eqx.Module):
         del active
         return jax.vmap(lambda x, f, v, h, s: self.step(field, x, f, v, h, s))(x, f, v, h, state)
 
+    def matrices_per_lane(self, dim: int) -> int:
+        """How many $d\times d$ matrices a lane holds at a time (dense Hessians, their
+        factorisations, copies kept over steps), for the engine's choice of lanes by
+        memory (`jaxflow._engine.default_lanes`). 0 for matrix-free steppers."""
+        del dim
+        return 0
+
     @property
     @abc.abstractmethod
     def error_order(self) -> int:

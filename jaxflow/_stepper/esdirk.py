@@ -42,7 +42,7 @@ import numpy as np
 
 from .._compact import on_rows
 from .base import AbstractTableauStepper
-from .linalg import lincomb, lu_factor, lu_solve
+from .linalg import UNROLL_MAX_DIM, lincomb, lu_factor, lu_solve
 
 __all__ = ["ESDIRKStepper", "REUSE_MIN_DIM"]
 
@@ -137,6 +137,14 @@ class ESDIRKStepper(AbstractTableauStepper):
             refresh=jnp.array(True),
             stale=jnp.array(False),
         )
+
+    def matrices_per_lane(self, dim: int) -> int:
+        # Kept: eigenvectors in the state, in the step's output and in the engine's
+        # selects (4); computed: the Hessian and its decomposition (2); without reuse
+        # the Hessian, I + h gamma H and its LU.
+        if dim <= UNROLL_MAX_DIM:
+            return 0
+        return 6 if self._reuses(dim) else 3
 
     def _needs(self, state):
         return state["refresh"] | (state["age"] >= self.max_age)

@@ -98,6 +98,9 @@ class ProxLinear(AbstractStepper):
     def name(self) -> str:
         return "ProxLinear"
 
+    def matrices_per_lane(self, dim: int) -> int:
+        return 3 if dim <= self.dense_max else 0  # the selection's Jacobian, its LU
+
     def step(self, field, x, f, v, h, state):
         lin = getattr(field, "prox_linearisation", None)
         if lin is not None:

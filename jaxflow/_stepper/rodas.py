@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from .base import AbstractStepper
-from .linalg import lincomb, lu_factor, lu_solve
+from .linalg import UNROLL_MAX_DIM, lincomb, lu_factor, lu_solve
 
 __all__ = ["Rodas4"]
 
@@ -56,6 +56,9 @@ class Rodas4(AbstractStepper):
     of an explicit one plus the Hessian. It plugs into the same engine and controller as
     the diffrax solvers.
     """
+
+    def matrices_per_lane(self, dim: int) -> int:
+        return 0 if dim <= UNROLL_MAX_DIM else 3  # the Hessian, I + h gamma H, its LU
 
     @property
     def error_order(self):
