@@ -47,6 +47,30 @@ def test_completion_data_minimum_and_gradient(getkey):
     _fd_grad_check(p, p.sample(getkey(), 1, jnp.float64)[0])
 
 
+def test_completion_layouts_compute_the_same_loss(getkey):
+    """The sparse layout (observed entries gathered) against the dense masked product:
+    same f, gradient and Hessian-vector products in float64; `auto` takes the sparse
+    one below n^2 / 30 observed entries."""
+    kw = dict(n=12, r=3, rate=0.2, seed=2)
+    dense = problems.get("matrix-completion-nxn", layout="dense", **kw)
+    sparse = problems.get("matrix-completion-nxn", layout="sparse", **kw)
+    assert problems.get("matrix-completion-nxn", **kw).facts["layout"] == "dense"
+    assert problems.get("matrix-completion-nxn", n=60, r=1, rate=0.02).facts["layout"] == "sparse"
+    x = dense.sample(getkey(), 4, jnp.float64)
+    u = jax.random.normal(getkey(), x.shape, jnp.float64)
+    np.testing.assert_allclose(np.asarray(jax.vmap(sparse.f_flat)(x)),
+                               np.asarray(jax.vmap(dense.f_flat)(x)), rtol=1e-13)
+
+    def hvp(p):
+        g = jax.grad(p.f_flat)
+        return jax.vmap(lambda x, u: jax.jvp(g, (x,), (u,)))(x, u)
+
+    for a, b in zip(hvp(sparse), hvp(dense), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="layout"):
+        problems.get("matrix-completion-nxn", layout="csr")
+
+
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "cosine"])
 def test_mlp_teacher_is_a_global_minimum(activation, getkey):
     p = problems.get("mlp", widths="3,5,2", activation=activation, n_samples=40, seed=1)
