@@ -1,14 +1,15 @@
 """Real model sizes: rank-r completion of an n x n matrix and an MLP, d = 10^2 .. 10^4.
 
-Compares jaxflow's default (`solver="auto"`: dense Kvaerno5 below d = 200, the
-matrix-free `RodasKrylov` above) with Tsit5 and the dense-Hessian Kvaerno5 / Rodas4 on
-the same starts (float32, uniform in [-1, 1]^d). Wall times include compilation (as a
+Compares jaxflow's default (`solver="auto"`: dense Kvaerno5, with Hessians kept over
+steps, below `MATRIX_FREE_MIN_DIM`, the matrix-free `RodasKrylov` above) with Tsit5 and
+the dense-Hessian Kvaerno5 / Rodas4 on the same starts (float32, uniform in [-1, 1]^d). Wall times include compilation (as a
 new user sees them); statuses are the engine's, refined by `jaxflow.classify`. The
 d ~ 10^3 case is checked against a float64 reference (dense Rodas4, rtol 1e-8) on a
 subset of starts.
 
     python benchmarks/high_dim.py                 # all cases
     python benchmarks/high_dim.py --cases d120     # one case
+    python benchmarks/high_dim.py --cases d240,d480  # the dense / matrix-free crossover
     python benchmarks/high_dim.py --smoke
 """
 
@@ -140,6 +141,7 @@ def main():
     ap.add_argument("--n1000", type=int, default=256)
     ap.add_argument("--n10000", type=int, default=32)
     ap.add_argument("--nmlp", type=int, default=256)
+    ap.add_argument("--ncross", type=int, default=32, help="starts at d = 240 and 480")
     ap.add_argument("--max-steps-10000", type=int, default=65536,
                     help="step budget at d = 10^4 (a few steps measure cost and memory)")
     ap.add_argument("--nref", type=int, default=8)
@@ -152,15 +154,23 @@ def main():
     jax.config.update("jax_enable_x64", True)
     if args.smoke:
         args.n120, args.n1000, args.n10000, args.nmlp, args.t1 = 4, 4, 2, 4, 10.0
+        args.ncross = 4
     cases = args.cases.split(",")
     rows, checks = [], {}
 
+    fresh = jf.ESDIRKStepper(diffrax.Kvaerno5(), reuse_hessian=False)
     if "d120" in cases:
         solvers = [("auto", "auto"), ("Tsit5", diffrax.Tsit5()),
-                   ("Kvaerno5 (dense)", diffrax.Kvaerno5()), ("Rodas4 (dense)", jf.Rodas4()),
-                   ("RodasKrylov", jf.RodasKrylov())]
+                   ("Kvaerno5 (dense, a Hessian per step)", fresh),
+                   ("Rodas4 (dense)", jf.Rodas4()), ("RodasKrylov", jf.RodasKrylov())]
         _, _, r, _ = completion_case(30, 2, args.n120, args.t1, solvers)
         rows += r
+    for case, (n, r_) in (("d240", (60, 2)), ("d480", (120, 2))):
+        if case in cases:  # where dense Kvaerno5 with Hessian reuse and RodasKrylov cross
+            solvers = [("auto", "auto"), ("Kvaerno5 (Hessian reuse)", diffrax.Kvaerno5()),
+                       ("RodasKrylov", jf.RodasKrylov())]
+            _, _, r, _ = completion_case(n, r_, args.ncross, args.t1, solvers)
+            rows += r
     if "d1000" in cases:
         solvers = [("auto", "auto")]
         if args.dense_1000:
