@@ -200,7 +200,7 @@ def _field_for_values(problem):
 def _hessian_eigs(problem, points, field=None):
     """Eigenvalues `(m, d)` and eigenvectors `(m, d, d)` of the Hessians at `points`."""
     field = _field_for_values(problem) if field is None else field
-    points = jnp.asarray(points)
+    points = np.asarray(points)  # host arrays go to the program without a conversion program
     # The eigendecomposition on the host in float64: a few small matrices, and a compiled
     # `eigh` (a LAPACK custom call on CPU) could not come from the executable cache.
     hs = np.asarray(_call(_hessians, field, points), np.float64)
@@ -244,7 +244,7 @@ def _perturbation_tests(problem, points, values, tol_f, directions):
         x[:, None, None, :]
         + (scale[:, None, None, None] * steps[None, :, None, None]) * u[:, None, :, :]
     )
-    fv = _call(_values, _field_for_values(problem), jnp.asarray(pts.reshape(-1, d)))
+    fv = _call(_values, _field_for_values(problem), pts.reshape(-1, d))
     fv = np.asarray(fv)
     fv = fv.reshape(m, steps.shape[0], n_dirs)
     diff = np.asarray(fv, np.float64) - np.asarray(values, np.float64)[:, None, None]

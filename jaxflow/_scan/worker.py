@@ -33,7 +33,7 @@ import equinox as eqx
 import numpy as np
 
 from .._engine import default_lanes
-from .._executables import program_identity
+from .._executables import call_cached, program_identity
 from .._detect import DetectorOptions, classify
 from .._flow import flow
 from .._options import FlowOptions
@@ -201,8 +201,7 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
     valid = min(cs, int(spec["n"]) - chunk * cs)
     # Placement: the caller's `jax.default_device(device)`; arrays stay uncommitted, so
     # the programs are the ones a plain `jaxflow.flow` call compiles.
-    key = jax.random.fold_in(jax.random.key(int(spec["seed"])), chunk)
-    x0 = _sample_padded(problem, key, jnp.asarray(valid, jnp.int32), cs, dtype)
+    x0 = _chunk_starts(problem, int(spec["seed"]), chunk, valid, cs, dtype)
     options = FlowOptions.from_spec(spec["flow"], save_states=int(spec["save_states"]))
     if options.lanes is None:  # left to the worker's backend (the result does not depend on it)
         matrices = options.stepper(problem).matrices_per_lane(problem.dim)
@@ -241,14 +240,44 @@ def _backend(device) -> str:
     return device.platform if device is not None else jax.default_backend()
 
 
+def _chunk_starts(problem: Problem, seed: int, chunk: int, valid: int, size: int, dtype):
+    """The starts of `chunk`: `problem.sample(fold_in(key(seed), chunk), size)`, rows
+    from `valid` on NaN. Inside a scan's program identity, one stored executable (key,
+    fold-in and sampling together; `jaxflow._executables`), so that a repeated scan
+    lowers nothing to draw its starts; the key is then built from its data on the host,
+    which for the default threefry keys and seeds below $2^{32}$ is `(0, seed)`."""
+    import jax
+    import jax.numpy as jnp
+
+    if jax.config.jax_default_prng_impl == "threefry2x32" and 0 <= seed < 2**32:
+        data = np.array([0, seed], np.uint32)
+        args = (problem, data, np.asarray(chunk, np.uint32), np.asarray(valid, np.int32))
+        static = {"fn": "chunk_starts", "size": size, "dtype": str(jnp.dtype(dtype))}
+
+        def chunk_starts(problem, data, chunk, valid):
+            key = jax.random.fold_in(jax.random.wrap_key_data(data), chunk)
+            return _pad(problem.sample(key, size, dtype), valid)
+
+        out = call_cached(chunk_starts, args, static=static, compiler_options={})
+        if out is not None:
+            return out
+    key = jax.random.fold_in(jax.random.key(seed), chunk)
+    return _sample_padded(problem, key, jnp.asarray(valid, jnp.int32), size, dtype)
+
+
+def _pad(x0, valid):
+    import jax.numpy as jnp
+
+    return jnp.where(jnp.arange(x0.shape[0], dtype=valid.dtype)[:, None] < valid, x0, jnp.nan)
+
+
 @eqx.filter_jit
 def _sample_padded(problem: Problem, key, valid, size: int, dtype):
     """`size` starts from `key`; rows from `valid` on are NaN (the padding of the last
     chunk: the engine marks them NONFINITE at t = 0 and never integrates them)."""
     import jax.numpy as jnp
 
-    x0 = problem.sample(key, size, dtype)
-    return jnp.where(jnp.arange(size, dtype=valid.dtype)[:, None] < valid, x0, jnp.nan)
+    return _pad(problem.sample(key, size, dtype), valid)
 
 
 def _set_thread_device(devices: deque, lock: threading.Lock) -> None:
