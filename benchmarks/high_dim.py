@@ -148,6 +148,8 @@ def main():
     ap.add_argument("--t1", type=float, default=2e3)
     ap.add_argument("--dense-1000", action="store_true",
                     help="also run dense Rodas4 at d = 1000 (minutes per step batch)")
+    ap.add_argument("--note", default="wall times include compilation",
+                    help="how the machine was used during the run (recorded in the JSON)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     # float64 for the reference runs; the benchmarked runs are float32 (their starts are).
@@ -208,8 +210,7 @@ def main():
         "high_dim-" + "-".join(cases))
     write_results(name, {
         "args": vars(args), "rows": rows, "checks": checks,
-        "note": "machine shared with other jobs (load ~5-10 on 2 cores); wall times "
-                "include compilation",
+        "note": args.note,
     }, table, smoke=args.smoke)
 
 
