@@ -1,4 +1,5 @@
-r"""Fixed-dimension GMRES for the matrix-free implicit steppers.
+r"""Fixed-dimension Krylov solves for the matrix-free implicit steppers: GMRES, and a
+space shared by several right-hand sides with the same matrix.
 
 The implicit steppers solve $(I + h\gamma\nabla^2 f(x))\,y = r$. Above a few dozen
 variables the dense Hessian ($O(d^2)$ memory, $O(d^3)$ factorisation per step and
@@ -11,6 +12,11 @@ matrix. The iteration count is fixed: under `vmap` a loop with early exit runs u
 slowest lane has converged anyway, with a `select` on every lane at every iteration, so a
 fixed dimension costs no more and keeps the step straight-line code. The caller decides
 what to do with the residual (a stepper rejects the step when it is too large).
+
+A Rosenbrock step solves with one matrix six times. `KrylovSpace` keeps every product
+made for one solve for the next ones (`space_add` a right-hand side, `space_solve` in the
+space without a product, `space_expand` by one product): the minimal-residual solution
+over the whole space, as in GCRO-type recycling (de Sturler 1996; Parks et al. 2006).
 """
 
 from __future__ import annotations
@@ -21,7 +27,15 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-__all__ = ["KrylovSpace", "gmres", "krylov_space", "space_add", "space_grow", "space_expand", "space_solve"]
+__all__ = [
+    "KrylovSpace",
+    "gmres",
+    "krylov_space",
+    "space_add",
+    "space_expand",
+    "space_grow",
+    "space_solve",
+]
 
 
 def gmres(matvec, b, dim: int):
@@ -178,8 +192,12 @@ def space_expand(space: KrylovSpace, n, k, e, matvec):
     rho = jnp.where(independent, rho, 1.0)
     q = space.q.at[:, k].set(jnp.where(independent, u / rho, 0.0))
     column = jnp.where(independent, -(space.r_inv @ (s1 + s2)) / rho, 0.0).at[k].set(1.0 / rho)
-    space = KrylovSpace(basis=basis, expanded=space.expanded.at[:, k].set(e), q=q,
-                        r_inv=space.r_inv.at[:, k].set(column))
+    space = KrylovSpace(
+        basis=basis,
+        expanded=space.expanded.at[:, k].set(e),
+        q=q,
+        r_inv=space.r_inv.at[:, k].set(column),
+    )
     return space, g
 
 
