@@ -16,6 +16,7 @@ subset of starts.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -24,6 +25,13 @@ import numpy as np
 
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _independent_gmres():
+    import jaxflow as jf
+
+    # RodasKrylov before its stages shared a Krylov space: GMRES(32) per stage.
+    return jf.RodasKrylov(recycle=False, krylov_dim=32, krylov_rtol=0.1)
 
 
 def run_one(problem, x0, solver, t1, max_steps, label):
@@ -69,7 +77,8 @@ def completion_case(n, r, n_starts, t1, solvers, seed=0, max_steps=65536, rate=0
 
 def reference_check(p, x0, res, refined, n_ref, t1):
     """Statuses of the first `n_ref` starts vs a float64 run at rtol 1e-8 (RodasKrylov
-    with a Krylov dimension of 64: dense Rodas4 at d = 1000 takes minutes per start)."""
+    with independent GMRES(64) stage solves, so the reference does not share the
+    recycled solver it checks: dense Rodas4 at d = 1000 takes minutes per start)."""
     import diffrax
     import jax.numpy as jnp
 
@@ -77,7 +86,7 @@ def reference_check(p, x0, res, refined, n_ref, t1):
 
     t0 = time.perf_counter()
     ref = jf.flow(p, x0[:n_ref].astype(jnp.float64), t1=t1,
-                  solver=jf.RodasKrylov(krylov_dim=64),
+                  solver=jf.RodasKrylov(recycle=False, krylov_dim=64, krylov_rtol=0.1),
                   stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10))
     ref_c = jf.classify(ref)
     a = np.asarray(refined.status)[:n_ref]
@@ -88,7 +97,7 @@ def reference_check(p, x0, res, refined, n_ref, t1):
                                                    - np.asarray(ref.f)))))
 
 
-def step_cost(sizes, lanes=4, repeat=2):
+def step_cost(sizes, lanes=4, repeat=2, dense=True):
     """Wall time of one vmapped step (compile excluded) per stepper and dimension."""
     import diffrax
     import jax
@@ -105,8 +114,12 @@ def step_cost(sizes, lanes=4, repeat=2):
         x0 = p.sample(jax.random.key(0), lanes, jnp.float32)
         field = GradientField(p.f_flat)
         row = dict(d=p.dim, lanes=lanes)
-        for stepper in (jf.RodasKrylov(), jf.Rodas4(),
-                        make_stepper(diffrax.Kvaerno5(), rtol=1e-6, atol=1e-8)):
+        steppers = [("RodasKrylov", jf.RodasKrylov()),
+                    ("RodasKrylov_independent", _independent_gmres())]
+        if dense:
+            steppers += [("Rodas4", jf.Rodas4()),
+                         ("Kvaerno5", make_stepper(diffrax.Kvaerno5(), rtol=1e-6, atol=1e-8))]
+        for label, stepper in steppers:
 
             def one(x, h, stepper=stepper):
                 f, v = field.value_and_velocity(x)
@@ -118,9 +131,12 @@ def step_cost(sizes, lanes=4, repeat=2):
             for _ in range(repeat):
                 out = step(x0, jnp.float32(0.1))
             jax.block_until_ready(out)
-            row[f"{stepper.name}_ms"] = round((time.perf_counter() - t0) / repeat * 1e3, 1)
-        row["dense_over_krylov"] = round(min(row["Rodas4_ms"], row["Kvaerno5_ms"])
-                                         / row["RodasKrylov_ms"], 2)
+            row[f"{label}_ms"] = round((time.perf_counter() - t0) / repeat * 1e3, 1)
+        row["independent_over_recycled"] = round(row["RodasKrylov_independent_ms"]
+                                                 / row["RodasKrylov_ms"], 2)
+        if dense:
+            row["dense_over_krylov"] = round(min(row["Rodas4_ms"], row["Kvaerno5_ms"])
+                                             / row["RodasKrylov_ms"], 2)
         print(row, flush=True)
         rows.append(row)
     return rows
@@ -145,6 +161,13 @@ def main():
     ap.add_argument("--max-steps-10000", type=int, default=65536,
                     help="step budget at d = 10^4 (a few steps measure cost and memory)")
     ap.add_argument("--nref", type=int, default=8)
+    ap.add_argument("--rate1000", type=float, default=0.35,
+                    help="observation rate at d = 1000 (0.1: escaping starts)")
+    ap.add_argument("--independent-1000", action="store_true",
+                    help="also run RodasKrylov with independent GMRES(32) stage solves")
+    ap.add_argument("--step-lanes", type=int, default=4)
+    ap.add_argument("--no-dense-step", action="store_true",
+                    help="step_cost without the dense steppers")
     ap.add_argument("--t1", type=float, default=2e3)
     ap.add_argument("--dense-1000", action="store_true",
                     help="also run dense Rodas4 at d = 1000 (minutes per step batch)")
@@ -177,7 +200,10 @@ def main():
         solvers = [("auto", "auto")]
         if args.dense_1000:
             solvers.append(("Rodas4 (dense)", jf.Rodas4()))
-        p, x0, r, results = completion_case(100, 5, args.n1000, args.t1, solvers)
+        if args.independent_1000:
+            solvers.append(("RodasKrylov independent GMRES(32)", _independent_gmres()))
+        p, x0, r, results = completion_case(100, 5, args.n1000, args.t1, solvers,
+                                            rate=args.rate1000)
         rows += r
         res, refined = results["auto"]
         checks["d1000_vs_float64_reference"] = reference_check(
@@ -188,7 +214,8 @@ def main():
                                      max_steps=args.max_steps_10000)
         rows += r
     if "step_cost" in cases:
-        checks["step_cost"] = step_cost([(30, 2), (60, 2), (60, 4), (100, 5)])
+        checks["step_cost"] = step_cost([(30, 2), (60, 2), (60, 4), (100, 5)],
+                                        lanes=args.step_lanes, dense=not args.no_dense_step)
     if "mlp" in cases:
         p = problems.get("mlp", widths=[16, 48, 1], activation="tanh", n_samples=1000)
         x0 = p.sample(jax.random.key(0), args.nmlp, jnp.float32)
@@ -203,14 +230,23 @@ def main():
         [{**r, "refined": ", ".join(f"{k} {v}" for k, v in r["refined"].items())}
          for r in rows], cols)
     if "step_cost" in checks:
+        cols_step = ["d", "lanes", "RodasKrylov_ms", "RodasKrylov_independent_ms",
+                     "independent_over_recycled"]
+        if not args.no_dense_step:
+            cols_step += ["Rodas4_ms", "Kvaerno5_ms", "dense_over_krylov"]
         table += "\n\nOne step, compile excluded:\n\n" + markdown_table(
-            checks["step_cost"], ["d", "lanes", "RodasKrylov_ms", "Rodas4_ms", "Kvaerno5_ms",
-                                  "dense_over_krylov"])
+            checks["step_cost"], cols_step)
     name = "high_dim" if set(cases) >= {"d120", "d1000", "d10000", "mlp"} else (
         "high_dim-" + "-".join(cases))
+    if "d1000" in cases and args.rate1000 != 0.35:
+        name += f"-rate{args.rate1000:g}"
+    if "step_cost" in cases and args.step_lanes != 4:
+        name += f"-lanes{args.step_lanes}"
     write_results(name, {
         "args": vars(args), "rows": rows, "checks": checks,
         "note": args.note,
+        "pinned_cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else None,
     }, table, smoke=args.smoke)
 
 

@@ -438,10 +438,11 @@ def _narrower_width(width: int, active: int) -> int:
     return width
 
 
-# Working memory of one lane, in vectors of length d: RodasKrylov's Krylov basis (33 by
-# default), its six stages and residuals, the engine's per-lane state, and the
-# temporaries of the Hessian-vector products.
-_VECTORS_PER_LANE = 64
+# Working memory of one lane, in vectors of length d: RodasKrylov's Krylov basis (48 by
+# default: 6 right-hand sides, 16 + 5 * 4 products and 6 for the error estimate), its
+# six stages and residuals, the engine's per-lane state, and the temporaries of the
+# Hessian-vector products.
+_VECTORS_PER_LANE = 80
 
 
 def _lane_memory_budget(backend: str) -> int:
