@@ -164,9 +164,9 @@ def high_dim_cases(args, rows, checks, save):
     # escape to infinity, the stiff case.
     sizes = {"d1000": (100, 5, 256, 0.35), "d1000-sparse": (100, 5, 256, 0.1),
              "d10000-sparse": (1000, 5, 32, 0.01)}
-    if args.smoke:  # d = 200, 400: still matrix-free
-        sizes = {"d1000": (20, 5, 4, 0.35), "d1000-sparse": (20, 5, 4, 0.5),
-                 "d10000-sparse": (40, 5, 2, 0.25)}
+    if args.smoke:  # d = 400, 500: still matrix-free
+        sizes = {"d1000": (40, 5, 4, 0.35), "d1000-sparse": (40, 5, 4, 0.5),
+                 "d10000-sparse": (50, 5, 2, 0.25)}
     jax.config.update("jax_enable_x64", True)  # the reference; the benchmarked runs are float32
     start = time.perf_counter()
     for case in [c for c in args.high_dim.split(",") if c]:

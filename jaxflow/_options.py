@@ -197,7 +197,7 @@ class FlowOptions:
     - `solver`: any diffrax ODE solver, a jaxflow stepper (`jaxflow.Rodas4()`,
       `jaxflow.ProxLinear()`), or `"auto"`, the measured best for the problem: escaping
       valleys are stiff, so L-stable methods with the exact Hessian: `jaxflow.Rodas4`
-      for smooth problems with $d \le 32$, `Kvaerno5` for $32 < d < 200$,
+      for smooth problems with $d \le 32$, `Kvaerno5` for $32 < d < 400$,
       `jaxflow.RodasKrylov` above (Rodas4 matrix-free: dense Hessians cost $O(d^2)$
       memory and $O(d^3)$ time per step); `ProxLinear` for nonsmooth problems (see
       `jaxflow._stepper.choice.default_solver`).

@@ -50,7 +50,7 @@ def _common_flow_args(p: argparse.ArgumentParser, *, n_default: int, t1_default:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument(
         "--solver", default="auto",
-        help="auto (default: Rodas4 to d = 32, Kvaerno5 to 200, RodasKrylov above; "
+        help="auto (default: Rodas4 to d = 32, Kvaerno5 to 400, RodasKrylov above; "
         "ProxLinear if nonsmooth) | "
         "a jaxflow stepper: Rodas4, RodasKrylov, ProxLinear[:estimate=midpoint] | "
         "a diffrax solver: Kvaerno5, Tsit5, ...",

@@ -22,14 +22,13 @@ STEPPERS: dict[str, type[AbstractStepper]] = {
 
 
 # Smallest dimension at which `solver="auto"` integrates smooth problems matrix-free.
-# Measured on rank-r completion (benchmarks/high_dim.py, float32, busy 2-core CPU). One
-# step of 16 lanes: RodasKrylov (krylov_dim=32) 58 ms against 15 (Rodas4) and 24 ms
-# (Kvaerno5) with the dense Hessian at d = 120, 114 vs 345 and 424 ms at d = 240, 134 vs
-# 4561 and 4121 ms at d = 480. Whole runs at d = 120 (32 starts, t1 = 2e3): the same
-# statuses, with as many steps as Rodas4 (max 561 vs 493) and about twice Kvaerno5's
-# (227), 91 s vs 48 s for Kvaerno5 including compilation. So the crossover is near
-# d = 200.
-MATRIX_FREE_MIN_DIM = 200
+# Measured on rank-2 completion (benchmarks/high_dim.py, float32, 16 starts, t1 = 2e3,
+# one core, compilation included) between Kvaerno5 keeping its Hessians over steps and
+# RodasKrylov sharing one Krylov space over its stages: at d = 240, 15.9 s against 48 s
+# (one escaping start takes 169 steps with Kvaerno5, 2764 with RodasKrylov); at d = 480
+# (no escapes), 32.9 s against 21.2 s (7.9 s compiled). d = 120: Kvaerno5 15.3 s for 64
+# starts, RodasKrylov 93 s. So the crossover is between 240 and 480.
+MATRIX_FREE_MIN_DIM = 400
 # Largest dimension at which `solver="auto"` uses Rodas4 rather than Kvaerno5 (see
 # `default_solver`).
 DENSE_ROSENBROCK_MAX_DIM = 32
@@ -43,9 +42,10 @@ def default_solver(problem):
       one factorisation and six solves per step where Kvaerno5 iterates its stages
       (`benchmarks/solver_choice.py`, `benchmarks/vs_scipy.py`: Example 1.1, deep linear
       d = 24).
-    - up to `MATRIX_FREE_MIN_DIM` (200): `Kvaerno5`. With the factorisation dominating both,
-      the step count decides, and Rodas4 (order 4) takes more: rank-2 completion at
-      d = 120, median 208 steps against Kvaerno5's 87 (`benchmarks/high_dim.py`).
+    - below `MATRIX_FREE_MIN_DIM` (400): `Kvaerno5`, which keeps each trajectory's
+      Hessian over steps (`jaxflow.ESDIRKStepper`). Rodas4 needs the exact Hessian at
+      every step and takes more steps: rank-2 completion at d = 120, median 212 steps
+      against Kvaerno5's 89, 28.2 s against 15.3 s (`benchmarks/high_dim.py`).
     - above: `jaxflow.RodasKrylov` (Rodas4 on Hessian-vector products).
     - nonsmooth problems: `jaxflow.ProxLinear` (slides along kinks, no chattering).
 
