@@ -154,7 +154,7 @@ class ESDIRKStepper(AbstractTableauStepper):
             x1, err, f1, v1, ok, _ = self._step_with(field, x, v, h, field.jacobian(x))
             return x1, err, f1, v1, ok, None
         need = self._needs(state)
-        vals, vecs = jnp.linalg.eigh(field.jacobian(x))
+        vecs, vals = _eigen(field)(x)
         eig = (jnp.where(need, vecs, state["vecs"]), jnp.where(need, vals, state["vals"]))
         return self._reusing_step(field, x, v, h, eig, need, state)
 
@@ -199,8 +199,9 @@ class ESDIRKStepper(AbstractTableauStepper):
         return x1, err, f1, v1, ok, state1
 
     def _step_with(self, field, x, v, h, hess):
-        r"""The step with chord matrix $I + h\gamma$ `hess`; also the chord iteration's
-        worst contraction (ratio of the last two corrections' norms over the stages)."""
+        r"""The step with chord matrix $I + h\gamma$ `hess` (a Hessian, or its
+        `(vectors, values)`); also the chord iteration's worst contraction (largest ratio
+        of successive corrections over the stages, see `_chord`)."""
         tab = self.solver.tableau
         gammas = np.asarray(tab.a_diagonal)
         gamma = float(gammas[1])
@@ -209,10 +210,10 @@ class ESDIRKStepper(AbstractTableauStepper):
         hg = h * gamma
         if isinstance(hess, tuple):  # (vectors, values) of the Hessian: no factorisation
             vecs, vals = hess
-            scale_ = 1.0 / (1.0 + hg * vals)
+            damp = 1.0 / (1.0 + hg * vals)
 
             def solve(r):
-                return vecs @ (scale_ * (r @ vecs))
+                return vecs @ (damp * (r @ vecs))
         else:
             lu = lu_factor(jnp.eye(x.shape[0], dtype=x.dtype) + hg * hess)
 
