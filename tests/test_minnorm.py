@@ -35,16 +35,18 @@ def hull_reference(points):
 BOX_SHAPES = [(6, 9), (10, 5), (40, 30), (20, 60), (40, 100)]  # (d, k), paper-sized
 
 
+@pytest.mark.parametrize("method", ["active_set", "fista"])
 @pytest.mark.parametrize("d,k", BOX_SHAPES)
-def test_box_matches_bvls(d, k):
-    """40 random instances per shape (200 in all) vs lsq_linear(method='bvls')."""
+def test_box_matches_bvls(d, k, method):
+    """40 random instances per shape (200 in all) vs lsq_linear(method='bvls'), for
+    both QP methods."""
     rng = np.random.default_rng(d * 1000 + k)
     n = 40
     jac = rng.normal(size=(n, d, k))
     g0 = rng.normal(size=(n, d)) * rng.uniform(0.1, 3.0, size=(n, 1))
     w = rng.uniform(0.1, 2.0, size=(n, k))
     w[:, : k // 5] = 0.0  # some frozen coordinates
-    sol = jax.jit(jax.vmap(lambda a, b, c: box_minnorm(a, b, c)))(jac, g0, w)
+    sol = jax.jit(jax.vmap(lambda a, b, c: box_minnorm(a, b, c, method=method)))(jac, g0, w)
     for i in range(n):
         free = w[i] > 0  # frozen coordinates (w = 0) drop out of the reference
         ref = so.lsq_linear(
@@ -62,6 +64,43 @@ def test_box_matches_bvls(d, k):
         assert err <= 1e-8 * scale
         assert err <= float(sol.error_bound[i]) + 1e-12 * scale  # the certificate holds
         assert np.all(np.abs(np.asarray(sol.y[i])) <= w[i] + 1e-15)  # feasible
+
+
+def test_box_active_set_with_linear_term_matches_scipy_and_picks_least_norm():
+    """The prox-linear dual (a linear term) against SciPy (L-BFGS-B on the same smooth
+    box problem, converged tightly); and with more columns
+    than rows and the box not binding, the active set's weights are the least-norm
+    minimiser -J^+ g0 (the central selection the prox-linear stepper relies on: its
+    second-order correction depends on which minimiser is taken)."""
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        d, k = 6, 9
+        jac, g0 = rng.normal(size=(d, k)), rng.normal(size=d)
+        w, lin = rng.uniform(0.2, 1.5, size=k), rng.normal(size=k)
+        sol = box_minnorm(jac, g0, w, linear=lin, method="active_set")
+
+        def obj(s):
+            r = g0 + jac @ s
+            return 0.5 * r @ r + lin @ s, jac.T @ r + lin
+
+        ref = so.minimize(obj, np.zeros(k), jac=True, method="L-BFGS-B",
+                          bounds=list(zip(-w, w)), options=dict(ftol=1e-15, gtol=1e-13, maxiter=10_000))
+        assert float(obj(np.asarray(sol.y))[0]) <= ref.fun + 1e-12
+        assert float(sol.gap) < 1e-12
+    # Box not binding, 9 columns of rank 6: the minimisers form a 3-dimensional set.
+    jac, g0 = rng.normal(size=(6, 9)), 1e-3 * rng.normal(size=6)
+    s0 = np.where(rng.uniform(size=9) > 0.5, 1.0, -1.0)
+    act = box_minnorm(jac, g0, np.ones(9), s0=s0, method="active_set")
+    fista = box_minnorm(jac, g0, np.ones(9), s0=s0, method="fista")
+    least = -np.linalg.pinv(jac) @ g0
+    # Up to the rounding of the ridge-regularised solves (condition ~1e13 in float64),
+    # which leaks ~1e-3 relative into the null space. FISTA's Newton polish solves
+    # for the least-norm face minimiser too; without it FISTA keeps s0's null part.
+    for sol in (act, fista):
+        assert np.linalg.norm(np.asarray(sol.y) - least) <= 1e-2 * np.linalg.norm(least)
+    np.testing.assert_allclose(np.asarray(act.v), np.asarray(fista.v), atol=1e-10)
+    raw = box_minnorm(jac, g0, np.ones(9), s0=s0, method="fista", polish=False)
+    assert np.linalg.norm(np.asarray(raw.y) - least) > 0.5
 
 
 # --------------------------------------------------------------------------- hulls

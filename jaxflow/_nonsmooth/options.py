@@ -32,6 +32,12 @@ class MinNormOptions:
     - `max_pieces`: pieces per group kept (ties of a `jnp.max` over many entries).
     - `vertex_slots`: tied kinks enumerated when kinks are nested, and for the
       realisability test (at most $2^{\text{vertex\_slots}}$ vertices).
+    - `qp_method`: how the QP over kinks with two pieces (`abs`, `relu`, `max` of two)
+      is solved: `"active_set"` (exact in finitely many steps, one Cholesky of the free
+      kinks per step), `"fista"` (`qp_iterations` first-order steps, then a Newton
+      `polish`), or `"auto"` (the active set for losses with up to 64 kink slots,
+      `qp.ACTIVE_SET_MAX`; FISTA above).
+      Kinks with more pieces and nested kinks always use FISTA or Wolfe's method.
     - `qp_iterations`: FISTA budget (a Newton polish follows); `polish`.
     - `reach`: in the prox-linear stepper a kink is a candidate when a step of length
       $h$ at the current speed could reach it, times this safety factor.
@@ -45,6 +51,7 @@ class MinNormOptions:
     max_active: int = 256
     max_pieces: int = 8
     vertex_slots: int = 6
+    qp_method: str = "auto"
     qp_iterations: int = 300
     polish: bool = True
     reach: float = 2.0
@@ -58,6 +65,10 @@ class MinNormOptions:
             raise ValueError(f"fallback must be None or 'bundle', got {self.fallback!r}.")
         if self.method not in ("kinks", "bundle"):
             raise ValueError(f"method must be 'kinks' or 'bundle', got {self.method!r}.")
+        if self.qp_method not in ("auto", "active_set", "fista"):
+            raise ValueError(
+                f"qp_method must be 'auto', 'active_set' or 'fista', got {self.qp_method!r}."
+            )
         for name in ("max_active", "max_pieces", "vertex_slots", "qp_iterations"):
             v = getattr(self, name)
             if not (isinstance(v, (int, np.integer)) and v >= 1):

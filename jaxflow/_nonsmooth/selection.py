@@ -42,6 +42,7 @@ def kink_solve(
             iterations=opts.qp_iterations,
             linear=lin,
             polish=opts.polish,
+            method=opts.qp_method,
         )
         v, gap = sol.v, sol.gap
         theta_star = an.theta(sol.y - an.lam0)
