@@ -151,12 +151,17 @@ def jaxflow_rows(cfg):
     ctrl = diffrax.PIDController(rtol=cfg["rtol"], atol=cfg["atol"])
     rows = []
     for est in cfg["estimates"]:
-        for compact in (False, True):
-            # compact_qp=False: the QP on every lane (the path before compaction).
+        # compact_qp=False: the QP on every lane (the path before compaction);
+        # qp_method="fista": FISTA and a Newton polish (the QP before the active set).
+        for compact, qp_method in ((False, "auto"), (True, "fista"), (True, "auto")):
             solver = jf.ProxLinear(estimate=est, compact_qp=compact)
+            field = jf.MinNormField.for_problem(problem, qp_method=qp_method)
             label = (f"jaxflow flow ProxLinear(estimate='{est}'"
-                     f"{', compact_qp=False' if not compact else ''})")
-            run = lambda s=solver, t1=cfg["t1"]: jf.flow(problem, x0, t1=t1, solver=s, stepsize_controller=ctrl)
+                     f"{', compact_qp=False' if not compact else ''})"
+                     f"{' with qp_method=fista' if qp_method == 'fista' else ''}")
+            run = lambda s=solver, t1=cfg["t1"], fl=field: jf.flow(
+                problem, x0, t1=t1, solver=s, stepsize_controller=ctrl, field=fl
+            )
             t0 = time.perf_counter()
             jax.block_until_ready(run().f)
             first = time.perf_counter() - t0
@@ -212,6 +217,7 @@ def main():
                     help="ProxLinear error estimates to run, each with and without the compacted QP")
     ap.add_argument("--t1-long", type=float, default=100.0, help="continuation horizon (0: skip)")
     ap.add_argument("--tag", default="", help="suffix of the result name")
+    ap.add_argument("--note", default="", help="how the machine was used during the run (recorded)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     if args.smoke:
@@ -237,7 +243,8 @@ def main():
     cols = ["engine", "wall_s", "wall_over_jaxflow", "compile_s", "median_steps", "counts", "max_steps_hit", "max_invariant_drift",
             "median_final_f", "share_f_below_1e-6", "share_residuals_on_kink", "nonfinite", "note"]
     name = "nonsmooth" + ("" if size == (3, 3, 1, 1) else "-" + "x".join(map(str, size))) + args.tag
-    rows[0]["note"] = "machine shared with other jobs"
+    if args.note:
+        title += f" Run conditions: {args.note}."
     write_results(name, {"args": vars(args), "rows": rows}, title + "\n\n" + markdown_table(rows, cols),
                   smoke=args.smoke)
 
