@@ -84,6 +84,8 @@ def reference_check(p, x0, res, refined, n_ref, t1):
 
     import jaxflow as jf
 
+    if n_ref <= 0:
+        return {"skipped": "--nref 0"}
     t0 = time.perf_counter()
     ref = jf.flow(p, x0[:n_ref].astype(jnp.float64), t1=t1,
                   solver=jf.RodasKrylov(recycle=False, krylov_dim=64, krylov_rtol=0.1),
