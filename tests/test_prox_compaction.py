@@ -197,3 +197,24 @@ def test_flow_from_exact_kink_ties_is_batch_independent():
     for got, perm in runs:
         for k in FIELDS:
             np.testing.assert_array_equal(got[k], ref[k][perm], err_msg=k)
+
+
+# --------------------------------------------------------------------------- few kinks
+def test_few_tied_kinks_solve_a_small_qp_with_the_same_answers():
+    """A ReLU network has more kinks (here 8 x 24 = 192) than `few_kinks` slots; lanes
+    with at most `few_kinks` candidate kinks solve the QP over that many slots. Same
+    statuses and step counts as the QP over all `max_active` slots, end points to
+    rounding (float64), and a lane's answer does not depend on the lanes around it."""
+    p = problems.get("mlp", widths=[2, 8, 1], activation="relu", n_samples=24)
+    x0 = p.sample(jax.random.key(3), 16, jnp.float64)
+    kw = dict(t1=0.2, lanes=16)
+    small = jf.flow(p, x0, solver=jf.ProxLinear(few_kinks=2), **kw)
+    full = jf.flow(p, x0, solver=jf.ProxLinear(few_kinks=0), **kw)
+    np.testing.assert_array_equal(np.asarray(small.status), np.asarray(full.status))
+    np.testing.assert_array_equal(np.asarray(small.steps), np.asarray(full.steps))
+    np.testing.assert_allclose(np.asarray(small.x), np.asarray(full.x), rtol=1e-9, atol=1e-11)
+    perm = np.random.default_rng(0).permutation(16)
+    shuffled = jf.flow(p, x0[perm], solver=jf.ProxLinear(few_kinks=2), **kw)
+    np.testing.assert_array_equal(np.asarray(shuffled.x), np.asarray(small.x)[perm])
+    with pytest.raises(ValueError, match="few_kinks"):
+        jf.ProxLinear(few_kinks=-1)

@@ -73,6 +73,10 @@ class ProxLinear(AbstractStepper):
     trajectories then sit on kinks only to ~1e-7 instead of ~1e-9.
     `compact_qp=True` (default) runs the QP only on the lanes with a candidate kink (see
     the module notes); `False` runs it on every lane (the same results, more work).
+    With it, lanes with at most `few_kinks` candidate kinks solve a QP over `few_kinks`
+    kink slots instead of `MinNormOptions.max_active` (256): the QP and its Jacobian
+    are then sized by the tied kinks, not by the loss's kinks (a ReLU network has
+    thousands, a handful tied at a time); `few_kinks=0` turns this off.
     With a smooth field (`GradientField`) it is the implicit midpoint rule. Use with
     `diffrax.PIDController` (the default in `jaxflow.flow`) or
     `diffrax.ConstantStepSize()` and `dt0`.
@@ -82,11 +86,16 @@ class ProxLinear(AbstractStepper):
     dense_max: int = 64
     estimate: str = "euler"
     compact_qp: bool = True
+    few_kinks: int = 16
 
     def __check_init__(self):
         if self.estimate not in ("euler", "midpoint"):
             raise ValueError(
                 f"ProxLinear(estimate=...) must be 'euler' or 'midpoint', got {self.estimate!r}."
+            )
+        if not (isinstance(self.few_kinks, int) and self.few_kinks >= 0):
+            raise ValueError(
+                f"ProxLinear(few_kinks=...) must be an integer >= 0, got {self.few_kinks!r}."
             )
 
     @property
@@ -117,7 +126,17 @@ class ProxLinear(AbstractStepper):
             return super().batched_step(field, x, f, v, h, state, active)
         f0, g0, count, theta0 = jax.vmap(field.prox_screen)(x, h)
         need = (count > 0) & active
-        _, v_step, theta = on_rows(field.prox_selection, (x, h), need, (f0, g0, theta0))
+        screened = (f0, g0, theta0)
+        prog = field.program(x.dtype)
+        slots = min(sum(site.size for site in prog.sites), field.options.max_active)
+        if 0 < self.few_kinks < slots:
+            # Lanes with few candidate kinks: a QP over `few_kinks` slots (the same
+            # answer: the other slots hold untied kinks, which the QP cannot move).
+            few = need & (count <= self.few_kinks)
+            small = field.with_options(max_active=self.few_kinks)
+            screened = on_rows(small.prox_selection, (x, h), few, screened)
+            need = need & ~few
+        _, v_step, theta = on_rows(field.prox_selection, (x, h), need, screened)
 
         def correct(x, h, v_step, theta, s):
             g = field.selection_gradient(theta, x.dtype)
