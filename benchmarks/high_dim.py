@@ -4,12 +4,16 @@ Compares jaxflow's default (`solver="auto"`: dense Kvaerno5, with Hessians kept 
 steps, below `MATRIX_FREE_MIN_DIM`, the matrix-free `RodasKrylov` above) with Tsit5 and
 the dense-Hessian Kvaerno5 / Rodas4 on the same starts (float32, uniform in [-1, 1]^d). Wall times include compilation (as a
 new user sees them); statuses are the engine's, refined by `jaxflow.classify`. The
-d ~ 10^3 case is checked against a float64 reference (dense Rodas4, rtol 1e-8) on a
-subset of starts.
+d ~ 10^3 case is checked against a float64 reference (RodasKrylov with independent
+GMRES(64) stage solves, rtol 1e-8) on a subset of starts (`--nref`). The `relu` case
+(a ReLU MLP, d = 97, 1600 kinks) compares the prox-linear QP over few kink slots for
+lanes with few candidate kinks (`ProxLinear(few_kinks=16)`, the default) with the QP
+over all 256 slots.
 
     python benchmarks/high_dim.py                 # all cases
     python benchmarks/high_dim.py --cases d120     # one case
     python benchmarks/high_dim.py --cases d240,d480  # the dense / matrix-free crossover
+    python benchmarks/high_dim.py --cases relu     # ReLU network, few-kink QP on and off
     python benchmarks/high_dim.py --smoke
 """
 
@@ -159,6 +163,8 @@ def main():
     ap.add_argument("--n1000", type=int, default=256)
     ap.add_argument("--n10000", type=int, default=32)
     ap.add_argument("--nmlp", type=int, default=256)
+    ap.add_argument("--nrelu", type=int, default=64)
+    ap.add_argument("--t1-relu", type=float, default=1.0)
     ap.add_argument("--ncross", type=int, default=32, help="starts at d = 240 and 480")
     ap.add_argument("--max-steps-10000", type=int, default=65536,
                     help="step budget at d = 10^4 (a few steps measure cost and memory)")
@@ -223,6 +229,16 @@ def main():
         x0 = p.sample(jax.random.key(0), args.nmlp, jnp.float32)
         row, _, _ = run_one(p, x0, "auto", 1e3, 65536, "auto")
         rows.append(row)
+
+    if "relu" in cases:
+        # ReLU MLP, d = 97 (1600 kinks): the prox-linear QP over few kink slots for lanes
+        # with few candidate kinks (default) against the QP over all 256 slots.
+        p = problems.get("mlp", widths=[4, 16, 1], activation="relu", n_samples=100)
+        x0 = p.sample(jax.random.key(0), args.nrelu, jnp.float32)
+        for label, solver in (("ProxLinear() (few_kinks=16)", jf.ProxLinear()),
+                              ("ProxLinear(few_kinks=0)", jf.ProxLinear(few_kinks=0))):
+            row, _, _ = run_one(p, x0, solver, args.t1_relu, 65536, label)
+            rows.append(row)
 
     from _common import markdown_table, write_results
 
