@@ -134,9 +134,9 @@ class ProxLinear(AbstractStepper):
             # answer: the other slots hold untied kinks, which the QP cannot move).
             few = need & (count <= self.few_kinks)
             small = field.with_options(max_active=self.few_kinks)
-            screened = on_rows(small.prox_selection, (x, h), few, screened)
+            screened = on_rows(small.prox_selection, (x, h), few, screened, whole_pass=False)
             need = need & ~few
-        _, v_step, theta = on_rows(field.prox_selection, (x, h), need, screened)
+        _, v_step, theta = on_rows(field.prox_selection, (x, h), need, screened, whole_pass=False)
 
         def correct(x, h, v_step, theta, s):
             g = field.selection_gradient(theta, x.dtype)
