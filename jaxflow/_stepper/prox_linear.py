@@ -56,9 +56,21 @@ import jax.numpy as jnp
 import jax.scipy.linalg  # noqa: F401
 
 from .._compact import MIN_BLOCK, on_rows
+from .._nonsmooth.qp import ACTIVE_SET_MAX
 from .base import AbstractStepper
 
 __all__ = ["ProxLinear"]
+
+
+def _fixed_budget_qp(options, slots: int) -> bool:
+    """Whether the QP over `slots` kink slots runs a fixed number of iterations (FISTA),
+    so that one pass over all lanes costs less than blocks when most lanes need it; the
+    active-set method's loop runs until the slowest row of its batch is done, so it
+    runs in blocks, where fewer rows wait for the slowest."""
+    method = options.qp_method
+    if method == "auto":
+        method = "active_set" if slots <= ACTIVE_SET_MAX else "fista"
+    return method == "fista"
 
 
 class ProxLinear(AbstractStepper):
@@ -134,9 +146,15 @@ class ProxLinear(AbstractStepper):
             # answer: the other slots hold untied kinks, which the QP cannot move).
             few = need & (count <= self.few_kinks)
             small = field.with_options(max_active=self.few_kinks)
-            screened = on_rows(small.prox_selection, (x, h), few, screened, whole_pass=False)
+            screened = on_rows(
+                small.prox_selection, (x, h), few, screened,
+                whole_pass=_fixed_budget_qp(small.options, self.few_kinks),
+            )
             need = need & ~few
-        _, v_step, theta = on_rows(field.prox_selection, (x, h), need, screened, whole_pass=False)
+        _, v_step, theta = on_rows(
+            field.prox_selection, (x, h), need, screened,
+            whole_pass=_fixed_budget_qp(field.options, slots),
+        )
 
         def correct(x, h, v_step, theta, s):
             g = field.selection_gradient(theta, x.dtype)
