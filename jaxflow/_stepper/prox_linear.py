@@ -140,7 +140,7 @@ class ProxLinear(AbstractStepper):
         need = (count > 0) & active
         screened = (f0, g0, theta0)
         prog = field.program(x.dtype)
-        slots = min(sum(site.size for site in prog.sites), field.options.max_active)
+        slots = min(prog.n_groups, field.options.max_active)
         if 0 < self.few_kinks < slots:
             # Lanes with few candidate kinks: a QP over `few_kinks` slots (the same
             # answer: the other slots hold untied kinks, which the QP cannot move).
