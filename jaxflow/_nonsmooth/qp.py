@@ -32,6 +32,7 @@ import numpy as np
 
 __all__ = [
     "QPSolution",
+    "box_method",
     "box_minnorm",
     "simplex_product_minnorm",
     "hull_minnorm",
@@ -278,6 +279,13 @@ def _box_active_set(jm, g0, w, lin, s, max_iter: int):
 ACTIVE_SET_MAX = 64
 
 
+def box_method(method: str, k: int) -> str:
+    """The method `box_minnorm(method=method)` uses for `k` coordinates."""
+    if method == "auto":
+        return "active_set" if k <= ACTIVE_SET_MAX else "fista"
+    return method
+
+
 def box_minnorm(
     jac,
     g0,
@@ -308,8 +316,7 @@ def box_minnorm(
     lin = jnp.zeros_like(w) if linear is None else jnp.asarray(linear, jac.dtype)
     jm = jac * (w > 0).astype(jac.dtype)
     k = w.shape[0]
-    if method == "auto":
-        method = "active_set" if k <= ACTIVE_SET_MAX else "fista"
+    method = box_method(method, k)
     if method == "active_set":
         # Started from the centre of the box, whatever `s0`: where the minimisers are
         # not unique (more tied kinks than dimensions) the face steps, each the least

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg  # noqa: F401
 
 from .._compact import MIN_BLOCK, on_rows
-from .._nonsmooth.qp import ACTIVE_SET_MAX
+from .._nonsmooth.qp import box_method
 from .base import AbstractStepper
 
 __all__ = ["ProxLinear"]
@@ -67,10 +67,7 @@ def _fixed_budget_qp(options, slots: int) -> bool:
     so that one pass over all lanes costs less than blocks when most lanes need it; the
     active-set method's loop runs until the slowest row of its batch is done, so it
     runs in blocks, where fewer rows wait for the slowest."""
-    method = options.qp_method
-    if method == "auto":
-        method = "active_set" if slots <= ACTIVE_SET_MAX else "fista"
-    return method == "fista"
+    return box_method(options.qp_method, slots) == "fista"
 
 
 class ProxLinear(AbstractStepper):
