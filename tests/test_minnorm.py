@@ -73,34 +73,38 @@ def test_box_active_set_with_linear_term_matches_scipy_and_picks_least_norm():
     minimiser -J^+ g0 (the central selection the prox-linear stepper relies on: its
     second-order correction depends on which minimiser is taken)."""
     rng = np.random.default_rng(7)
-    for _ in range(20):
-        d, k = 6, 9
-        jac, g0 = rng.normal(size=(d, k)), rng.normal(size=d)
-        w, lin = rng.uniform(0.2, 1.5, size=k), rng.normal(size=k)
-        sol = box_minnorm(jac, g0, w, linear=lin, method="active_set")
+    n, d, k = 20, 6, 9
+    jacs, g0s = rng.normal(size=(n, d, k)), rng.normal(size=(n, d))
+    ws, lins = rng.uniform(0.2, 1.5, size=(n, k)), rng.normal(size=(n, k))
+    sols = jax.jit(jax.vmap(
+        lambda a, b, c, e: box_minnorm(a, b, c, linear=e, method="active_set")
+    ))(jacs, g0s, ws, lins)
+    for jac, g0, w, lin, y, gap in zip(jacs, g0s, ws, lins, np.asarray(sols.y),
+                                       np.asarray(sols.gap), strict=True):
 
-        def obj(s):
+        def obj(s, jac=jac, g0=g0, lin=lin):
             r = g0 + jac @ s
             return 0.5 * r @ r + lin @ s, jac.T @ r + lin
 
         ref = so.minimize(obj, np.zeros(k), jac=True, method="L-BFGS-B",
                           bounds=list(zip(-w, w)), options=dict(ftol=1e-15, gtol=1e-13, maxiter=10_000))
-        assert float(obj(np.asarray(sol.y))[0]) <= ref.fun + 1e-12
-        assert float(sol.gap) < 1e-12
+        assert float(obj(y)[0]) <= ref.fun + 1e-12
+        assert float(gap) < 1e-12
     # Box not binding, 9 columns of rank 6: the minimisers form a 3-dimensional set.
-    jac, g0 = rng.normal(size=(6, 9)), 1e-3 * rng.normal(size=6)
-    s0 = np.where(rng.uniform(size=9) > 0.5, 1.0, -1.0)
-    act = box_minnorm(jac, g0, np.ones(9), s0=s0, method="active_set")
-    fista = box_minnorm(jac, g0, np.ones(9), s0=s0, method="fista")
-    least = -np.linalg.pinv(jac) @ g0
     # Up to the rounding of the ridge-regularised solves (condition ~1e13 in float64),
-    # which leaks ~1e-3 relative into the null space. FISTA's Newton polish solves
-    # for the least-norm face minimiser too; without it FISTA keeps s0's null part.
-    for sol in (act, fista):
-        assert np.linalg.norm(np.asarray(sol.y) - least) <= 1e-2 * np.linalg.norm(least)
-    np.testing.assert_allclose(np.asarray(act.v), np.asarray(fista.v), atol=1e-10)
-    raw = box_minnorm(jac, g0, np.ones(9), s0=s0, method="fista", polish=False)
-    assert np.linalg.norm(np.asarray(raw.y) - least) > 0.5
+    # which leaks ~1e-3 relative into the null space, the active set (started from the
+    # box centre) returns the least-norm one. FISTA warm-started at a vertex s0 keeps
+    # s0's null part: another minimiser (its Newton polish is kept only if it lowers
+    # the gap, which is already at rounding level), with the same v.
+    for _ in range(6):
+        jac, g0 = rng.normal(size=(6, 9)), 1e-3 * rng.normal(size=6)
+        s0 = np.where(rng.uniform(size=9) > 0.5, 1.0, -1.0)
+        act = box_minnorm(jac, g0, np.ones(9), s0=s0, method="active_set")
+        least = -np.linalg.pinv(jac) @ g0
+        assert np.linalg.norm(np.asarray(act.y) - least) <= 1e-2 * np.linalg.norm(least)
+        raw = box_minnorm(jac, g0, np.ones(9), s0=s0, method="fista", polish=False)
+        assert np.linalg.norm(np.asarray(raw.y) - least) > 0.5
+        np.testing.assert_allclose(np.asarray(act.v), np.asarray(raw.v), atol=1e-10)
 
 
 # --------------------------------------------------------------------------- hulls

@@ -201,11 +201,11 @@ def test_flow_from_exact_kink_ties_is_batch_independent():
 
 # --------------------------------------------------------------------------- few kinks
 def test_few_tied_kinks_solve_a_small_qp_with_the_same_answers():
-    """A ReLU network has more kinks (here 8 x 24 = 192) than `few_kinks` slots; lanes
+    """A ReLU network has more kinks (here 4 x 12 = 48) than `few_kinks` slots; lanes
     with at most `few_kinks` candidate kinks solve the QP over that many slots. Same
     statuses and step counts as the QP over all `max_active` slots, end points to
     rounding (float64), and a lane's answer does not depend on the lanes around it."""
-    p = problems.get("mlp", widths=[2, 8, 1], activation="relu", n_samples=24)
+    p = problems.get("mlp", widths=[2, 4, 1], activation="relu", n_samples=12)
     x0 = p.sample(jax.random.key(3), 16, jnp.float64)
     kw = dict(t1=0.2, lanes=16)
     small = jf.flow(p, x0, solver=jf.ProxLinear(few_kinks=2), **kw)
