@@ -169,6 +169,8 @@ def main():
     ap.add_argument("--max-steps-10000", type=int, default=65536,
                     help="step budget at d = 10^4 (a few steps measure cost and memory)")
     ap.add_argument("--nref", type=int, default=8)
+    ap.add_argument("--rate10000", type=float, default=0.35,
+                    help="observation rate at d = 10^4 (0.012: about as many entries as d)")
     ap.add_argument("--rate1000", type=float, default=0.35,
                     help="observation rate at d = 1000 (0.1: escaping starts)")
     ap.add_argument("--independent-1000", action="store_true",
@@ -219,7 +221,7 @@ def main():
         print(checks, flush=True)
     if "d10000" in cases:
         _, _, r, _ = completion_case(1000, 5, args.n10000, args.t1, [("auto", "auto")],
-                                     max_steps=args.max_steps_10000)
+                                     max_steps=args.max_steps_10000, rate=args.rate10000)
         rows += r
     if "step_cost" in cases:
         checks["step_cost"] = step_cost([(30, 2), (60, 2), (60, 4), (100, 5)],
@@ -258,6 +260,8 @@ def main():
         "high_dim-" + "-".join(cases))
     if "d1000" in cases and args.rate1000 != 0.35:
         name += f"-rate{args.rate1000:g}"
+    if "d10000" in cases and args.rate10000 != 0.35:
+        name += f"-rate{args.rate10000:g}"
     if "step_cost" in cases and args.step_lanes != 4:
         name += f"-lanes{args.step_lanes}"
     write_results(name, {

@@ -202,7 +202,10 @@ class FlowOptions:
       memory and $O(d^3)$ time per step); `ProxLinear` for nonsmooth problems (see
       `jaxflow._stepper.choice.default_solver`).
     - `stepsize_controller`: `diffrax.PIDController(rtol, atol)` (default rtol
-      $10^{-6}$, atol $10^{-8}$) or `diffrax.ConstantStepSize()` with `dt0`.
+      $10^{-6}$, atol $10^{-8}$) or `diffrax.ConstantStepSize()` with `dt0`. Errors are
+      measured against `atol + max(rtol, 10 eps) |x_i| + 10 eps rms(x)` (eps the dtype's
+      machine epsilon: below that an error estimate is rounding noise), which in float32
+      (eps $1.2\cdot10^{-7}$) raises the tolerance of components near 0.
     - `dt0`: first step (default: Hairer–Nørsett–Wanner's guess), or the constant step.
     - `gtol`: stationarity tolerance for `CONVERGED` (default `default_gtol(dtype)`).
     - `escape_radius`: $\|x\|$ at which a trajectory is `ESCAPED`.

@@ -77,3 +77,40 @@ def test_narrowed_tail_deep_linear_identical(monkeypatch):
             np.asarray(getattr(narrowed, k)), np.asarray(getattr(wide, k)), err_msg=k
         )
     assert narrowed.lane_iterations < wide.lanes * int(wide.iterations)
+
+
+# ------------------------------------------------------------- the error control's floor
+def test_error_control_has_a_rounding_floor():
+    """Errors at the rounding level of float32 pass (`atol` far below eps |x| means
+    nothing for a component near 0, computed from terms of the state's size); errors
+    above it do not; float64 keeps the tolerances as asked."""
+    from jaxflow._controller import PIDControl
+
+    ctrl = PIDControl(rtol=1e-6, atol=1e-8)
+    for dtype in (jnp.float32, jnp.float64):
+        x = jnp.asarray([[1.5, -2.0, 3e-9, 0.7]], dtype)
+        eps = float(jnp.finfo(dtype).eps)
+        noise = jnp.full_like(x, 5 * eps)  # a few ulps of the state's size, every component
+        big = jnp.full_like(x, 1e-5)
+        got = float(ctrl.scaled_error(x, x, noise)[0])
+        if dtype == jnp.float32:
+            assert got < 1
+        else:  # 5 eps against atol 1e-8 on the third component: still far below 1
+            assert got < 1e-5
+        assert float(ctrl.scaled_error(x, x, big)[0]) > 1
+
+
+def test_float32_trajectory_at_the_rounding_floor_takes_the_float64_step_count():
+    # Deep linear, seed 1, start 6688 of the README scan's chunk 0: before the floor, 20,650
+    # accepted and 15,111 rejected steps in float32 (float64: 152 and 4).
+    problem = problems.get("deep-linear")
+    x = problem.sample(jax.random.fold_in(jax.random.key(1), 0), 6689, jnp.float32)[6688]
+    out = {}
+    for dtype in (jnp.float32, jnp.float64):
+        res = jf.flow(problem, jnp.tile(x.astype(dtype), (16, 1)), t1=2e4, lanes=16)
+        assert res.counts() == {"CONVERGED": 16}
+        out[dtype] = res
+    work = {k: int(r.steps[0]) + int(r.rejected[0]) for k, r in out.items()}
+    assert work[jnp.float32] <= 2 * work[jnp.float64], work
+    np.testing.assert_allclose(float(out[jnp.float32].f[0]), float(out[jnp.float64].f[0]),
+                               rtol=1e-5)
