@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "AbstractController", "PIDControl", "ConstantStep", "IterationCount", "effective_rtol",
-    "RTOL_FLOOR",
+    "RTOL_FLOOR", "noise_floor",
 ]
 
 # The rounding floor of the error control, in units of the dtype's machine epsilon: a
@@ -40,7 +40,7 @@ __all__ = [
 RTOL_FLOOR = 10
 
 
-def _noise_floor(m):
+def noise_floor(m):
     """Rounding noise of a step's error estimate, per component: `RTOL_FLOOR` epsilons of
     the state's root-mean-square magnitude (a component near 0 is computed from terms of
     the state's size, so its rounding does not shrink with it)."""
@@ -102,7 +102,7 @@ class PIDControl(AbstractController):
     def scaled_error(self, x, x1, err):
         m = jnp.maximum(jnp.abs(x), jnp.abs(x1))
         scale = self.atol + effective_rtol(self.rtol, x.dtype) * m
-        scale = scale + _noise_floor(m)
+        scale = scale + noise_floor(m)
         return jnp.sqrt(jnp.mean((err / scale) ** 2, axis=-1))
 
     def initial_step(self, x, v):

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._compact import on_rows
-from .._controller import effective_rtol
+from .._controller import effective_rtol, noise_floor
 from .base import AbstractTableauStepper
 from .linalg import UNROLL_MAX_DIM, lincomb, lu_factor, lu_solve
 
@@ -230,7 +230,9 @@ class ESDIRKStepper(AbstractTableauStepper):
             base = x + h * lincomb(a_i, stage_derivs) if np.any(a_i != 0) else x
             pred = tab.a_predictor[i - 1]
             z = x + h * lincomb(pred, stage_derivs) if np.any(pred != 0) else x
+            # The controller's error scale, rounding floor included.
             scale = self.atol + effective_rtol(self.rtol, x.dtype) * jnp.abs(x)
+            scale = scale + noise_floor(jnp.abs(x))
             z, prev, rate = self._chord(field, solve, z, base, hg, scale, rate, early)
             ok = ok & (prev <= self.newton_tol)
             stage_derivs.append((z - base) / (h * gamma))
