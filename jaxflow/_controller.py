@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "AbstractController", "PIDControl", "ConstantStep", "IterationCount", "effective_rtol",
-    "RTOL_FLOOR", "noise_floor",
+    "RTOL_FLOOR", "error_scale",
 ]
 
 # The rounding floor of the error control, in units of the dtype's machine epsilon: a
@@ -51,6 +51,12 @@ def noise_floor(m):
 def effective_rtol(rtol: float, dtype) -> float:
     """The relative tolerance used for `dtype`: `rtol`, at least `RTOL_FLOOR` epsilons."""
     return max(float(rtol), RTOL_FLOOR * float(jnp.finfo(dtype).eps))
+
+
+def error_scale(m, rtol: float, atol: float):
+    """The scale errors are measured in, for components of magnitude `m`:
+    `atol + max(rtol, RTOL_FLOOR eps) m + RTOL_FLOOR eps rms(m)`."""
+    return atol + effective_rtol(rtol, m.dtype) * m + noise_floor(m)
 
 
 class AbstractController(eqx.Module):
@@ -100,9 +106,7 @@ class PIDControl(AbstractController):
     dt0: float | None = eqx.field(static=True, default=None)
 
     def scaled_error(self, x, x1, err):
-        m = jnp.maximum(jnp.abs(x), jnp.abs(x1))
-        scale = self.atol + effective_rtol(self.rtol, x.dtype) * m
-        scale = scale + noise_floor(m)
+        scale = error_scale(jnp.maximum(jnp.abs(x), jnp.abs(x1)), self.rtol, self.atol)
         return jnp.sqrt(jnp.mean((err / scale) ** 2, axis=-1))
 
     def initial_step(self, x, v):

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._compact import on_rows
-from .._controller import effective_rtol, noise_floor
+from .._controller import error_scale
 from .base import AbstractTableauStepper
 from .linalg import UNROLL_MAX_DIM, lincomb, lu_factor, lu_solve
 
@@ -224,15 +224,13 @@ class ESDIRKStepper(AbstractTableauStepper):
         ok = jnp.array(True)
         rate = jnp.zeros((), x.dtype)
         early = self._reuses(x.shape[0])
+        scale = error_scale(jnp.abs(x), self.rtol, self.atol)  # the controller's, at x
         z = x
         for i in range(1, len(tab.b_sol)):
             a_i = tab.a_lower[i - 1]
             base = x + h * lincomb(a_i, stage_derivs) if np.any(a_i != 0) else x
             pred = tab.a_predictor[i - 1]
             z = x + h * lincomb(pred, stage_derivs) if np.any(pred != 0) else x
-            # The controller's error scale, rounding floor included.
-            scale = self.atol + effective_rtol(self.rtol, x.dtype) * jnp.abs(x)
-            scale = scale + noise_floor(jnp.abs(x))
             z, prev, rate = self._chord(field, solve, z, base, hg, scale, rate, early)
             ok = ok & (prev <= self.newton_tol)
             stage_derivs.append((z - base) / (h * gamma))
