@@ -867,39 +867,16 @@ def classify_arrays(
         jax.tree.map(lambda v: _as_array(v, dtype, on_host), options),
     )
     window = _window_size(ts, options.tail_decades)
-    program, static = _classify_program(window)
     # Inside a scan of a built-in problem the program comes from the executable cache
     # (`jaxflow._executables`); elsewhere it is traced and compiled as usual.
-    out = call_cached(program, args, static=static, compiler_options={})
+    program = functools.partial(_classify_batch, window=window)
+    out = call_cached(
+        functools.update_wrapper(program, _classify_batch), args,
+        static={"fn": "classify", "window": window}, compiler_options={},
+    )
     if out is None:
         out = _classify_arrays(*args, window=window)
     return Classification(**{k: v if n_pad == n else v[:n] for k, v in out.items()})
-
-
-def _classify_program(window):
-    """The classification program for the executable cache, and its static key."""
-    program = functools.partial(_classify_batch, window=window)
-    return (functools.update_wrapper(program, _classify_batch),
-            {"fn": "classify", "window": window})
-
-
-def classify_prefetch_call(ts, n: int, dtype, options: DetectorOptions | None = None):
-    """The `(fn, args, static, compiler_options)` of the program that classifies `n`
-    trajectories checkpointed at `ts` in `dtype` (for `jaxflow._executables.prefetch`:
-    a scan compiles it while its engine runs). Arguments as `classify_arrays` passes
-    them for host arrays; abstract (`jax.ShapeDtypeStruct`), so nothing runs."""
-    options = DetectorOptions() if options is None else options
-    dtype = jnp.dtype(dtype)
-    ts_host = np.asarray(np.asarray(ts, np.float64).astype(dtype), dtype)
-    n_pad, k = _padded_rows(n), ts_host.shape[0]
-    spec = lambda shape, dt=dtype: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
-    args = (
-        ts_host, spec((n_pad, k)), spec((n_pad, k)), spec((n_pad, k)), spec((n_pad,)),
-        spec((n_pad,)), spec((n_pad,)), spec((n_pad,)), spec((n_pad,), jnp.int8),
-        jax.tree.map(lambda v: np.asarray(v, dtype), options),
-    )
-    program, static = _classify_program(_window_size(ts_host, options.tail_decades))
-    return program, args, static, {}
 
 
 def classify(

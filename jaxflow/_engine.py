@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from ._controller import AbstractController
-from ._executables import call_cached, prefetch
+from ._executables import call_cached
 from ._field import AbstractField, stationarity
 from ._status import Status
 from ._stepper import AbstractStepper
@@ -396,8 +396,6 @@ def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
     width = max(engine.lanes, MIN_LANES)
     # Whether there is a narrower rung (the same flag, hence the same program, otherwise).
     narrow = bool(NARROW_TAIL) and _narrower_width(width, 0) < width
-    if narrow:  # in a scan: the narrower programs compile while this one compiles and runs
-        prefetch(lambda: _narrower_calls(engine, x0, ts, gtol, radius, cp_iters))
     out, lanes, iterations, active = program(engine, x0, ts, gtol, radius, cp_iters, narrow)
     if not narrow:  # one program, and no wait for its results
         return out, iterations, None
@@ -414,23 +412,10 @@ def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
     return out, iterations, lane_iterations
 
 
-def _narrower_calls(engine: Engine, x0, ts, gtol, radius, cp_iters):
-    """The calls of the narrower programs down the ladder from `engine.lanes`, each
-    resuming from the one above (`jaxflow._executables.prefetch`: their arguments'
-    shapes come from tracing the program above, nothing runs)."""
-    call = (engine, x0, ts, gtol, radius, cp_iters, True)
-    width = max(engine.lanes, MIN_LANES)
-    while (nxt := _rung_below(width)) < width:
-        out, lanes, _, _ = eqx.filter_eval_shape(_run, *call)
-        call = (dataclasses.replace(engine, lanes=nxt), x0, ts, gtol, radius, cp_iters, True,
-                (out, lanes))
-        yield _run, call, _program_static(*call), dict(_engine_compiler_options())
-        width = nxt
-
-
-def _program_static(engine: Engine, *args) -> dict:
-    """The engine's static configuration, for the executable cache's key."""
-    return dict(
+def _call_program(program, engine: Engine, *args):
+    """`program(engine, *args)`, through the executable cache when a scan set a program
+    identity (`jaxflow._executables`), else traced and compiled as usual."""
+    static = dict(
         lanes=engine.lanes, max_steps=engine.max_steps, save_states=engine.save_states,
         stop_at_convergence=engine.stop_at_convergence,
         field=type(engine.field).__qualname__, stepper=type(engine.stepper).__qualname__,
@@ -439,12 +424,6 @@ def _program_static(engine: Engine, *args) -> dict:
         # are part of the key already.
         narrow=bool(args[5]), resumed=len(args) == 7, cp_iters=args[4] is not None,
     )
-
-
-def _call_program(program, engine: Engine, *args):
-    """`program(engine, *args)`, through the executable cache when a scan set a program
-    identity (`jaxflow._executables`), else traced and compiled as usual."""
-    static = _program_static(engine, *args)
     out = call_cached(
         _run, (engine, *args), static=static, compiler_options=dict(_engine_compiler_options())
     )

@@ -49,7 +49,7 @@ from typing import Any
 import equinox as eqx
 import jax
 
-__all__ = ["program_identity", "current_identity", "call_cached", "prefetch", "SUBDIR"]
+__all__ = ["program_identity", "current_identity", "call_cached", "SUBDIR"]
 
 SUBDIR = "jaxflow-executables"
 
@@ -157,21 +157,19 @@ def _storable_options() -> dict:
     return dict(_storable_options_for(jax.default_backend()))
 
 
-def _is_leaf_array(x) -> bool:
-    # Abstract arguments (`jax.ShapeDtypeStruct`, for `prefetch`) key like the arrays
-    # they stand for.
-    return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
+def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options: Mapping):
+    """`jax.jit(fn, compiler_options)(*args)` through the executable cache, or `None`
+    when no `program_identity` is active (then the caller compiles as usual).
 
-
-def _prepare(fn: Callable, args: tuple, static: Mapping, compiler_options: Mapping):
-    """`(key, path, leaves, compile_and_store)` of `fn(*args)` under the active identity,
-    or None when there is none."""
+    `static`: JSON-able description of the non-array parts of `args` that the caller's
+    identity does not already cover (the engine's static fields).
+    """
     current = _IDENTITY.get()
     if current is None:
         return None
     identity, directory = current
     compiler_options = {**compiler_options, **_storable_options()}
-    dynamic, rest = eqx.partition(args, _is_leaf_array)
+    dynamic, rest = eqx.partition(args, eqx.is_array)
     leaves, treedef = jax.tree.flatten(dynamic)
     key_text = json.dumps(
         {"identity": identity, "static": static, "arrays": _arrays(dynamic),
@@ -201,121 +199,30 @@ def _prepare(fn: Callable, args: tuple, static: Mapping, compiler_options: Mappi
                 path.unlink(missing_ok=True)
         return compiled
 
-    return key, path, leaves, compile_and_store
-
-
-# Keys being loaded or compiled by some thread right now (a call for the same program
-# waits for it instead of compiling it twice), and keys of executables loaded from disk
-# by `prefetch` that have not run yet (their first call checks that they run).
-_PENDING: dict[str, threading.Event] = {}
-_UNVERIFIED: set[str] = set()
-
-
-def _executable(key: str, path: Path, compile_and_store) -> tuple[Any, bool]:
-    """The executable for `key`: from this process, from disk, or compiled (and stored);
-    with whether it came from disk and has not run yet."""
-    while True:
-        with _LOCK:
-            compiled = _LOADED.pop(key, None)
-            if compiled is not None:
-                _LOADED[key] = compiled  # most recently used last
-                return compiled, key in _UNVERIFIED
-            pending = _PENDING.get(key)
-            if pending is None:
-                _PENDING[key] = threading.Event()
-                break
-        pending.wait()  # another thread is compiling it: its result, or our turn
-    try:
+    with _LOCK:
+        compiled = _LOADED.pop(key, None)
+        if compiled is not None:
+            _LOADED[key] = compiled  # most recently used last
+    loaded = False
+    if compiled is None:
         compiled = _load(path)
         loaded = compiled is not None
         if compiled is None:
             compiled = compile_and_store()
-        with _LOCK:
-            if loaded:
-                _UNVERIFIED.add(key)
-            else:
-                _UNVERIFIED.discard(key)
         _remember(key, compiled)
-        return compiled, loaded
-    finally:
-        with _LOCK:
-            _PENDING.pop(key).set()
-
-
-def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options: Mapping):
-    """`jax.jit(fn, compiler_options)(*args)` through the executable cache, or `None`
-    when no `program_identity` is active (then the caller compiles as usual).
-
-    `static`: JSON-able description of the non-array parts of `args` that the caller's
-    identity does not already cover (the engine's static fields).
-    """
-    prepared = _prepare(fn, args, static, compiler_options)
-    if prepared is None:
-        return None
-    key, path, leaves, compile_and_store = prepared
-    compiled, unverified = _executable(key, path, compile_and_store)
-    if not unverified:
+    if not loaded:
         return compiled(leaves)
     try:
         # Waits for the result: XLA reports a broken executable when it runs, which with
         # asynchronous dispatch would be when the caller reads the outputs.
-        out = jax.block_until_ready(compiled(leaves))
-        with _LOCK:
-            _UNVERIFIED.discard(key)
-        return out
+        return jax.block_until_ready(compiled(leaves))
     except jax.errors.JaxRuntimeError:
         # Loaded but not runnable here (XLA:CPU: "Function ... not found" with several
         # host devices): compiled anew, replacing the entry. The call is pure, so
         # running it again is safe.
         compiled = compile_and_store()
-        with _LOCK:
-            _UNVERIFIED.discard(key)
         _remember(key, compiled)
         return compiled(leaves)
-
-
-_POOL: list = []
-# `False` turns `prefetch` off (the programs compile one after the other, when called):
-# to measure what it saves.
-PREFETCH = True
-
-
-def prefetch(make_calls: Callable[[], Any]) -> None:
-    """Loads or compiles programs in a background thread, for calls that will come.
-
-    `make_calls()` runs in that thread (it may trace, e.g. `eqx.filter_eval_shape`, to
-    find the shapes of later arguments) and yields `(fn, args, static,
-    compiler_options)` tuples as `call_cached` takes them, with `jax.ShapeDtypeStruct`
-    leaves allowed in `args`; each is loaded or compiled in turn and kept for the call
-    (which waits for it if it comes before the compilation ends). Nothing happens
-    without an active `program_identity`. Failures are ignored: the call compiles as it
-    would have. A scan's programs compile side by side this way (the engine's narrower
-    tail programs and the classification while the engine's first program compiles and
-    runs) instead of one after the other.
-    """
-    current = _IDENTITY.get()
-    if current is None or not PREFETCH:
-        return
-    context = contextvars.copy_context()  # the identity, in the background thread
-
-    def work():
-        try:
-            for fn, args, static, compiler_options in make_calls():
-                prepared = _prepare(fn, args, static, compiler_options)
-                if prepared is not None:
-                    key, path, _, compile_and_store = prepared
-                    _executable(key, path, compile_and_store)
-        except Exception:  # noqa: BLE001 - the call itself will compile and report
-            return
-
-    with _LOCK:
-        if not _POOL:
-            import concurrent.futures as cf
-
-            _POOL.append(cf.ThreadPoolExecutor(max_workers=2,
-                                               thread_name_prefix="jaxflow-prefetch"))
-        pool = _POOL[0]
-    pool.submit(context.run, work)
 
 
 _HITS = threading.local()

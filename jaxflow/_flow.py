@@ -258,21 +258,6 @@ def flow(
     return res
 
 
-def extended_times(ts0, opts: FlowOptions) -> np.ndarray:
-    """The checkpoint times of a run with `opts.extend_undecided`: `ts0` (the run's, to
-    `t1`) continued on the same log-spaced grid up to `extend_undecided`; `ts0` without
-    it."""
-    ts0 = np.asarray(ts0, np.float64)
-    if opts.extend_undecided is None:
-        return ts0
-    t_max, t1 = float(opts.extend_undecided), float(ts0[-1])
-    ratio = ts0[-1] / ts0[-2] if ts0.shape[0] > 2 else 10.0 ** (1 / opts.checkpoints_per_decade)
-    k_new = max(int(math.ceil(math.log(t_max / t1) / math.log(ratio) - 1e-6)), 1)
-    extra = t1 * ratio ** np.arange(1, k_new + 1)
-    extra[-1] = t_max
-    return np.concatenate([ts0, extra])
-
-
 def _extend_undecided(
     res: FlowResult, engine: Engine, opts: FlowOptions, gtol, detector_options=None
 ) -> FlowResult:
@@ -287,7 +272,11 @@ def _extend_undecided(
     t_max = float(opts.extend_undecided)
     ts0 = np.asarray(res.ts, np.float64)
     t1 = float(ts0[-1])
-    ts_all = extended_times(ts0, opts)
+    ratio = ts0[-1] / ts0[-2] if ts0.shape[0] > 2 else 10.0 ** (1 / opts.checkpoints_per_decade)
+    k_new = max(int(math.ceil(math.log(t_max / t1) / math.log(ratio) - 1e-6)), 1)
+    extra = t1 * ratio ** np.arange(1, k_new + 1)
+    extra[-1] = t_max
+    ts_all = np.concatenate([ts0, extra])
     n, k0, k_all = len(res), ts0.shape[0], ts_all.shape[0]
     dtype = res.x.dtype
     pad = jnp.full((n, k_all - k0), jnp.nan, dtype)

@@ -150,28 +150,3 @@ def test_stored_engine_runs_in_another_process(tmp_path):
     assert int(runs[0][0]) >= 1 and int(runs[0][2]) >= 1  # compiled and stored
     assert runs[1] == ["0", "STORED", "0"], runs  # loaded and run: nothing compiled or stored
     assert int(runs[2][0]) >= 1 and runs[2][2] == "0", runs  # from JAX's cache: not stored
-
-
-def test_prefetched_programs_are_the_ones_the_scan_runs(tmp_path, monkeypatch, fresh_process):
-    """A scan compiles its narrower tail program and its classification in the background
-    while the engine runs (`jaxflow._executables.prefetch`), under the keys the scan then
-    calls: nothing is compiled twice, and every stored entry is one the scan used."""
-    import threading
-
-    called, fetched = [], []
-    real = _executables._executable
-
-    def spy(key, path, build):
-        in_background = threading.current_thread().name.startswith("jaxflow-prefetch")
-        (fetched if in_background else called).append(key)
-        return real(key, path, build)
-
-    monkeypatch.setattr(_executables, "_executable", spy)
-    fresh_process()
-    cache = tmp_path / "xla"
-    res = jf.scan("matrix-completion", 256, out=tmp_path / "a", compilation_cache=cache,
-                  t1=50.0, chunk_size=256, lanes=128, progress=None)
-    assert len(fetched) == 2  # the 16-lane tail program and the classification
-    assert set(fetched) <= set(called)
-    assert {p.stem for p in _bins(cache)} <= set(called)
-    assert res.counts().get("NONFINITE", 0) == 0

@@ -33,9 +33,9 @@ import equinox as eqx
 import numpy as np
 
 from .._engine import default_lanes
-from .._executables import call_cached, prefetch, program_identity
-from .._detect import DetectorOptions, classify, classify_prefetch_call
-from .._flow import extended_times, flow
+from .._executables import call_cached, program_identity
+from .._detect import DetectorOptions, classify
+from .._flow import flow
 from .._options import FlowOptions
 from .._problem import Problem
 from .._schema import checkpoint_state_columns, start_columns, trajectory_table
@@ -210,8 +210,6 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
     # The scan's detector thresholds also decide which trajectories `extend_undecided`
     # continues (a `horizon` there is for the final classification only).
     detect = {k: v for k, v in spec["classify"].items() if k != "horizon"}
-    # The chunk's classification compiles (or loads) while the engine runs.
-    prefetch(lambda: [_classify_call(options, cs, dtype, detect)])
     res = flow(problem, x0, options, detector_options=DetectorOptions(**detect))
     cols = _trajectory_columns(res, spec["classify"])
     x0_np = np.asarray(x0)[:valid]
@@ -234,16 +232,6 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
             # all within the engine's first `save_states` rows.
             trajectories.update(checkpoint_state_columns(np.asarray(res.cp_x)[: int(keep.sum())]))
     return main, trajectories
-
-
-def _classify_call(options: FlowOptions, n: int, dtype, detect: Mapping):
-    """The call `_trajectory_columns` will make to classify the chunk's result (its
-    checkpoint times as the result carries them: in `dtype`, extended past `t1` with
-    `extend_undecided`)."""
-    ts = np.asarray(np.asarray(options.checkpoint_times(), dtype), np.float64)
-    ts = np.asarray(extended_times(ts, options), dtype)
-    thresholds = DetectorOptions(**{k: float(v) for k, v in detect.items()})
-    return classify_prefetch_call(ts, n, dtype, thresholds)
 
 
 def _backend(device) -> str:
