@@ -39,13 +39,13 @@ def _independent_gmres():
     return jf.RodasKrylov(recycle=False, krylov_dim=32, krylov_rtol=0.1)
 
 
-def run_one(problem, x0, solver, t1, max_steps, label, repeat=False):
+def run_one(problem, x0, solver, t1, max_steps, label, repeat=False, **flow_kw):
     import jax
 
     import jaxflow as jf
 
     t0 = time.perf_counter()
-    res = jf.flow(problem, x0, t1=t1, solver=solver, max_steps=max_steps)
+    res = jf.flow(problem, x0, t1=t1, solver=solver, max_steps=max_steps, **flow_kw)
     jax.block_until_ready(res.x)
     wall = time.perf_counter() - t0
     run_s = None
@@ -68,6 +68,28 @@ def run_one(problem, x0, solver, t1, max_steps, label, repeat=False):
     )
     print(row, flush=True)
     return row, res, refined
+
+
+def _kink_ties(problem, res):
+    """How many kinks are tied at the checkpointed states of the flows (every start's
+    states at its checkpoints), and the exactness of the minimal-norm subgradient there
+    (`jaxflow.minnorm_subgradient`): generic points should be SMOOTH or certified, never
+    TRUNCATED."""
+    import jax.numpy as jnp
+
+    import jaxflow as jf
+
+    cp = np.asarray(res.cp_x)
+    pts = cp.reshape(-1, cp.shape[-1])
+    pts = pts[np.all(np.isfinite(pts), axis=1)]
+    mn = jf.minnorm_subgradient(problem, jnp.asarray(pts))
+    tied = np.asarray(mn.n_active)
+    ex = np.asarray(mn.exactness)
+    return dict(
+        ties_points=int(pts.shape[0]), ties_share_with_tied=float(np.mean(tied > 0)),
+        ties_median=float(np.median(tied)), ties_max=int(tied.max()),
+        exactness={jf.Exactness(int(k)).name: int(np.sum(ex == k)) for k in np.unique(ex)},
+    )
 
 
 def completion_case(n, r, n_starts, t1, solvers, seed=0, max_steps=65536, rate=0.35):
@@ -172,6 +194,10 @@ def main():
     ap.add_argument("--nmlp", type=int, default=256)
     ap.add_argument("--nrelu", type=int, default=64)
     ap.add_argument("--t1-relu", type=float, default=1.0)
+    ap.add_argument("--relu-widths", default="4,16,1", help="ReLU MLP widths (d = 97 by default)")
+    ap.add_argument("--relu-samples", type=int, default=100)
+    ap.add_argument("--relu-default-only", action="store_true",
+                    help="only the default ProxLinear (not the QP over all slots)")
     ap.add_argument("--ncross", type=int, default=32, help="starts at d = 240 and 480")
     ap.add_argument("--max-steps-10000", type=int, default=65536,
                     help="step budget at d = 10^4 (a few steps measure cost and memory)")
@@ -257,17 +283,25 @@ def main():
     if "relu" in cases:
         # ReLU MLP, d = 97 (1600 kinks): the prox-linear QP over few kink slots for lanes
         # with few candidate kinks (default) against the QP over all 256 slots.
-        p = problems.get("mlp", widths=[4, 16, 1], activation="relu", n_samples=100)
+        widths = [int(w) for w in args.relu_widths.split(",")]
+        p = problems.get("mlp", widths=widths, activation="relu", n_samples=args.relu_samples)
         x0 = p.sample(jax.random.key(0), args.nrelu, jnp.float32)
-        for label, solver in (("ProxLinear() (few_kinks=16)", jf.ProxLinear()),
-                              ("ProxLinear(few_kinks=0)", jf.ProxLinear(few_kinks=0))):
-            row, _, _ = run_one(p, x0, solver, args.t1_relu, 65536, label)
+        solvers = [("ProxLinear() (few_kinks=16)", jf.ProxLinear())]
+        if not args.relu_default_only:
+            solvers.append(("ProxLinear(few_kinks=0)", jf.ProxLinear(few_kinks=0)))
+        for label, solver in solvers:
+            row, res, _ = run_one(p, x0, solver, args.t1_relu, 65536, label,
+                                  save_states=args.nrelu)
+            row.update(_kink_ties(p, res))
+            print(row, flush=True)
             rows.append(row)
 
     from _common import markdown_table, write_results
 
     cols = ["case", "d", "n", "solver", "stepper", "wall_s", "run_s", "refined", "steps_median",
             "steps_max", "rejected_total", "peak_rss_gib"]
+    if any("ties_points" in r for r in rows):  # the ReLU case's kink statistics
+        cols += ["ties_points", "ties_share_with_tied", "ties_median", "ties_max", "exactness"]
     table = markdown_table(
         [{**r, "refined": ", ".join(f"{k} {v}" for k, v in r["refined"].items())}
          for r in rows], cols)
@@ -288,6 +322,8 @@ def main():
         name += f"-rate{args.rate1000:g}"
     if "d10000" in cases and args.rate10000 != 0.35:
         name += f"-rate{args.rate10000:g}"
+    if "relu" in cases and args.relu_widths != "4,16,1":
+        name += "-" + args.relu_widths.replace(",", "-") + f"-m{args.relu_samples}"
     if "step_cost" in cases and args.step_lanes != 4:
         name += f"-lanes{args.step_lanes}"
     write_results(name, {
