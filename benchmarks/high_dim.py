@@ -52,7 +52,7 @@ def run_one(problem, x0, solver, t1, max_steps, label, repeat=False, **flow_kw):
     if repeat:  # the same call again: compiled, so its wall time is the run alone
         t0 = time.perf_counter()
         jax.block_until_ready(jf.flow(problem, x0, t1=t1, solver=solver,
-                                      max_steps=max_steps).x)
+                                      max_steps=max_steps, **flow_kw).x)
         run_s = round(time.perf_counter() - t0, 2)
     refined = jf.classify(res)
     steps = np.asarray(res.steps)
