@@ -463,7 +463,8 @@ def _lane_memory_budget(backend: str) -> int:
 
 
 def default_lanes(
-    n: int, backend: str | None = None, *, dim: int | None = None, matrices: int = 0
+    n: int, backend: str | None = None, *, dim: int | None = None, matrices: int = 0,
+    vectors: int = 0,
 ) -> int:
     """Lanes per loop iteration.
 
@@ -477,7 +478,9 @@ def default_lanes(
     With the dimension `dim`, lanes are also capped (to a power of two) so that their
     working memory, about 64 vectors of length `dim` per lane in float64 plus `matrices`
     $d\times d$ matrices (a dense stepper's Hessians and factorisations,
-    `AbstractStepper.matrices_per_lane`), stays within a quarter of the device's memory:
+    `AbstractStepper.matrices_per_lane`) and `vectors` more vectors (a nonsmooth field's
+    kink gradients, `AbstractField.vectors_per_lane`), stays within a quarter of the
+    device's memory (never below `MIN_LANES` lanes):
     at $d = 10^5$ on a host with 16 GiB, 64 lanes; at $d = 120$ with a dense stepper on
     a card with 139 GiB, 65,536 lanes instead of $2^{18}$. At
     large $d$ a step's own work (Hessian-vector products) dwarfs the per-iteration
@@ -486,7 +489,7 @@ def default_lanes(
     backend = backend or jax.default_backend()
     cap = 1024 if backend == "cpu" else 2**18
     if dim is not None and dim > 0:
-        per_lane = (_VECTORS_PER_LANE + int(matrices) * int(dim)) * int(dim) * 8
+        per_lane = (_VECTORS_PER_LANE + int(vectors) + int(matrices) * int(dim)) * int(dim) * 8
         fit = max(1, _lane_memory_budget(backend) // per_lane)
         cap = min(cap, max(MIN_LANES, 2 ** int(math.log2(fit))))
     lanes = int(min(n, max(64, min(cap, 2 ** int(math.log2(max(n, 1) / 8 + 1))))))

@@ -46,6 +46,12 @@ class AbstractField(eqx.Module):
     def smooth(self) -> bool:
         return True
 
+    def vectors_per_lane(self) -> int:
+        """Length-$d$ vectors (counted in float64) that evaluating the field holds per
+        lane beyond a gradient's, for the engine's choice of lanes by memory
+        (`jaxflow._engine.default_lanes`). 0 for gradient fields."""
+        return 0
+
 
 class GradientField(AbstractField):
     r"""$v = \nabla f$ for a continuously differentiable $f$."""

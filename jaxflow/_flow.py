@@ -139,14 +139,16 @@ def _flat_starts(problem, x0, caller: str):
     return xs
 
 
-def _lane_count(lanes: int | None, n: int, dim: int, matrices: int = 0) -> int:
+def _lane_count(lanes: int | None, n: int, dim: int, matrices: int = 0,
+                vectors: int = 0) -> int:
     """Lanes for `n` starts: the request (default `default_lanes(n, dim=dim, matrices=
-    matrices)`: `matrices` dense $d\times d$ matrices per lane for the stepper), at most
+    matrices, vectors=vectors)`: `matrices` dense $d\times d$ matrices per lane for the
+    stepper, `vectors` length-$d$ vectors for the field), at most
     `n`, rounded up to a multiple of `MIN_LANES` (XLA:CPU vectorises lanes in SIMD vectors
     and computes a partial vector with other code, so a lane's rounding would depend on
     the count)."""
     if lanes is None:
-        lanes = default_lanes(n, dim=dim, matrices=matrices)
+        lanes = default_lanes(n, dim=dim, matrices=matrices, vectors=vectors)
     wanted = min(int(lanes), n)
     return -(-wanted // MIN_LANES) * MIN_LANES
 
@@ -227,9 +229,11 @@ def flow(
     dtype = xs.dtype
     gtol_value = opts.gtol_for(dtype)
     stepper = opts.stepper(problem)
-    n_lanes = _lane_count(opts.lanes, n, problem.dim, stepper.matrices_per_lane(problem.dim))
+    field = field_for(problem) if field is None else field
+    n_lanes = _lane_count(opts.lanes, n, problem.dim, stepper.matrices_per_lane(problem.dim),
+                          field.vectors_per_lane())
     engine = Engine(
-        field=field_for(problem) if field is None else field,
+        field=field,
         stepper=stepper,
         controller=opts.control,
         lanes=n_lanes,
@@ -396,11 +400,12 @@ def descend(
     dtype = xs.dtype
     cp_iters = iteration_checkpoints(num_steps, opts.checkpoints_per_decade)
     gtol_value = opts.gtol_for(dtype)
+    field = field_for(problem) if field is None else field
     engine = Engine(
-        field=field_for(problem) if field is None else field,
+        field=field,
         stepper=OptaxStepper(optimizer),
         controller=IterationCount(time_per_step=float(time_per_step)),
-        lanes=_lane_count(opts.lanes, n, problem.dim),
+        lanes=_lane_count(opts.lanes, n, problem.dim, vectors=field.vectors_per_lane()),
         max_steps=int(num_steps) + 1,
         stop_at_convergence=bool(opts.stop_at_convergence),
     )

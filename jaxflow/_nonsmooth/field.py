@@ -127,6 +127,16 @@ class MinNormField(AbstractField):
     def smooth(self) -> bool:
         return False
 
+    def vectors_per_lane(self) -> int:
+        # The kinks' linearisation holds a gradient per piece of every kink group:
+        # measured on a ReLU MLP 16-48-1 on 1000 points (d = 865, 48,000 kinks of two
+        # pieces), 0.58 GiB per lane in float32 (0.30 GiB with 500 points), i.e. about
+        # 1.8 float64 copies per piece; 2 per piece is counted.
+        prog = self.program(jnp.result_type(float))
+        if prog is None or prog is NO_KINKS:
+            return 0
+        return 2 * sum(s.size * s.npieces for s in prog.sites)
+
     def _solve(self, x, h=None, with_certificate=False):
         prog = self.program(x.dtype)
         if prog is None:
