@@ -139,16 +139,22 @@ def _flat_starts(problem, x0, caller: str):
     return xs
 
 
-def _lane_count(lanes: int | None, n: int, dim: int, matrices: int = 0,
-                vectors: int = 0) -> int:
-    """Lanes for `n` starts: the request (default `default_lanes(n, dim=dim, matrices=
-    matrices, vectors=vectors)`: `matrices` dense $d\times d$ matrices per lane for the
-    stepper, `vectors` length-$d$ vectors for the field), at most
-    `n`, rounded up to a multiple of `MIN_LANES` (XLA:CPU vectorises lanes in SIMD vectors
-    and computes a partial vector with other code, so a lane's rounding would depend on
-    the count)."""
+def memory_lanes(problem, n: int, stepper=None, field=None, backend=None) -> int:
+    """`default_lanes` for `n` starts of `problem`, counting the memory a lane holds: the
+    stepper's dense $d\times d$ matrices and the field's vectors (a nonsmooth field's
+    kink gradients)."""
+    field = field_for(problem) if field is None else field
+    matrices = 0 if stepper is None else stepper.matrices_per_lane(problem.dim)
+    return default_lanes(n, backend, dim=problem.dim, matrices=matrices,
+                         vectors=field.vectors_per_lane())
+
+
+def _lane_count(lanes: int | None, n: int, problem, stepper=None, field=None) -> int:
+    """Lanes for `n` starts: the request (default `memory_lanes`), at most `n`, rounded up
+    to a multiple of `MIN_LANES` (XLA:CPU vectorises lanes in SIMD vectors and computes a
+    partial vector with other code, so a lane's rounding would depend on the count)."""
     if lanes is None:
-        lanes = default_lanes(n, dim=dim, matrices=matrices, vectors=vectors)
+        lanes = memory_lanes(problem, n, stepper, field)
     wanted = min(int(lanes), n)
     return -(-wanted // MIN_LANES) * MIN_LANES
 
@@ -230,8 +236,7 @@ def flow(
     gtol_value = opts.gtol_for(dtype)
     stepper = opts.stepper(problem)
     field = field_for(problem) if field is None else field
-    n_lanes = _lane_count(opts.lanes, n, problem.dim, stepper.matrices_per_lane(problem.dim),
-                          field.vectors_per_lane())
+    n_lanes = _lane_count(opts.lanes, n, problem, stepper, field)
     engine = Engine(
         field=field,
         stepper=stepper,
@@ -405,7 +410,7 @@ def descend(
         field=field,
         stepper=OptaxStepper(optimizer),
         controller=IterationCount(time_per_step=float(time_per_step)),
-        lanes=_lane_count(opts.lanes, n, problem.dim, vectors=field.vectors_per_lane()),
+        lanes=_lane_count(opts.lanes, n, problem, field=field),
         max_steps=int(num_steps) + 1,
         stop_at_convergence=bool(opts.stop_at_convergence),
     )

@@ -193,8 +193,8 @@ def test_default_lanes_count_a_nonsmooth_field_s_kink_gradients(monkeypatch):
     assert field_for(jf.problems.get("matrix-completion")).vectors_per_lane() == 0
     budget = 40 * (_engine._VECTORS_PER_LANE + 1600) * p.dim * 8  # 40 lanes' worth
     monkeypatch.setattr(_engine, "_lane_memory_budget", lambda backend: budget)
-    assert _flow._lane_count(None, 256, p.dim) == 64
-    assert _flow._lane_count(None, 256, p.dim, vectors=field.vectors_per_lane()) == 32
+    assert _engine.default_lanes(256, dim=p.dim) == 64
+    assert _flow.memory_lanes(p, 256) == 32
 
 
 def _symmetric(getkey, eig):

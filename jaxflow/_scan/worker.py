@@ -32,11 +32,9 @@ from typing import Any
 import equinox as eqx
 import numpy as np
 
-from .._engine import default_lanes
-from .._field_choice import field_for
 from .._executables import call_cached, program_identity
 from .._detect import DetectorOptions, classify
-from .._flow import flow
+from .._flow import flow, memory_lanes
 from .._options import FlowOptions
 from .._problem import Problem
 from .._schema import checkpoint_state_columns, start_columns, trajectory_table
@@ -205,10 +203,8 @@ def _compute_chunk(problem: Problem, spec: Mapping, chunk: int, device):
     x0 = _chunk_starts(problem, int(spec["seed"]), chunk, valid, cs, dtype)
     options = FlowOptions.from_spec(spec["flow"], save_states=int(spec["save_states"]))
     if options.lanes is None:  # left to the worker's backend (the result does not depend on it)
-        matrices = options.stepper(problem).matrices_per_lane(problem.dim)
-        options = options.replace(lanes=default_lanes(
-            cs, _backend(device), dim=problem.dim, matrices=matrices,
-            vectors=field_for(problem).vectors_per_lane()))
+        options = options.replace(lanes=memory_lanes(
+            problem, cs, options.stepper(problem), backend=_backend(device)))
     # The scan's detector thresholds also decide which trajectories `extend_undecided`
     # continues (a `horizon` there is for the final classification only).
     detect = {k: v for k, v in spec["classify"].items() if k != "horizon"}
