@@ -872,7 +872,7 @@ def classify_arrays(
     program = functools.partial(_classify_batch, window=window)
     out = call_cached(
         functools.update_wrapper(program, _classify_batch), args,
-        static={"fn": "classify", "window": window}, compiler_options={},
+        static={"fn": "classify", "window": window}, compiler_options={}, problem_free=True,
     )
     if out is None:
         out = _classify_arrays(*args, window=window)

@@ -49,10 +49,13 @@ from typing import Any
 import equinox as eqx
 import jax
 
-__all__ = ["program_identity", "current_identity", "call_cached", "SUBDIR"]
+__all__ = ["program_identity", "current_identity", "call_cached", "SUBDIR", "PROBLEM_FREE_ONLY"]
 
 SUBDIR = "jaxflow-executables"
 
+# An identity with this entry set covers only problem-free programs (`call_cached`'s
+# `problem_free`): a scan of a user's `Problem`, whose code the identity cannot cover.
+PROBLEM_FREE_ONLY = "problem_free_only"
 _IDENTITY: contextvars.ContextVar = contextvars.ContextVar("jaxflow_program_identity",
                                                            default=None)
 # Executables loaded or compiled in this process, by key (a chunk program is reused by
@@ -157,17 +160,28 @@ def _storable_options() -> dict:
     return dict(_storable_options_for(jax.default_backend()))
 
 
-def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options: Mapping):
+def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options: Mapping,
+                problem_free: bool = False):
     """`jax.jit(fn, compiler_options)(*args)` through the executable cache, or `None`
     when no `program_identity` is active (then the caller compiles as usual).
 
     `static`: JSON-able description of the non-array parts of `args` that the caller's
     identity does not already cover (the engine's static fields).
+    `problem_free`: the program does not depend on the problem or the flow (the
+    classification of a chunk: checkpoint series in, verdicts out): keyed by the
+    identity's `"environment"` entry only (versions and jaxflow's source), so that scans
+    of other problems share its executable.
     """
     current = _IDENTITY.get()
     if current is None:
         return None
     identity, directory = current
+    parsed = json.loads(identity)
+    if parsed.get(PROBLEM_FREE_ONLY) and not problem_free:
+        return None
+    if problem_free:
+        identity = json.dumps({"environment": parsed.get("environment")}, sort_keys=True,
+                              default=str)
     compiler_options = {**compiler_options, **_storable_options()}
     dynamic, rest = eqx.partition(args, eqx.is_array)
     leaves, treedef = jax.tree.flatten(dynamic)

@@ -1,7 +1,7 @@
 """Serialised engine executables (`jaxflow._executables`): a repeated scan of a built-in
 problem loads the engine instead of tracing and compiling it, with the same results bit
 for bit; anything that changes the program gives another entry; a damaged entry is
-recompiled; scans of Problem objects never use it."""
+recompiled; scans of Problem objects store only the problem-free classification."""
 
 import diffrax
 import jax
@@ -77,11 +77,23 @@ def test_repeated_scan_loads_the_engine_with_identical_results(tmp_path, compila
     _same(_table(fixed), _table(plain))
 
 
-def test_problem_objects_do_not_use_stored_executables(tmp_path):
+def test_problem_objects_store_only_the_problem_free_classification(tmp_path, compilations,
+                                                                    fresh_process):
+    # A Problem object's code is not covered by the identity: its engine is never stored.
+    # The classification of a chunk depends on no problem: stored, and then loaded by a
+    # scan of another problem (no tracing, no compilation).
     cache = tmp_path / "xla"
-    problem = jf.problems.get("matrix-completion")  # an object: its code is not covered
-    jf.scan(problem, 64, out=tmp_path / "a", compilation_cache=cache, **KW)
-    assert cache.exists() and not _bins(cache)
+    problem = jf.problems.get("matrix-completion")
+    first = jf.scan(problem, 64, out=tmp_path / "a", compilation_cache=cache, **KW)
+    assert len(_bins(cache)) == 1
+    fresh_process()
+    before = compilations("jit(_classify_batch)")
+    other = jf.scan("deep-linear", 64, out=tmp_path / "b", compilation_cache=cache, **KW)
+    assert compilations("jit(_classify_batch)") == before
+    plain = jf.scan("deep-linear", 64, out=tmp_path / "c", compilation_cache=False, **KW)
+    _same(_table(other), _table(plain))
+    assert first.counts() == jf.scan(problem, 64, out=tmp_path / "d", compilation_cache=False,
+                                     **KW).counts()
 
 
 def test_no_identity_no_cache():

@@ -32,7 +32,7 @@ from typing import Any
 import equinox as eqx
 import numpy as np
 
-from .._executables import call_cached, program_identity
+from .._executables import PROBLEM_FREE_ONLY, call_cached, program_identity
 from .._detect import DetectorOptions, classify
 from .._flow import flow, memory_lanes
 from .._options import FlowOptions
@@ -142,11 +142,12 @@ def run_chunk(job: ChunkJob) -> ChunkOutput:
 
 def program_identity_of(spec: Mapping, environment: Mapping) -> dict | None:
     """What a scan's compiled programs depend on beyond their arguments' shapes, for the
-    executable cache (`jaxflow._executables`); None (no cache) unless the problem is a
-    built-in one: its code is covered by jaxflow's source fingerprint, while a user's
-    `Problem` can change in ways its objective's jaxpr does not show."""
+    executable cache (`jaxflow._executables`). Every program is cached for a built-in
+    problem (its code is covered by jaxflow's source fingerprint); for a user's `Problem`,
+    which can change in ways its objective's jaxpr does not show, only the problem-free
+    ones (the classification)."""
     if spec["problem"]["source"].get("kind") != "builtin":
-        return None
+        return {"environment": dict(environment), PROBLEM_FREE_ONLY: True}
     return {"problem": spec["problem"], "program": program_key(spec),
             "save_states": spec["save_states"], "environment": dict(environment)}
 
