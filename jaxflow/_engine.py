@@ -15,7 +15,9 @@ Design (measured on Example 1.1, see `benchmarks/`):
 - **Narrowed tail.** Once the queue is empty and few lanes are still active, they
   continue, from their exact state, in a program with fewer lanes (`run`), so that one
   long trajectory costs about what it costs alone rather than a full batch of masked
-  lanes per step.
+  lanes per step. A narrower program that would first have to be compiled (or loaded)
+  is used only once the tail has cost that much at its width (rent or buy, see
+  `RENT_TAIL`): short tails never pay a compilation.
 - **Checkpoints** at log-spaced times $0 = t_0 < t_1 < \dots < t_{K-1} = t_1$ (or at
   iteration counts for optimisers): steps are clipped to land on them exactly, and
   $(\|x\|, f, \|v\|)$ is recorded there. Time is kept as (segment index, offset within the
@@ -23,9 +25,10 @@ Design (measured on Example 1.1, see `benchmarks/`):
   $t = 10^5$.
 
 The stepper proposes a step, the controller (`jaxflow._controller`) accepts or rejects it
-and chooses the next; the loop itself knows neither. Everything runs in one compiled
-`while_loop` (the narrowed tail in a few more, one per width of `run`'s ladder); the
-same shapes never recompile (a narrower width is compiled the first time a tail needs it).
+and chooses the next; the loop itself knows neither. Two compiled programs: `_start`
+(everything at t = 0, the queue, the first lanes) and `_run`, one `while_loop` that any
+call of its width continues (the narrowed tail in one more per width of `run`'s ladder);
+the same shapes never recompile.
 """
 
 from __future__ import annotations
@@ -34,13 +37,15 @@ import dataclasses
 import functools
 import math
 import os
+import time
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._controller import AbstractController
-from ._executables import call_cached
+from ._executables import call_cached, compile_seconds, last_measured, lookup
 from ._field import AbstractField, stationarity
 from ._status import Status
 from ._stepper import AbstractStepper
@@ -89,123 +94,129 @@ def _unpack(out, d):
     return out
 
 
-def _run(engine: Engine, x0, ts, gtol, radius, cp_iters, narrow: bool, resume=None):
-    """The compiled loop. `cp_iters`: iteration count of each checkpoint (optimisers), or None.
+def _start(engine: Engine, x0, ts, gtol, radius):
+    """Everything at t = 0, for all starts at once: the outputs (final values already set
+    for starts that need no integration), the queue of the others, and the first
+    `engine.lanes` lanes loaded from it.
 
-    Without `resume`, starts every trajectory of `x0` from a queue over `engine.lanes`
-    lanes. With `resume = (out, lanes)`, the outputs and lane state a previous program
-    returned, the queue is empty and the active lanes of `lanes` continue in a program of
-    `engine.lanes` lanes (at least as many as are active), from exactly the state they
-    had: the same loop body, so a trajectory's arithmetic does not change.
-
-    With `narrow`, the loop also stops once the queue is empty and the active lanes fit in
-    the next narrower width (see `run`), for `run` to continue them there.
-
-    Returns `(out, lanes, iterations, active)`: the outputs, the lane state, the loop
-    iterations of this program and the number of lanes still active.
+    Returns `(out, lanes, queue)`, `queue = (order, start_pack, next_ptr, n_todo)`.
     """
     field, stepper, controller = engine.field, engine.stepper, engine.controller
     n, d = x0.shape
     dtype = x0.dtype
     n_cp = ts.shape[0]
     n_lanes = max(engine.lanes, MIN_LANES)
+    f0, v0 = jax.vmap(field.value_and_velocity)(x0)
+    s0 = stationarity(v0)
+    n0 = jnp.sqrt(jnp.sum(x0 * x0, axis=-1))
+    finite0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(x0), axis=-1) & jnp.isfinite(s0)
+    status0 = jnp.where(
+        ~finite0,
+        Status.NONFINITE,
+        jnp.where(
+            n0 >= radius,
+            Status.ESCAPED,
+            jnp.where((s0 <= gtol) & engine.stop_at_convergence, Status.CONVERGED, 0),
+        ),
+    ).astype(jnp.int8)
+    h0 = controller.initial_step(x0, v0)
+
+    zeros = jnp.zeros((n,), dtype)
+    nan_cp = jnp.full((n, n_cp), jnp.nan, dtype)
+    out = dict(
+        x=x0, f=f0, stat=s0, t=zeros, path=zeros, status=status0,
+        steps=jnp.zeros((n,), jnp.int32), rejected=jnp.zeros((n,), jnp.int32),
+        cp_norm=nan_cp.at[:, 0].set(n0), cp_f=nan_cp.at[:, 0].set(f0),
+        cp_stat=nan_cp.at[:, 0].set(s0),
+    )
+    if engine.save_states:
+        out["cp_x"] = jnp.full((engine.save_states, n_cp, d), jnp.nan, dtype).at[:, 0].set(
+            x0[: engine.save_states]
+        )
+    # Queue of the starts that need integrating (stable: original order kept).
+    todo = status0 == 0
+    order = jnp.argsort(~todo, stable=True).astype(jnp.int32)
+    n_todo = jnp.sum(todo, dtype=jnp.int32)
+    start_pack = jnp.concatenate([x0, f0[:, None], v0, h0[:, None]], axis=1)
+    lane_ids = jnp.arange(n_lanes, dtype=jnp.int32)
+    first = jnp.where(lane_ids < n_todo, order[jnp.minimum(lane_ids, n - 1)], n)
+    lanes = _load_lanes(stepper, start_pack, first, n, d)
+    next_ptr = jnp.minimum(n_todo, n_lanes).astype(jnp.int32)
+    return out, lanes, (order, start_pack, next_ptr, n_todo)
+
+
+def _load_lanes(stepper, start_pack, idx, n, d):
+    """Lane state for trajectory indices `idx` (idx == n: idle lane)."""
+    dtype = start_pack.dtype
+    safe = jnp.minimum(idx, n - 1)
+    row = start_pack[safe]  # one gather for everything a fresh lane needs
+    x_s, f_s = row[:, :d], row[:, d]
+    v_s, h_s = row[:, d + 1 : 2 * d + 1], row[:, 2 * d + 1]
+    return dict(
+        idx=idx,
+        x=x_s,
+        f=f_s,
+        v=v_s,
+        k=jnp.zeros(idx.shape, jnp.int32),  # current segment [ts[k], ts[k+1]]
+        tau=jnp.zeros(idx.shape, dtype),  # offset in the segment
+        h=h_s,
+        prev_inv=jnp.ones(idx.shape, dtype),
+        steps=jnp.zeros(idx.shape, jnp.int32),
+        rejected=jnp.zeros(idx.shape, jnp.int32),
+        path=jnp.zeros(idx.shape, dtype),
+        stepper_state=jax.vmap(stepper.init)(x_s),
+    )
+
+
+def _narrowed(lanes, n, width: int):
+    """The lanes of `lanes` moved to a program of `width` lanes: the active ones first
+    (stable), then idle ones up to the width. Only whole lane states move: no arithmetic."""
+    moved = jnp.argsort(lanes["idx"] >= n, stable=True)[:width]
+    return jax.tree.map(lambda a: a[moved], lanes)
+
+
+def _run(engine: Engine, ts, gtol, radius, cp_iters, out, lanes, queue, narrow_at, max_iters):
+    """The compiled loop. `cp_iters`: iteration count of each checkpoint (optimisers), or None.
+
+    The lanes `lanes` (`engine.lanes` of them, from `_start` or a previous call) advance
+    their trajectories, finished ones writing into `out` and loading the next start of
+    `queue` (from `_start`), until every lane is idle, or after `max_iters` iterations,
+    or (when `narrow_at > 0`) once the queue is empty and at most `narrow_at` lanes are
+    active, for `run` to continue them in a narrower program or in this one again. The
+    same program serves every call of its width, and a trajectory's arithmetic does not
+    depend on the call, the width or its lane.
+
+    Returns `(out, lanes, next_ptr, iterations, active)`: the outputs, the lane state,
+    the queue position, the loop iterations of this call and the lanes still active.
+    """
+    field, stepper, controller = engine.field, engine.stepper, engine.controller
+    queue, start_pack, next_ptr, n_todo = queue
+    n, d = out["x"].shape
+    dtype = out["x"].dtype
+    n_cp = ts.shape[0]
+    n_lanes = max(engine.lanes, MIN_LANES)
     seg = jnp.diff(ts)  # (n_cp - 1,)
     order = stepper.error_order
     n_saved = engine.save_states
-    refill = resume is None
+    # Outputs are packed into few arrays so that each loop iteration does one scatter per
+    # array: on CPU every XLA op has a fixed cost, and bookkeeping otherwise rivals the
+    # integration itself. `finals`: [x (d), f, ||v||, t, path length]; `counters`:
+    # [status, steps, rejected]; `checkpoints`: (n, K, 3) with (||x||, f, ||v||).
+    out = _pack(dict(out))
 
-    if refill:
-        # Everything at t = 0, for all starts at once.
-        f0, v0 = jax.vmap(field.value_and_velocity)(x0)
-        s0 = stationarity(v0)
-        n0 = jnp.sqrt(jnp.sum(x0 * x0, axis=-1))
-        finite0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(x0), axis=-1) & jnp.isfinite(s0)
-        status0 = jnp.where(
-            ~finite0,
-            Status.NONFINITE,
-            jnp.where(
-                n0 >= radius,
-                Status.ESCAPED,
-                jnp.where((s0 <= gtol) & engine.stop_at_convergence, Status.CONVERGED, 0),
-            ),
-        ).astype(jnp.int8)
-        h0 = controller.initial_step(x0, v0)
-
-        # Outputs are packed into few arrays so that each loop iteration does one scatter
-        # per array: on CPU every XLA op has a fixed cost, and bookkeeping otherwise rivals
-        # the integration itself. `finals`: [x (d), f, ||v||, t, path length]; `counters`:
-        # [status, steps, rejected]; `checkpoints`: (n, K, 3) with (||x||, f, ||v||).
-        zeros_n = jnp.zeros((n, 1), dtype)
-        out = dict(
-            finals=jnp.concatenate([x0, f0[:, None], s0[:, None], zeros_n, zeros_n], axis=1),
-            counters=jnp.stack(
-                [status0.astype(jnp.int32), jnp.zeros((n,), jnp.int32),
-                 jnp.zeros((n,), jnp.int32)],
-                axis=1,
-            ),
-            checkpoints=jnp.full((n, n_cp, 3), jnp.nan, dtype).at[:, 0].set(
-                jnp.stack([n0, f0, s0], axis=1)
-            ),
-        )
-        if n_saved:
-            out["cp_x"] = jnp.full((n_saved, n_cp, d), jnp.nan, dtype).at[:, 0].set(
-                x0[:n_saved]
-            )
-        # Queue of the starts that need integrating (stable: original order kept).
-        todo = status0 == 0
-        queue = jnp.argsort(~todo, stable=True).astype(jnp.int32)
-        n_todo = jnp.sum(todo, dtype=jnp.int32)
-        start_pack = jnp.concatenate([x0, f0[:, None], v0, h0[:, None]], axis=1)
-
-        def load(idx):
-            """Lane state for trajectory indices `idx` (idx == n: idle lane)."""
-            safe = jnp.minimum(idx, n - 1)
-            row = start_pack[safe]  # one gather for everything a fresh lane needs
-            x_s, f_s = row[:, :d], row[:, d]
-            v_s, h_s = row[:, d + 1 : 2 * d + 1], row[:, 2 * d + 1]
-            return dict(
-                idx=idx,
-                x=x_s,
-                f=f_s,
-                v=v_s,
-                k=jnp.zeros(idx.shape, jnp.int32),  # current segment [ts[k], ts[k+1]]
-                tau=jnp.zeros(idx.shape, dtype),  # offset in the segment
-                h=h_s,
-                prev_inv=jnp.ones(idx.shape, dtype),
-                steps=jnp.zeros(idx.shape, jnp.int32),
-                rejected=jnp.zeros(idx.shape, jnp.int32),
-                path=jnp.zeros(idx.shape, dtype),
-                stepper_state=jax.vmap(stepper.init)(x_s),
-            )
-
-        lane_ids = jnp.arange(n_lanes, dtype=jnp.int32)
-        first = jnp.where(lane_ids < n_todo, queue[jnp.minimum(lane_ids, n - 1)], n)
-        lanes = load(first)
-        next_ptr = jnp.minimum(n_todo, n_lanes).astype(jnp.int32)
-    else:
-        out_in, wide = resume
-        out = _pack(dict(out_in))
-        # The active lanes first (stable), then idle ones up to the new width. Only
-        # whole lane states move: no arithmetic.
-        moved = jnp.argsort(wide["idx"] >= n, stable=True)[:n_lanes]
-        lanes = jax.tree.map(lambda a: a[moved], wide)
-        next_ptr = n_todo = jnp.zeros((), jnp.int32)  # the queue is empty
+    def load(idx):
+        return _load_lanes(stepper, start_pack, idx, n, d)
 
     def step_fn(x, f, v, h, s, active):
         return stepper.batched_step(field, x, f, v, h, s, active)
 
     eps = jnp.finfo(dtype).eps
-    rung = _rung_below(n_lanes)  # the next narrower width
-    narrow_at = rung if narrow and rung < n_lanes else 0
 
     def cond(carry):
-        lanes, _, next_ptr, _ = carry
+        lanes, _, next_ptr, it = carry
         active = lanes["idx"] < n
-        go = jnp.any(active)
-        if narrow_at:
-            few = jnp.sum(active, dtype=jnp.int32) <= narrow_at
-            go = go & ~((next_ptr >= n_todo) & few)
-        return go
+        few = jnp.sum(active, dtype=jnp.int32) <= narrow_at
+        return jnp.any(active) & (it < max_iters) & ~((next_ptr >= n_todo) & few)
 
     def body(carry):
         lanes, out, next_ptr, it = carry
@@ -290,8 +301,6 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters, narrow: bool, resume=No
             tau=tau_new, h=h_next, prev_inv=prev_inv, steps=steps, rejected=rejected, path=path,
             stepper_state=stepper_state,
         )
-        if not refill:  # a resumed program: the queue is empty
-            return keep, out, next_ptr, it + 1
         # Refill finished lanes from the queue.
         rank = jnp.cumsum(done.astype(jnp.int32), dtype=jnp.int32) - 1
         q = next_ptr + rank
@@ -307,8 +316,9 @@ def _run(engine: Engine, x0, ts, gtol, radius, cp_iters, narrow: bool, resume=No
         return new_lanes, out, next_ptr, it + 1
 
     carry = (lanes, out, next_ptr, jnp.zeros((), jnp.int32))
-    lanes, out, _, iterations = jax.lax.while_loop(cond, body, carry)
-    return _unpack(out, d), lanes, iterations, jnp.sum(lanes["idx"] < n, dtype=jnp.int32)
+    lanes, out, next_ptr, iterations = jax.lax.while_loop(cond, body, carry)
+    active = jnp.sum(lanes["idx"] < n, dtype=jnp.int32)
+    return _unpack(out, d), lanes, next_ptr, iterations, active
 
 
 # XLA:CPU hands reductions whose operands have at least 4096 elements to the YNNPACK
@@ -367,12 +377,105 @@ def _engine_compiler_options() -> tuple[tuple[str, str], ...]:
 
 
 @functools.cache
-def _engine_program():
-    return eqx.filter_jit(_run, compiler_options=dict(_engine_compiler_options()))
+def _programs():
+    options = dict(_engine_compiler_options())
+    return dict(
+        _start=eqx.filter_jit(_start, compiler_options=options),
+        _run=eqx.filter_jit(_run, compiler_options=options),
+        _narrowed=jax.jit(_narrowed, static_argnums=(1, 2)),
+    )
+
+
+# Rent or buy. Narrowing the tail needs a narrower program, which a new scan must first
+# compile (~2 s each on a 2-core CPU: more than the whole tail of many chunks) or, when
+# stored, load (~0.1 s). When the program is neither compiled in this process nor
+# stored, the tail first continues at its width, in slices of the same (already
+# compiled) program, until the time spent this way (its *rent*, summed over the calls
+# of this process that wanted that program) reaches the program's price (the compile or
+# load time measured for the engine in this process); then it narrows. A tail that ends
+# sooner never pays the compilation; a long one pays at most about twice what narrowing
+# at once would have cost (the ski-rental bound). Results are the same either way.
+# `RENT_TAIL = False` narrows at once (as before).
+RENT_TAIL = True
+_INT_MAX = 2**31 - 1
+# Prices before anything was measured in this process (2-core CPU figures).
+_DEFAULT_PRICE = {"compile": 2.0, "load": 0.1}
+_RENT: dict = {}  # narrower program -> seconds its absence cost so far (this process)
+_CALLED: set = set()  # programs called in this process (outside the executable cache)
+_MEASURED: dict = {}  # "compile" / "load" -> seconds of the engine loop's latest one
+_FIRST_SLICE = 16  # loop iterations of the first slice of rent
+
+
+def _i32(v):
+    return np.asarray(v, np.int32)
+
+
+def _static_of(name: str, engine: Engine, args) -> dict:
+    return dict(
+        program=name, lanes=engine.lanes, max_steps=engine.max_steps,
+        save_states=engine.save_states, stop_at_convergence=engine.stop_at_convergence,
+        field=type(engine.field).__qualname__, stepper=type(engine.stepper).__qualname__,
+        controller=type(engine.controller).__qualname__,
+        # args of `_run`: ts, gtol, radius, cp_iters, ...; the shapes of the arrays are
+        # part of the key already.
+        cp_iters=name == "_run" and args[3] is not None,
+    )
+
+
+def _local_key(name: str, engine: Engine, args):
+    """A hashable identity of the program `name` would compile for these arguments (its
+    configuration and array shapes), or None if it cannot be formed."""
+    is_leaf = lambda a: isinstance(a, jax.ShapeDtypeStruct)  # noqa: E731
+    leaves, treedef = jax.tree.flatten((engine, args), is_leaf=is_leaf)
+    try:
+        key = (name, treedef, tuple(
+            (tuple(a.shape), str(a.dtype)) if hasattr(a, "shape") and hasattr(a, "dtype")
+            else a for a in leaves
+        ))
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _call(name: str, engine: Engine, *args):
+    """`name(engine, *args)` (`_start` or `_run`), through the executable cache when a
+    scan set a program identity (`jaxflow._executables`), else traced and compiled as
+    usual; the compile or load time of a `_run` program is measured."""
+    fn = {"_start": _start, "_run": _run}[name]
+    clock = compile_seconds()
+    out = call_cached(fn, (engine, *args), static=_static_of(name, engine, args),
+                      compiler_options=dict(_engine_compiler_options()))
+    if out is None:
+        out = _programs()[name](engine, *args)
+        key = _local_key(name, engine, args)
+        if key is not None:
+            _CALLED.add(key)
+        spent = compile_seconds() - clock
+        if name == "_run" and spent > 0:
+            _MEASURED["compile"] = spent
+    elif name == "_run":
+        _MEASURED.update(last_measured("_run"))
+    return out
+
+
+def _price(name: str, engine: Engine, args):
+    """(key, seconds): an identity of the program `name(engine, *args)` for the rent
+    ledger, and what using it would cost now (0 when it is at hand)."""
+    where = lookup(fn_name=name, args=(engine, *args), static=_static_of(name, engine, args),
+                   compiler_options=dict(_engine_compiler_options()))
+    if where is None:  # no executable cache: this process's own programs
+        key = _local_key(name, engine, args)
+        where = (key, "memory" if key in _CALLED else None)
+    key, at = where
+    if at == "memory":
+        return key, 0.0
+    kind = "load" if at == "disk" else "compile"
+    return key, _MEASURED.get(kind, _DEFAULT_PRICE[kind])
 
 
 def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
-    """The compiled engine (`_run`), one program per configuration and shapes.
+    """The compiled engine: `_start`, then `_run` until every trajectory is finished.
 
     Narrowing of the tail: once the queue is empty and the active lanes fit in
     `max(lanes // NARROW_RATIO, NARROW_MIN_LANES)` lanes, the program stops and the
@@ -381,53 +484,72 @@ def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
     skipping rungs the active lanes fit under), so that a few long trajectories do not
     run with all other lanes masked. Their results are those of the wide program, bit for
     bit, as the engine's arithmetic does not depend on the lane count from
-    `NARROW_MIN_LANES` lanes up. Each rung is one more program, compiled the first time a
-    tail reaches it and cached like any other shape: at most
-    `log(lanes / NARROW_MIN_LANES) / log(NARROW_RATIO)` programs more per configuration
-    (2 for 1024 lanes: 128 and 16; 1 for 64 or 128 lanes: 16), whatever the starts.
+    `NARROW_MIN_LANES` lanes up. Each rung is one more program: at most
+    `log(lanes / NARROW_MIN_LANES) / log(NARROW_RATIO)` more per configuration (2 for
+    1024 lanes: 128 and 16; 1 for 64 or 128 lanes: 16), whatever the starts. A rung whose
+    program is not at hand is reached only once the tail has cost its price (see
+    `RENT_TAIL`): until then the tail continues at its width.
 
     **Returns:** `(out, iterations, lane_iterations)`: the outputs, the loop iterations of
-    all programs together, and the sum over programs of lanes x iterations (the work done,
+    all calls together, and the sum over calls of lanes x iterations (the work done,
     masked lanes included; `None` when narrowing is off or there is no narrower rung,
-    where it is `lanes * iterations`). With narrowing, `run` waits for each program's
+    where it is `lanes * iterations`). With narrowing, `run` waits for each call's
     results (it needs the number of active lanes); without, it returns at once.
     """
-    program = functools.partial(_call_program, _engine_program())
     width = max(engine.lanes, MIN_LANES)
     # Whether there is a narrower rung (the same flag, hence the same program, otherwise).
     narrow = bool(NARROW_TAIL) and _narrower_width(width, 0) < width
-    out, lanes, iterations, active = program(engine, x0, ts, gtol, radius, cp_iters, narrow)
+    common = (ts, gtol, radius, cp_iters)
+    out, lanes, queue = _call("_start", engine, x0, ts, gtol, radius)
+    narrow_at = _rung_below(width) if narrow else 0
+    out, lanes, next_ptr, iterations, active = _call(
+        "_run", engine, *common, out, lanes, queue, _i32(narrow_at), _i32(_INT_MAX)
+    )
     if not narrow:  # one program, and no wait for its results
         return out, iterations, None
+    n = x0.shape[0]
+    queue = (queue[0], queue[1], next_ptr, queue[3])  # empty from here on
     # Python integers: lanes x iterations can pass 2^31.
     lane_iterations = int(iterations) * width
+    iterations = int(iterations)
+    slice_iters, per_iter = 0, None
     while (n_active := int(active)) > 0:
-        width = _narrower_width(width, n_active)
-        narrower = dataclasses.replace(engine, lanes=width)
-        out, lanes, it, active = program(
-            narrower, x0, ts, gtol, radius, cp_iters, narrow, (out, lanes)
+        target = _narrower_width(width, n_active)
+        limit = _INT_MAX
+        if target < width:
+            narrower = dataclasses.replace(engine, lanes=target)
+            shapes = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct((target,) + a.shape[1:], a.dtype,
+                                               weak_type=getattr(a, "weak_type", False)),
+                lanes,
+            )
+            key, price = _price("_run", narrower, (*common, out, shapes, queue,
+                                                   _i32(0), _i32(0)))
+            rent = _RENT.get(key, 0.0)
+            if not RENT_TAIL or rent >= price:
+                lanes = _programs()["_narrowed"](lanes, n, target)
+                engine, width, slice_iters, per_iter = narrower, target, 0, None
+            else:
+                # Rent: one more slice at this width, sized to the price still unpaid.
+                slice_iters = min(2 * slice_iters, 2**30) if slice_iters else _FIRST_SLICE
+                if per_iter and math.isfinite(price):
+                    slice_iters = min(slice_iters, max(_FIRST_SLICE,
+                                                       int((price - rent) / per_iter) + 1))
+                limit = slice_iters
+        rung = _rung_below(width)
+        narrow_at = rung if rung < width and limit == _INT_MAX else 0
+        t0 = time.perf_counter()
+        out, lanes, _, it, active = _call(
+            "_run", engine, *common, out, lanes, queue, _i32(narrow_at), _i32(limit)
         )
-        iterations = iterations + it
-        lane_iterations += int(it) * width
+        it = int(it)  # waits for the call
+        if limit != _INT_MAX:
+            spent = time.perf_counter() - t0
+            _RENT[key] = rent + spent
+            per_iter = spent / max(it, 1)
+        iterations += it
+        lane_iterations += it * width
     return out, iterations, lane_iterations
-
-
-def _call_program(program, engine: Engine, *args):
-    """`program(engine, *args)`, through the executable cache when a scan set a program
-    identity (`jaxflow._executables`), else traced and compiled as usual."""
-    static = dict(
-        lanes=engine.lanes, max_steps=engine.max_steps, save_states=engine.save_states,
-        stop_at_convergence=engine.stop_at_convergence,
-        field=type(engine.field).__qualname__, stepper=type(engine.stepper).__qualname__,
-        controller=type(engine.controller).__qualname__,
-        # args: x0, ts, gtol, radius, cp_iters, narrow[, resume]; the shapes of the arrays
-        # are part of the key already.
-        narrow=bool(args[5]), resumed=len(args) == 7, cp_iters=args[4] is not None,
-    )
-    out = call_cached(
-        _run, (engine, *args), static=static, compiler_options=dict(_engine_compiler_options())
-    )
-    return program(engine, *args) if out is None else out
 
 
 def _narrower_width(width: int, active: int) -> int:

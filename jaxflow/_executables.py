@@ -42,6 +42,7 @@ import json
 import os
 import pickle
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ from typing import Any
 import equinox as eqx
 import jax
 
-__all__ = ["program_identity", "current_identity", "call_cached", "SUBDIR", "PROBLEM_FREE_ONLY"]
+__all__ = ["program_identity", "current_identity", "call_cached", "lookup", "last_measured",
+           "compile_seconds", "SUBDIR", "PROBLEM_FREE_ONLY"]
 
 SUBDIR = "jaxflow-executables"
 
@@ -172,28 +174,17 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
     identity's `"environment"` entry only (versions and jaxflow's source), so that scans
     of other problems share its executable.
     """
-    current = _IDENTITY.get()
-    if current is None:
+    found = _key(args, static, compiler_options, problem_free)
+    if found is None:
         return None
-    identity, directory = current
-    parsed = json.loads(identity)
-    if parsed.get(PROBLEM_FREE_ONLY) and not problem_free:
-        return None
-    if problem_free:
-        identity = json.dumps({"environment": parsed.get("environment")}, sort_keys=True,
-                              default=str)
-    compiler_options = {**compiler_options, **_storable_options()}
+    key, path, compiler_options = found
     dynamic, rest = eqx.partition(args, eqx.is_array)
     leaves, treedef = jax.tree.flatten(dynamic)
-    key_text = json.dumps(
-        {"identity": identity, "static": static, "arrays": _arrays(dynamic),
-         "compiler_options": sorted(compiler_options.items()), "environment": _environment()},
-        sort_keys=True, default=str,
-    )
-    key = hashlib.sha256(key_text.encode()).hexdigest()
-    path = Path(directory) / SUBDIR / f"{key}.bin"
+    name = static.get("program", fn.__name__)
 
     def compile_and_store():
+        t0 = time.perf_counter()
+
         def flat(leaves_):
             return fn(*eqx.combine(jax.tree.unflatten(treedef, leaves_), rest))
 
@@ -201,6 +192,7 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
         lowered = jax.jit(flat, compiler_options=dict(compiler_options)).lower(leaves)
         hits = _persistent_cache_hits()
         compiled = lowered.compile()
+        _record(name, "compile", time.perf_counter() - t0)
         # An executable that JAX took from its persistent cache is not stored: on
         # XLA:CPU it serialises without its compiled functions, and the entry would fail
         # when run in the next process ("Function ... not found"), be compiled (taken
@@ -219,8 +211,11 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
             _LOADED[key] = compiled  # most recently used last
     loaded = False
     if compiled is None:
+        t0 = time.perf_counter()
         compiled = _load(path)
         loaded = compiled is not None
+        if loaded:
+            _record(name, "load", time.perf_counter() - t0)
         if compiled is None:
             compiled = compile_and_store()
         _remember(key, compiled)
@@ -237,6 +232,86 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
         compiled = compile_and_store()
         _remember(key, compiled)
         return compiled(leaves)
+
+
+def _key(args: tuple, static: Mapping, compiler_options: Mapping, problem_free: bool):
+    """(key, path, compiler options) of a call in the current program identity, or None
+    without one. Leaves that are `jax.ShapeDtypeStruct`s count as arrays of that shape."""
+    current = _IDENTITY.get()
+    if current is None:
+        return None
+    identity, directory = current
+    parsed = json.loads(identity)
+    if parsed.get(PROBLEM_FREE_ONLY) and not problem_free:
+        return None
+    if problem_free:
+        identity = json.dumps({"environment": parsed.get("environment")}, sort_keys=True,
+                              default=str)
+    compiler_options = {**compiler_options, **_storable_options()}
+    dynamic, _ = eqx.partition(
+        args, lambda a: eqx.is_array(a) or isinstance(a, jax.ShapeDtypeStruct)
+    )
+    key_text = json.dumps(
+        {"identity": identity, "static": static, "arrays": _arrays(dynamic),
+         "compiler_options": sorted(compiler_options.items()), "environment": _environment()},
+        sort_keys=True, default=str,
+    )
+    key = hashlib.sha256(key_text.encode()).hexdigest()
+    return key, Path(directory) / SUBDIR / f"{key}.bin", compiler_options
+
+
+def lookup(*, fn_name: str, args: tuple, static: Mapping, compiler_options: Mapping,
+           problem_free: bool = False):
+    """Where `call_cached` would find this call's executable: `(key, "memory")` (loaded or
+    compiled in this process), `(key, "disk")` (stored), `(key, None)` (it would compile),
+    or None when no program identity is active. Nothing is loaded or compiled; `args`
+    may hold `jax.ShapeDtypeStruct`s in place of arrays. (`fn_name` names the program in
+    the messages of a future caller; the key is `static`'s.)"""
+    found = _key(args, static, compiler_options, problem_free)
+    if found is None:
+        return None
+    key, path, _ = found
+    with _LOCK:
+        if key in _LOADED:
+            return key, "memory"
+    return key, "disk" if path.exists() else None
+
+
+# Latest measured compile and load seconds per program name (this process).
+_TIMES: dict = {}
+
+
+def _record(name: str, kind: str, seconds: float) -> None:
+    with _LOCK:
+        _TIMES.setdefault(name, {})[kind] = seconds
+
+
+def last_measured(name: str) -> dict:
+    """`{"compile": s, "load": s}`: the latest compile and load seconds of a program of
+    that name in this process (the entries measured so far)."""
+    with _LOCK:
+        return dict(_TIMES.get(name, {}))
+
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_COMPILE_CLOCK = threading.local()
+_TIMING: list = []
+
+
+def compile_seconds() -> float:
+    """Seconds this thread has spent tracing, lowering and compiling programs since the
+    first call (JAX's monitoring events; differences of two calls time a section)."""
+    with _LISTENING_LOCK:
+        if not _TIMING:
+            def listen(name, secs, **kwargs):
+                if name in _COMPILE_EVENTS:
+                    _COMPILE_CLOCK.s = getattr(_COMPILE_CLOCK, "s", 0.0) + secs
+
+            jax.monitoring.register_event_duration_secs_listener(listen)
+            _TIMING.append(listen)
+    return getattr(_COMPILE_CLOCK, "s", 0.0)
 
 
 _HITS = threading.local()

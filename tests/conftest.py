@@ -50,3 +50,26 @@ def getkey():
         return jax.random.fold_in(jax.random.key(1234), state["i"])
 
     return _getkey
+
+
+def _memory_maps() -> int:
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _bounded_memory_maps():
+    """Every compiled XLA:CPU executable holds a few hundred memory maps, and the suite
+    compiles thousands of programs: past the kernel's `vm.max_map_count` (65530 by
+    default) LLVM aborts the process. After a module, when the count is high, the
+    compiled programs are dropped (later modules compile what they need again)."""
+    yield
+    if _memory_maps() > 40_000:
+        from jaxflow import _engine, _executables
+
+        jax.clear_caches()
+        _executables._LOADED.clear()
+        _engine._CALLED.clear()

@@ -21,6 +21,7 @@ def _flow(x0, narrow, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(_engine, "NARROW_TAIL", narrow)
         m.setattr(_engine, "NARROW_FROM", 64)
+        m.setattr(_engine, "RENT_TAIL", False)  # narrow at once (see the rent tests below)
         res = jf.flow(PROBLEM, x0, t1=2e3, lanes=64, save_states=32)
     return res
 
@@ -70,6 +71,7 @@ def test_narrowed_tail_deep_linear_identical(monkeypatch):
     for narrow in (False, True):
         monkeypatch.setattr(_engine, "NARROW_TAIL", narrow)
         monkeypatch.setattr(_engine, "NARROW_FROM", 64)
+        monkeypatch.setattr(_engine, "RENT_TAIL", False)
         results.append(jf.flow(problem, x0, t1=100.0, lanes=64))
     wide, narrowed = results
     for k in FIELDS[:-1]:
@@ -114,3 +116,38 @@ def test_float32_trajectory_at_the_rounding_floor_takes_the_float64_step_count()
     assert work[jnp.float32] <= 2 * work[jnp.float64], work
     np.testing.assert_allclose(float(out[jnp.float32].f[0]), float(out[jnp.float64].f[0]),
                                rtol=1e-5)
+
+
+def _priced(monkeypatch, price):
+    """Every narrower program costs `price` seconds (inf: never worth it; 0: at hand)."""
+    real = _engine._price
+    monkeypatch.setattr(_engine, "_price", lambda *a: (real(*a)[0], price))
+    monkeypatch.setattr(_engine, "_RENT", {})
+
+
+def test_tail_rents_its_width_until_the_narrower_program_is_worth_it(monkeypatch, compilations):
+    # Rent or buy (`_engine.RENT_TAIL`): a narrower program that is not at hand is used
+    # only once the tail has cost its price at the current width, in slices of the same
+    # program. Wherever the slices end and whichever width runs the tail, every result is
+    # bit for bit that of narrowing at once.
+    x0 = jax.random.uniform(jax.random.key(7), (300, 4), jnp.float64, -1.0, 1.0)
+    at_once = _flow(x0, True, monkeypatch)
+    monkeypatch.setattr(_engine, "NARROW_FROM", 64)
+    for price in (float("inf"), 0.0, 1e-4):
+        _priced(monkeypatch, price)
+        before = compilations()
+        rented = jf.flow(PROBLEM, x0, t1=2e3, lanes=64, save_states=32)
+        for k in FIELDS:
+            np.testing.assert_array_equal(
+                np.asarray(getattr(rented, k)), np.asarray(getattr(at_once, k)), err_msg=k
+            )
+        assert int(rented.iterations) == int(at_once.iterations)
+        full = rented.lanes * int(rented.iterations)
+        if price == float("inf"):  # never narrowed: every iteration at 64 lanes, in slices
+            assert rented.lane_iterations == full
+            assert compilations() == before  # the 64-lane program exists already
+            assert len(_engine._RENT) == 1 and next(iter(_engine._RENT.values())) > 0
+        elif price == 0.0:  # narrowed at once, as without rent
+            assert rented.lane_iterations == at_once.lane_iterations
+        else:  # a first slice of rent, then narrowed
+            assert at_once.lane_iterations < rented.lane_iterations < full
