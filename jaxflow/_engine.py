@@ -25,10 +25,11 @@ Design (measured on Example 1.1, see `benchmarks/`):
   $t = 10^5$.
 
 The stepper proposes a step, the controller (`jaxflow._controller`) accepts or rejects it
-and chooses the next; the loop itself knows neither. Two compiled programs: `_start`
-(everything at t = 0, the queue, the first lanes) and `_run`, one `while_loop` that any
-call of its width continues (the narrowed tail in one more per width of `run`'s ladder);
-the same shapes never recompile.
+and chooses the next; the loop itself knows neither. A width with no narrower rung runs in
+one compiled program (`_started`); a wider one in two: `_start` (everything at t = 0, the
+queue, the first lanes) and `_run`, one `while_loop` that any call of its width continues
+(the narrowed tail in one more per width of `run`'s ladder); the same shapes never
+recompile.
 """
 
 from __future__ import annotations
@@ -166,6 +167,15 @@ def _load_lanes(stepper, start_pack, idx, n, d):
         path=jnp.zeros(idx.shape, dtype),
         stepper_state=jax.vmap(stepper.init)(x_s),
     )
+
+
+def _started(engine: Engine, x0, ts, gtol, radius, cp_iters):
+    """`_start` and then `_run` to the end, in one program: a width with no narrower rung
+    needs no other call, and one program compiles faster than two."""
+    out, lanes, queue = _start(engine, x0, ts, gtol, radius)
+    out, _, _, iterations, _ = _run(engine, ts, gtol, radius, cp_iters, out, lanes, queue,
+                                    jnp.int32(0), jnp.int32(_INT_MAX))
+    return out, iterations
 
 
 def _narrowed(lanes, n, width: int):
@@ -382,6 +392,7 @@ def _programs():
     return dict(
         _start=eqx.filter_jit(_start, compiler_options=options),
         _run=eqx.filter_jit(_run, compiler_options=options),
+        _started=eqx.filter_jit(_started, compiler_options=options),
         _narrowed=jax.jit(_narrowed, static_argnums=(1, 2)),
     )
 
@@ -418,7 +429,7 @@ def _static_of(name: str, engine: Engine, args) -> dict:
         controller=type(engine.controller).__qualname__,
         # args of `_run`: ts, gtol, radius, cp_iters, ...; the shapes of the arrays are
         # part of the key already.
-        cp_iters=name == "_run" and args[3] is not None,
+        cp_iters=name != "_start" and args[{"_run": 3, "_started": 4}[name]] is not None,
     )
 
 
@@ -442,7 +453,7 @@ def _call(name: str, engine: Engine, *args):
     """`name(engine, *args)` (`_start` or `_run`), through the executable cache when a
     scan set a program identity (`jaxflow._executables`), else traced and compiled as
     usual; the compile or load time of a `_run` program is measured."""
-    fn = {"_start": _start, "_run": _run}[name]
+    fn = {"_start": _start, "_run": _run, "_started": _started}[name]
     clock = compile_seconds()
     out = call_cached(fn, (engine, *args), static=_static_of(name, engine, args),
                       compiler_options=dict(_engine_compiler_options()))
@@ -452,10 +463,10 @@ def _call(name: str, engine: Engine, *args):
         if key is not None:
             _CALLED.add(key)
         spent = compile_seconds() - clock
-        if name == "_run" and spent > 0:
+        if name != "_start" and spent > 0:
             _MEASURED["compile"] = spent
-    elif name == "_run":
-        _MEASURED.update(last_measured("_run"))
+    elif name != "_start":
+        _MEASURED.update(last_measured(name))
     return out
 
 
@@ -499,14 +510,14 @@ def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
     width = max(engine.lanes, MIN_LANES)
     # Whether there is a narrower rung (the same flag, hence the same program, otherwise).
     narrow = bool(NARROW_TAIL) and _narrower_width(width, 0) < width
+    if not narrow:  # one program, and no wait for its results
+        out, iterations = _call("_started", engine, x0, ts, gtol, radius, cp_iters)
+        return out, iterations, None
     common = (ts, gtol, radius, cp_iters)
     out, lanes, queue = _call("_start", engine, x0, ts, gtol, radius)
-    narrow_at = _rung_below(width) if narrow else 0
     out, lanes, next_ptr, iterations, active = _call(
-        "_run", engine, *common, out, lanes, queue, _i32(narrow_at), _i32(_INT_MAX)
+        "_run", engine, *common, out, lanes, queue, _i32(_rung_below(width)), _i32(_INT_MAX)
     )
-    if not narrow:  # one program, and no wait for its results
-        return out, iterations, None
     n = x0.shape[0]
     queue = (queue[0], queue[1], next_ptr, queue[3])  # empty from here on
     # Python integers: lanes x iterations can pass 2^31.

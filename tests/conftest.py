@@ -13,6 +13,8 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 # Programs lowered for compilation, counted through JAX's monitoring events (a lowering
 # precedes every compilation, whether or not the persistent cache then has the binary).
 _LOWERED: list[str] = []
+# The integration engine's programs (`jaxflow._engine`).
+ENGINE_PROGRAMS = ("jit(_started)", "jit(_start)", "jit(_run)")
 
 
 def _record_lowering(event, duration_secs, **kwargs):
@@ -25,8 +27,8 @@ jax.monitoring.register_event_duration_secs_listener(_record_lowering)
 
 @pytest.fixture
 def compilations():
-    """`compilations(name="jit(_run)")`: programs of that name (default: the integration
-    engine's) JAX lowered for compilation since the fixture was created; `name=None`
+    """`compilations(name="engine")`: programs of that name (default: the integration
+    engine's, `ENGINE_PROGRAMS`) JAX lowered for compilation since the fixture was created; `name=None`
     counts every program, eager operations included.
 
     `before = compilations(); ...; assert compilations() == before` checks that nothing
@@ -34,8 +36,9 @@ def compilations():
     """
     start = len(_LOWERED)
 
-    def count(name: str | None = "jit(_run)") -> int:
-        return sum(1 for n in _LOWERED[start:] if name is None or n == name)
+    def count(name: str | None = "engine") -> int:
+        names = ENGINE_PROGRAMS if name == "engine" else (name,)
+        return sum(1 for n in _LOWERED[start:] if name is None or n in names)
 
     return count
 

@@ -54,7 +54,7 @@ def test_narrowed_programs_are_cached(monkeypatch, compilations):
     x0 = jax.random.uniform(jax.random.key(8), (300, 4), jnp.float64, -1.0, 1.0)
     before = compilations()
     res = _flow(x0, True, monkeypatch)
-    assert compilations() - before <= 2  # none if an earlier test compiled these shapes
+    assert compilations() - before <= 3  # none if an earlier test compiled these shapes
     assert res.lane_iterations < res.lanes * int(res.iterations)  # the rung was reached
     before = compilations()
     _flow(x0 * 0.999, True, monkeypatch)
