@@ -530,8 +530,9 @@ def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
         if target < width:
             narrower = dataclasses.replace(engine, lanes=target)
             shapes = jax.tree.map(
-                lambda a: jax.ShapeDtypeStruct((target,) + a.shape[1:], a.dtype,
-                                               weak_type=getattr(a, "weak_type", False)),
+                lambda a, w=target: jax.ShapeDtypeStruct(
+                    (w,) + a.shape[1:], a.dtype, weak_type=getattr(a, "weak_type", False)
+                ),
                 lanes,
             )
             key, price = _price("_run", narrower, (*common, out, shapes, queue,

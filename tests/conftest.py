@@ -28,8 +28,8 @@ jax.monitoring.register_event_duration_secs_listener(_record_lowering)
 @pytest.fixture
 def compilations():
     """`compilations(name="engine")`: programs of that name (default: the integration
-    engine's, `ENGINE_PROGRAMS`) JAX lowered for compilation since the fixture was created; `name=None`
-    counts every program, eager operations included.
+    engine's, `ENGINE_PROGRAMS`) JAX lowered for compilation since the fixture was created;
+    `name=None` counts every program, eager operations included.
 
     `before = compilations(); ...; assert compilations() == before` checks that nothing
     was (re)compiled in between.
