@@ -473,7 +473,7 @@ def _call(name: str, engine: Engine, *args):
 def _price(name: str, engine: Engine, args):
     """(key, seconds): an identity of the program `name(engine, *args)` for the rent
     ledger, and what using it would cost now (0 when it is at hand)."""
-    where = lookup(fn_name=name, args=(engine, *args), static=_static_of(name, engine, args),
+    where = lookup(args=(engine, *args), static=_static_of(name, engine, args),
                    compiler_options=dict(_engine_compiler_options()))
     if where is None:  # no executable cache: this process's own programs
         key = _local_key(name, engine, args)

@@ -260,13 +260,12 @@ def _key(args: tuple, static: Mapping, compiler_options: Mapping, problem_free: 
     return key, Path(directory) / SUBDIR / f"{key}.bin", compiler_options
 
 
-def lookup(*, fn_name: str, args: tuple, static: Mapping, compiler_options: Mapping,
+def lookup(*, args: tuple, static: Mapping, compiler_options: Mapping,
            problem_free: bool = False):
     """Where `call_cached` would find this call's executable: `(key, "memory")` (loaded or
     compiled in this process), `(key, "disk")` (stored), `(key, None)` (it would compile),
     or None when no program identity is active. Nothing is loaded or compiled; `args`
-    may hold `jax.ShapeDtypeStruct`s in place of arrays. (`fn_name` names the program in
-    the messages of a future caller; the key is `static`'s.)"""
+    may hold `jax.ShapeDtypeStruct`s in place of arrays."""
     found = _key(args, static, compiler_options, problem_free)
     if found is None:
         return None

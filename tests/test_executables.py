@@ -163,3 +163,26 @@ def test_stored_engine_runs_in_another_process(tmp_path):
     assert int(runs[0][0]) >= 1 and int(runs[0][2]) >= 1  # compiled and stored
     assert runs[1] == ["0", "STORED", "0"], runs  # loaded and run: nothing compiled or stored
     assert int(runs[2][0]) >= 1 and runs[2][2] == "0", runs  # from JAX's cache: not stored
+
+
+def test_lookup_finds_what_call_cached_would_use(tmp_path, monkeypatch):
+    # The narrowed tail prices a program by where `call_cached` would find it (see
+    # `jaxflow._engine.RENT_TAIL`): the key from shapes alone must be the call's key.
+    import jax.numpy as jnp
+
+    monkeypatch.setattr(_executables, "_LOADED", {})
+    fn = lambda x, y: x * 2.0 + y  # noqa: E731
+    x, y = jnp.arange(4.0), jnp.ones(4)
+    shaped = (jax.ShapeDtypeStruct(x.shape, x.dtype), y)
+    kw = dict(static={"fn": "double"}, compiler_options={})
+    with _executables.program_identity({"environment": {"v": 1}}, tmp_path):
+        assert _executables.lookup(args=shaped, **kw)[1] is None  # would compile
+        out = _executables.call_cached(fn, (x, y), **kw)
+        np.testing.assert_array_equal(np.asarray(out), [1.0, 3.0, 5.0, 7.0])
+        key, where = _executables.lookup(args=shaped, **kw)
+        assert where == "memory" and (tmp_path / _executables.SUBDIR / f"{key}.bin").exists()
+        monkeypatch.setattr(_executables, "_LOADED", {})  # a new process
+        assert _executables.lookup(args=shaped, **kw) == (key, "disk")
+        other = (jax.ShapeDtypeStruct((8,), x.dtype), jnp.ones(8))
+        assert _executables.lookup(args=other, **kw)[1] is None
+    assert _executables.lookup(args=shaped, **kw) is None  # no identity, no cache
