@@ -413,6 +413,10 @@ _INT_MAX = 2**31 - 1
 _DEFAULT_PRICE = {"compile": 2.0, "load": 0.1}
 _RENT: dict = {}  # narrower program -> seconds its absence cost so far (this process)
 _CALLED: set = set()  # programs called in this process (outside the executable cache)
+# Both ledgers hold keys that keep the engines' static parts (objectives, their data)
+# alive; past this many entries they start over (a sweep through many problems would
+# otherwise grow them without bound). Forgetting costs at most one more rent or compile.
+_LEDGER_MAX = 256
 _MEASURED: dict = {}  # "compile" / "load" -> seconds of the engine loop's latest one
 _FIRST_SLICE = 16  # loop iterations of the first slice of rent
 
@@ -461,6 +465,8 @@ def _call(name: str, engine: Engine, *args):
         out = _programs()[name](engine, *args)
         key = _local_key(name, engine, args)
         if key is not None:
+            if len(_CALLED) >= _LEDGER_MAX:
+                _CALLED.clear()
             _CALLED.add(key)
         spent = compile_seconds() - clock
         if name != "_start" and spent > 0:
@@ -557,6 +563,8 @@ def run(engine: Engine, x0, ts, gtol, radius, cp_iters):
         it = int(it)  # waits for the call
         if limit != _INT_MAX:
             spent = time.perf_counter() - t0
+            if len(_RENT) >= _LEDGER_MAX:
+                _RENT.clear()
             _RENT[key] = rent + spent
             per_iter = spent / max(it, 1)
         iterations += it

@@ -151,3 +151,13 @@ def test_tail_rents_its_width_until_the_narrower_program_is_worth_it(monkeypatch
             assert rented.lane_iterations == at_once.lane_iterations
         else:  # a first slice of rent, then narrowed
             assert at_once.lane_iterations < rented.lane_iterations < full
+
+
+def test_rent_ledgers_are_bounded(monkeypatch):
+    # Their keys keep objectives alive: a sweep through many problems must not grow them
+    # without bound. Forgetting only costs another rent or compilation.
+    monkeypatch.setattr(_engine, "_CALLED", {("old", i) for i in range(_engine._LEDGER_MAX)})
+    x0 = jax.random.uniform(jax.random.key(9), (32, 4), jnp.float64, -1.0, 1.0)
+    res = jf.flow(PROBLEM, x0, t1=10.0, lanes=16)
+    assert len(_engine._CALLED) == 1 and not any(k[0] == "old" for k in _engine._CALLED)
+    assert res.counts()  # the flow itself is unaffected
