@@ -431,8 +431,8 @@ def _static_of(name: str, engine: Engine, args) -> dict:
         save_states=engine.save_states, stop_at_convergence=engine.stop_at_convergence,
         field=type(engine.field).__qualname__, stepper=type(engine.stepper).__qualname__,
         controller=type(engine.controller).__qualname__,
-        # args of `_run`: ts, gtol, radius, cp_iters, ...; the shapes of the arrays are
-        # part of the key already.
+        # `cp_iters` is the 4th argument of `_run`, the 5th of `_started` (none of
+        # `_start`); the shapes of the arrays are part of the key already.
         cp_iters=name != "_start" and args[{"_run": 3, "_started": 4}[name]] is not None,
     )
 
@@ -454,9 +454,10 @@ def _local_key(name: str, engine: Engine, args):
 
 
 def _call(name: str, engine: Engine, *args):
-    """`name(engine, *args)` (`_start` or `_run`), through the executable cache when a
-    scan set a program identity (`jaxflow._executables`), else traced and compiled as
-    usual; the compile or load time of a `_run` program is measured."""
+    """`name(engine, *args)` (`_start`, `_run` or `_started`), through the executable
+    cache when a scan set a program identity (`jaxflow._executables`), else traced and
+    compiled as usual; the compile or load time of a loop program (`_run`, `_started`)
+    is measured, as the price of the narrower ones (`_price`)."""
     fn = {"_start": _start, "_run": _run, "_started": _started}[name]
     clock = compile_seconds()
     out = call_cached(fn, (engine, *args), static=_static_of(name, engine, args),
