@@ -20,10 +20,16 @@ __all__ = ["compact", "blocks", "on_rows", "block_size", "MIN_BLOCK"]
 MIN_BLOCK = 16
 
 
-def compact(mask):
+def compact(mask, key=None):
     """The positions where `mask` holds, first (`order`), their number, and each
-    position's rank among them (`slot`)."""
+    position's rank among them (`slot`). With an integer `key` per position they come in
+    ascending order of it (ties in order of position), otherwise in order of position."""
     n = mask.shape[0]
+    if key is not None:
+        ranked = jnp.where(mask, key.astype(jnp.int32), jnp.iinfo(jnp.int32).max)
+        order = jnp.argsort(ranked, stable=True).astype(jnp.int32)
+        slot = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+        return order, jnp.sum(mask, dtype=jnp.int32), slot
     slot = jnp.cumsum(mask) - 1
     order = jnp.zeros(n, jnp.int32).at[jnp.where(mask, slot, n)].set(
         jnp.arange(n, dtype=jnp.int32), mode="drop"
@@ -57,12 +63,14 @@ def block_size(rows: int) -> int:
     return max(MIN_BLOCK, rows // 4 // MIN_BLOCK * MIN_BLOCK)
 
 
-def on_rows(fn, args, need, fallback, *, whole_pass: bool = True):
+def on_rows(fn, args, need, fallback, *, whole_pass: bool = True, cost=None):
     """`vmap(fn)(*args)` where `need` holds and `fallback` elsewhere, computing `fn` only
     on the rows that need it (in blocks of `block_size`, or, with `whole_pass`, in one
     pass over all rows when more than half need it, which then costs less than the blocks
     but puts a second copy of `fn` in the program; not at all when none does). Batches of
-    fewer than `MIN_BLOCK` rows are computed whole."""
+    fewer than `MIN_BLOCK` rows are computed whole. `cost`: an integer per row that
+    predicts its work when `fn` loops until every row of a block is done; rows of like
+    cost are then blocked together, so that cheap rows do not wait for dear ones."""
     n = need.shape[0]
     solve = jax.vmap(fn)
 
@@ -72,17 +80,17 @@ def on_rows(fn, args, need, fallback, *, whole_pass: bool = True):
 
     if n < MIN_BLOCK:
         return jax.tree.map(lambda a, b: pick(a, b, None), solve(*args), fallback)
-    order, count, slot = compact(need)
+    order, count, slot = compact(need, cost)
 
     def at(k):
         rows = order[k]
         return tuple(a[rows] for a in args)
 
     def compacted():
-        return blocks(solve, at, count, n, block_size(n)), jnp.clip(slot, 0, n - 1)
+        return blocks(solve, at, count, n, block_size(n)), jnp.clip(slot, 0, n - 1).astype(jnp.int32)
 
     def every_row():
-        return solve(*args), jnp.arange(n)
+        return solve(*args), jnp.arange(n, dtype=jnp.int32)
 
     def some_rows():
         if whole_pass:

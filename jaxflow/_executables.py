@@ -23,7 +23,7 @@ compiled anew (and rewritten). Results are bit for bit those of the traced progr
 Programs with custom calls (LAPACK kernels such as `eigh` on CPU, host callbacks) are
 never stored: reloaded with `jax.experimental.serialize_executable` they crash the process
 when run (measured: a float32 `eigh` of 4x4 Hessians on CPU, jax 0.10.2). The engine's own
-linear algebra is unrolled (`jaxflow._stepper.linalg`), so its programs have none unless a
+linear algebra is unrolled (`jaxflow._linalg`), so its programs have none unless a
 problem or a wrapped diffrax solver brings one.
 
 Only calls made inside `program_identity(...)` use this cache (a scan's chunks of a

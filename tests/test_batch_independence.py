@@ -19,7 +19,7 @@ import pytest
 import jaxflow as jf
 from jaxflow import problems
 from jaxflow._stepper import AbstractStepper
-from jaxflow._stepper.linalg import lu_factor, lu_solve
+from jaxflow._linalg import lu_factor, lu_solve
 
 N = 2000
 T1 = 2e4

@@ -43,6 +43,9 @@ def kink_solve(
             linear=lin,
             polish=opts.polish,
             method=opts.qp_method,
+            # The prox-linear QP runs at every step of a flow: its factorisations are
+            # unrolled (faster); the exact one (checkpoints, ends) compiles in less time.
+            unroll=h is not None,
         )
         v, gap = sol.v, sol.gap
         theta_star = an.theta(sol.y - an.lam0)

@@ -3,7 +3,6 @@
 | module | stepper |
 |---|---|
 | `base` | `AbstractStepper` (state in, state out) |
-| `linalg` | unrolled LU and tableau linear combinations |
 | `erk` | `ERKStepper`: explicit diffrax tableaux, fused |
 | `esdirk` | `ESDIRKStepper`: `Kvaerno3/4/5` with a chord iteration on the Hessian (kept over steps above 32 variables) |
 | `rodas` | `Rodas4`: linearly implicit, L-stable |

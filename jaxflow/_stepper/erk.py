@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from .base import AbstractTableauStepper
-from .linalg import lincomb
+from .._linalg import lincomb
 
 __all__ = ["ERKStepper"]
 

@@ -43,7 +43,7 @@ import numpy as np
 from .._compact import on_rows
 from .._controller import error_scale
 from .base import AbstractTableauStepper
-from .linalg import UNROLL_MAX_DIM, lincomb, lu_factor, lu_solve
+from .._linalg import UNROLL_MAX_DIM, lincomb, lu_factor, lu_solve
 
 __all__ = ["ESDIRKStepper", "REUSE_MIN_DIM"]
 

@@ -145,12 +145,12 @@ class ProxLinear(AbstractStepper):
             small = field.with_options(max_active=self.few_kinks)
             screened = on_rows(
                 small.prox_selection, (x, h), few, screened,
-                whole_pass=_fixed_budget_qp(small.options, self.few_kinks),
+                whole_pass=_fixed_budget_qp(small.options, self.few_kinks), cost=count,
             )
             need = need & ~few
         _, v_step, theta = on_rows(
             field.prox_selection, (x, h), need, screened,
-            whole_pass=_fixed_budget_qp(field.options, slots),
+            whole_pass=_fixed_budget_qp(field.options, slots), cost=count,
         )
 
         def correct(x, h, v_step, theta, s):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from .base import AbstractStepper
-from .linalg import UNROLL_MAX_DIM, lincomb, lu_factor, lu_solve
+from .._linalg import UNROLL_MAX_DIM, lincomb, lu_factor, lu_solve
 
 __all__ = ["Rodas4"]
 

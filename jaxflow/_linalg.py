@@ -1,8 +1,16 @@
-r"""Small dense linear algebra for the implicit steppers, unrolled at trace time.
+r"""Small dense linear algebra, unrolled at trace time.
 
 Steppers solve with $I + h\gamma\nabla^2 f(x)$ once or several times per step. For the
 small dimensions of landscape problems an unrolled factorisation is straight-line code
 that stays elementwise under vmap; above `UNROLL_MAX_DIM` LAPACK's batched LU is used.
+
+The active-set QP of the nonsmooth field solves with a face of $J^TJ$ + ridge at every one
+of its iterations. There LAPACK's Cholesky factorisation is kept and only the triangular
+solves are unrolled (`cho_factor`, `cho_solve`): measured on a 2-core CPU, 64 rows of
+9 x 9, one factorisation and two solves, 16 times in a loop: LAPACK 0.79 ms, solves
+unrolled 0.37 ms (0.44 s more to compile), everything unrolled 0.20 ms (0.81 s more);
+inside the prox-linear flow of (4.14) the last two ran equally fast, and the fully
+unrolled factorisation cost 1.1 s more compilation, so it is not used.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["lu_factor", "lu_solve", "lincomb", "UNROLL_MAX_DIM"]
+__all__ = ["lu_factor", "lu_solve", "cho_factor", "cho_solve", "lincomb", "UNROLL_MAX_DIM"]
 
 # Unrolled LU below this dimension; LAPACK (batched) above.
 UNROLL_MAX_DIM = 12
@@ -68,6 +76,42 @@ def lu_solve(lu, b):
         for j in range(i + 1, d):
             s = s - a[i][j] * x[j]
         x[i] = s / a[i][i]
+    return jnp.stack(x)
+
+
+def cho_factor(m, unroll: bool = True):
+    """Cholesky factorisation of a small symmetric positive definite matrix, for
+    `cho_solve`. The factor is LAPACK's; with `unroll` (and at most `UNROLL_MAX_DIM` rows)
+    its entries are kept as scalars so that `cho_solve`'s triangular solves are unrolled
+    at trace time, several times faster under `vmap` than XLA:CPU's batched triangular
+    solves, at about half a second more compilation per call site: for solves that run
+    at every step."""
+    d = m.shape[-1]
+    if d > UNROLL_MAX_DIM or not unroll:
+        return ("lapack", jax.scipy.linalg.cho_factor(m))
+    c = jax.scipy.linalg.cho_factor(m, lower=True)[0]
+    return ("unrolled", [[c[i, j] for j in range(i + 1)] for i in range(d)])
+
+
+def cho_solve(fac, b):
+    """Solves $m x = b$ with the factor of `cho_factor(m)`."""
+    kind, low = fac
+    if kind == "lapack":
+        return jax.scipy.linalg.cho_solve(low, b)
+    # Only the lower triangle's entries (row i: columns 0..i), as `cho_factor` keeps them.
+    d = b.shape[-1]
+    y = [None] * d
+    for i in range(d):
+        s = b[i]
+        for p in range(i):
+            s = s - low[i][p] * y[p]
+        y[i] = s / low[i][i]
+    x = [None] * d
+    for i in reversed(range(d)):
+        s = y[i]
+        for p in range(i + 1, d):
+            s = s - low[p][i] * x[p]
+        x[i] = s / low[i][i]
     return jnp.stack(x)
 
 
