@@ -70,12 +70,18 @@ def lu_solve(lu, b):
     for i in range(d):
         for j in range(i):
             y[i] = y[i] - a[i][j] * y[j]
+    return _back_substitute(lambda i, j: a[i][j], y)
+
+
+def _back_substitute(upper, y):
+    """$x$ with $Ux = y$ for the upper triangular $U$ whose entry $(i, j)$ is `upper(i, j)`."""
+    d = len(y)
     x = [None] * d
     for i in reversed(range(d)):
         s = y[i]
         for j in range(i + 1, d):
-            s = s - a[i][j] * x[j]
-        x[i] = s / a[i][i]
+            s = s - upper(i, j) * x[j]
+        x[i] = s / upper(i, i)
     return jnp.stack(x)
 
 
@@ -106,13 +112,7 @@ def cho_solve(fac, b):
         for p in range(i):
             s = s - low[i][p] * y[p]
         y[i] = s / low[i][i]
-    x = [None] * d
-    for i in reversed(range(d)):
-        s = y[i]
-        for p in range(i + 1, d):
-            s = s - low[p][i] * x[p]
-        x[i] = s / low[i][i]
-    return jnp.stack(x)
+    return _back_substitute(lambda i, j: low[j][i], y)
 
 
 def lincomb(coeffs, vecs):
