@@ -196,6 +196,8 @@ def main():
     ap.add_argument("--t1-relu", type=float, default=1.0)
     ap.add_argument("--relu-widths", default="4,16,1", help="ReLU MLP widths (d = 97 by default)")
     ap.add_argument("--relu-samples", type=int, default=100)
+    ap.add_argument("--relu-estimates", default="euler",
+                    help="ProxLinear error estimates to run, e.g. euler,midpoint")
     ap.add_argument("--relu-default-only", action="store_true",
                     help="only the default ProxLinear (not the QP over all slots)")
     ap.add_argument("--ncross", type=int, default=32, help="starts at d = 240 and 480")
@@ -286,7 +288,9 @@ def main():
         widths = [int(w) for w in args.relu_widths.split(",")]
         p = problems.get("mlp", widths=widths, activation="relu", n_samples=args.relu_samples)
         x0 = p.sample(jax.random.key(0), args.nrelu, jnp.float32)
-        solvers = [("ProxLinear() (few_kinks=16)", jf.ProxLinear())]
+        solvers = [("ProxLinear() (few_kinks=16)" if e == "euler" else
+                    f"ProxLinear(estimate={e!r}) (few_kinks=16)", jf.ProxLinear(estimate=e))
+                   for e in args.relu_estimates.split(",")]
         if not args.relu_default_only:
             solvers.append(("ProxLinear(few_kinks=0)", jf.ProxLinear(few_kinks=0)))
         for label, solver in solvers:

@@ -290,14 +290,16 @@ def test_midpoint_error_estimate_takes_fewer_steps_and_keeps_the_invariant():
 A_SPD = np.array([[3.0, 1.0, 0.0], [1.0, 2.0, -0.5], [0.0, -0.5, 0.7]])
 
 
+@pytest.mark.parametrize("dense_max", [64, 0], ids=["dense", "matrix-free"])
 @pytest.mark.parametrize("kind", ["linear", "nonlinear"])
-def test_midpoint_estimate_is_the_local_error_to_leading_order(kind):
+def test_midpoint_estimate_is_the_local_error_to_leading_order(kind, dense_max):
     r"""One `ProxLinear(estimate="midpoint")` step of a smooth field (the implicit midpoint
     rule): the error it reports is the step's true local error $z - x(h)$ to leading order,
     $-\tfrac{h^3}{12}G'G'G + \tfrac{h^3}{24}G''(G, G)$, checked against the exact flow (a
-    matrix exponential; a float64 DOP853 solve at rtol 1e-13). An estimate that only bounds
-    the error (a norm of $G'$ times the Euler-midpoint difference) is not parallel to it
-    and fails."""
+    matrix exponential; a float64 DOP853 solve at rtol 1e-13), with the dense Jacobian and
+    matrix-free (Jacobian-vector products, fixed-point iterations: `dense_max=0`). An
+    estimate that only bounds the error (a norm of $G'$ times the Euler-midpoint
+    difference) is not parallel to it and fails."""
     from jaxflow._field_choice import field_for
 
     if kind == "linear":
@@ -320,7 +322,7 @@ def test_midpoint_estimate_is_the_local_error_to_leading_order(kind):
 
     p = jf.Problem(f, dim=3)
     field = field_for(p)
-    stepper = jf.ProxLinear(estimate="midpoint")
+    stepper = jf.ProxLinear(estimate="midpoint", dense_max=dense_max)
     x0 = np.array([0.8, -0.5, 0.3])
     x = jnp.asarray(x0)
     rels = []
