@@ -248,9 +248,13 @@ def test_broken_process_pool_is_rebuilt(reference, tmp_path, xla_cache):
                 os.kill(proc.pid, signal.SIGKILL)
                 killed.append(proc.pid)
 
+    # One chunk in flight at a time: the worker is killed after the first chunk is stored
+    # and before the next is submitted. With every chunk in flight at once, the one worker
+    # could finish them all (milliseconds each with the compilation cache warm) before the
+    # driver read the first result, and the kill then broke nothing that was still needed.
     try:
         res = jf.scan(PROBLEM, N, out=tmp_path / "pool", executor=make_pool, progress=progress,
-                      **{**SPEC, "compilation_cache": xla_cache})
+                      max_in_flight=1, **{**SPEC, "compilation_cache": xla_cache})
     finally:
         for ex in pools:
             ex.shutdown(wait=False, cancel_futures=True)
