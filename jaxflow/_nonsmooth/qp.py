@@ -198,8 +198,9 @@ def _face_step(h_full, q, free, unroll: bool):
     coordinates `free` (the others held), given the objective's gradient `q` there: the
     least-norm step, by a ridge (for rank-deficient faces, whose minimisers form an
     affine set: among them the one nearest the point) and one step of iterated
-    Tikhonov, which removes the ridge's bias to first order. `unroll`: the factorisation
-    unrolled (`jaxflow._linalg.cho_factor`) or LAPACK's."""
+    Tikhonov, which removes the ridge's bias to first order. `unroll`: the triangular
+    solves after the Cholesky factorisation unrolled (`jaxflow._linalg.cho_factor`) or
+    LAPACK's."""
     dtype = h_full.dtype
     ff = free.astype(dtype)
     h = h_full * ff[:, None] * ff[None, :]

@@ -43,7 +43,7 @@ def kink_solve(
             linear=lin,
             polish=opts.polish,
             method=opts.qp_method,
-            # The prox-linear QP runs at every step of a flow: its factorisations are
+            # The prox-linear QP runs at every step of a flow: its triangular solves are
             # unrolled (faster); the exact one (checkpoints, ends) compiles in less time.
             unroll=h is not None,
         )
