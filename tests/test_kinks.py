@@ -194,3 +194,61 @@ def test_unsupported_error_surfaces_from_flow_before_compiling():
     p = jf.Problem(lambda z: jnp.sign(z[0]) * z[0] + z[1] ** 2, dim=2, nonsmooth=True)
     with pytest.raises(jf.UnsupportedKinkError, match="sign"):
         jf.flow(p, jnp.ones((2, 2)), t1=1.0)
+
+
+@pytest.mark.parametrize(
+    "d,h,slots",
+    [(3, None, 256), (40, 0.5, 256), (40, 0.5, 4)],
+    ids=["reverse", "forward", "forward-closest-slots"],
+)
+def test_slot_jacobian_is_the_selection_gradient_s_change_from_the_natural_piece(d, h, slots):
+    r"""`KinkAnalysis.jac` column $(k, r)$ is $\partial_t \nabla_x F$ along moving slot $k$'s
+    weight from its natural piece to piece $r$ (zero for the natural piece): checked
+    against central differences of the selection gradient and against the plain
+    Jacobian of `grad_at` minus its natural column, for kinks of two (abs, relu) and
+    three pieces (max) in one function, computed in forward mode (d = 40, more inputs
+    than columns) and in reverse mode (d = 3). With fewer slots than kinks (the closest
+    first) only the tied slots' columns are formed (the QPs use no other)."""
+    from jaxflow._nonsmooth.options import MinNormOptions
+    from jaxflow._nonsmooth.slots import KinkAnalysis
+
+    def f(x):
+        kinks = jnp.abs(x[0] * x[1] - 1.0) + jnp.max(jnp.stack([x[0], x[1] ** 2, x[2] - x[0]]))
+        relu = jnp.sum(jax.nn.relu(jnp.outer(x[:3], x[:3]) - 0.3))
+        return kinks + relu + jnp.sum(jnp.sin(x) ** 2) * jnp.sum(x**2)
+
+    x = jnp.linspace(0.3, 1.2, d).at[:3].set(jnp.array([1.0, 1.0, 2.0]))
+    prog, opts, eps = KinkProgram(f, d, jnp.float64), MinNormOptions(max_active=slots), 1e-6
+    probes = [(0, 1), (1, 2), (-1, 0)]  # (slot, piece) for central differences
+    by_score = []
+
+    @jax.jit
+    def analyse(x):
+        an = KinkAnalysis(prog, x, opts, h)
+        by_score.append(an.by_score)
+        plain = jax.jacfwd(an.grad_at)(jnp.zeros((an.k, an.r_max)))
+        fd = []
+        for slot, piece in probes:
+            t = jnp.zeros((an.k, an.r_max)).at[slot, piece].add(eps)
+            t = t.at[slot].add(-eps * an.lam0[slot])
+            fd.append((an.grad_at(t) - an.grad_at(-t)) / (2 * eps))
+        return an.jac, plain, an.lam0, an.s_valid, jnp.stack(fd, -1)
+
+    jac, plain, nat, valid, fd = map(np.asarray, analyse(x))
+    d_, k, r_max = jac.shape
+    assert d_ == d and r_max == 3
+    assert by_score == [slots < 11]  # 11 kink groups: abs, max, 9 relu
+    nat = nat.astype(bool)
+    np.testing.assert_array_equal(jac[:, nat], 0.0)
+    ref = plain - np.einsum("dkr,kr->dk", plain, nat)[:, :, None]
+    tied = valid.sum(-1) > 1
+    assert 2 <= tied.sum() <= k
+    if by_score[0]:
+        assert tied[: tied.sum()].all()  # the closest slots come first
+    used = tied if by_score[0] else slice(None)
+    np.testing.assert_allclose(jac[:, used], ref[:, used], rtol=1e-12, atol=1e-12)
+    assert np.abs(ref).max() > 0.1  # the kinks' pieces move the gradient
+    for j, (slot, piece) in enumerate(probes):
+        if by_score[0] and not tied[slot]:
+            continue
+        np.testing.assert_allclose(jac[:, slot, piece], fd[:, j], rtol=1e-6, atol=1e-8)
