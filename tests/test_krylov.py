@@ -179,19 +179,20 @@ def test_default_lanes_count_a_dense_stepper_s_matrices(monkeypatch):
     assert dense < free
 
 
-def test_default_lanes_count_a_nonsmooth_field_s_kink_gradients(monkeypatch):
-    """A minimal-norm field holds a gradient per piece of every kink group and lane
-    (0.58 GiB per lane for a ReLU MLP 16-48-1 on 1000 points in float32, measured): the
-    default lanes of `flow` fit the memory budget with them, where the dimension alone
-    would allow 64 lanes (about 37 GiB there)."""
+def test_default_lanes_count_a_nonsmooth_field_s_kink_memory(monkeypatch):
+    """A minimal-norm field holds a few numbers per piece of every kink group and lane
+    (14 MB per lane for a ReLU MLP 16-48-1 on 1000 points in float32, measured; 0.58 GiB
+    before its slot Jacobian was formed a few columns at a time): the default lanes of
+    `flow` fit the memory budget with them, where the dimension alone would allow more."""
     from jaxflow import _engine, _flow
     from jaxflow._field_choice import field_for
 
     p = jf.problems.get("mlp", widths=[4, 8, 1], activation="relu", n_samples=50)
     field = field_for(p)
-    assert field.vectors_per_lane() == 2 * 8 * 50 * 2  # 400 relu kinks of two pieces
+    # 400 relu kinks of two pieces, 48 numbers each, in vectors of length d = 49
+    assert p.dim == 49 and field.vectors_per_lane() == -(-48 * 800 // 49) == 784
     assert field_for(jf.problems.get("matrix-completion")).vectors_per_lane() == 0
-    budget = 40 * (_engine._VECTORS_PER_LANE + 1600) * p.dim * 8  # 40 lanes' worth
+    budget = 40 * (_engine._VECTORS_PER_LANE + 784) * p.dim * 8  # 40 lanes' worth
     monkeypatch.setattr(_engine, "_lane_memory_budget", lambda backend: budget)
     assert _engine.default_lanes(256, dim=p.dim) == 64
     assert _flow.memory_lanes(p, 256) == 32
