@@ -314,20 +314,18 @@ class KinkAnalysis:
 
         args = (site, index, p_other, p_nat)
         n, blk = site.shape[0], _COLUMN_BLOCK
-        if n <= blk:
+        if not self.by_score or n <= blk:
             cols = jax.vmap(column)(*args)  # (k, d)
         else:
-            # A few columns at a time: their tangents (a copy of every intermediate of
-            # the backward pass per column) stay in cache, where all at once they do not
-            # (ReLU network, d = 865, 48,000 kinks, 256 slots: 0.30 s a lane against
-            # 0.51 s). And only as many as there are tied slots: when the slots were
-            # chosen by score the tied ones come first, and the other columns are not
-            # used (the QPs never move a slot with a single valid piece).
+            # A function with more kink groups than slots: a few columns at a time, so
+            # that their tangents (a copy of every intermediate of the backward pass per
+            # column) stay in cache, where all at once they do not (ReLU network, d = 865,
+            # 48,000 kinks, 256 slots: 0.30 s a lane against 0.51 s); and only as many as
+            # there are tied slots, which come first (the QPs never move a slot with a
+            # single valid piece, so the other columns are not used).
             nb = -(-n // blk)
             blocks = tuple(jnp.pad(a, (0, nb * blk - n)).reshape(nb, blk) for a in args)
-            used = n
-            if self.by_score:
-                used = jnp.minimum(self.n_active, k) * (r_max - 1)
+            used = jnp.minimum(self.n_active, k) * (r_max - 1)
 
             def body(carry):
                 b, buf = carry
