@@ -328,6 +328,8 @@ def main():
         name += f"-rate{args.rate10000:g}"
     if "relu" in cases and args.relu_widths != "4,16,1":
         name += "-" + args.relu_widths.replace(",", "-") + f"-m{args.relu_samples}"
+    if "relu" in cases and args.relu_widths != "4,16,1" and args.nrelu != 16:
+        name += f"-n{args.nrelu}"  # the larger network's runs have 16 starts unless named
     if "relu" in cases and args.t1_relu != 1.0:
         name += f"-t{args.t1_relu:g}"
     if "step_cost" in cases and args.step_lanes != 4:
