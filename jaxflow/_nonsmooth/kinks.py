@@ -844,7 +844,7 @@ def _register_kink(ctx, eqn, kink: _Kink) -> _TracedValue:
         safe = jnp.where(jnp.isfinite(pv), pv, 0.0)
         # The natural piece by a one-hot select, not a gather: the same value exactly
         # (one piece plus zeros), and its transpose in a gradient is another select
-        # rather than a scatter, which cost a ReLU network's selection gradient 12
+        # rather than a scatter, which cost a ReLU network's selection gradient 11
         # gradients of f on XLA:CPU.
         pick = jnp.arange(m, dtype=jnp.int32) == nat[..., None].astype(jnp.int32)
         out = jnp.sum(jnp.where(pick, pv, jnp.zeros((), pv.dtype)), axis=-1)
