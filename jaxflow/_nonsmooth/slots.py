@@ -245,7 +245,10 @@ class KinkAnalysis:
 
     def grad_at(self, t):
         """Selection gradient with slot weights moved by `t` `(k, R)`."""
-        dth = self.dth(t)
+        return self._grad_with(self.dth(t))
+
+    def _grad_with(self, dth):
+        """Selection gradient with the per-site selector perturbation `dth`."""
         return jax.grad(lambda y: self.prog.lift(y, dth, self.eps0, nat=self.nat)[0])(self.x)
 
     @property
@@ -288,7 +291,6 @@ class KinkAnalysis:
         e_{k,\text{nat}})$, `(d, k, R-1)`, with each direction built as a dense one-hot
         selector perturbation by comparisons (`grad_at` scatters its argument instead)."""
         prog, k, r_max = self.prog, self.k, self.r_max
-        dth0, eps0, nat_pieces, x = self.dth0, self.eps0, self.nat, self.x
         rows = jnp.arange(k)
         pos_nat = self.s_pos[rows, nat]  # (k,) piece index within the site
         pos_other = jnp.take_along_axis(self.s_pos, other, axis=-1)  # (k, R-1)
@@ -296,9 +298,6 @@ class KinkAnalysis:
         index = jnp.broadcast_to(self.slot_index[:, None], other.shape).reshape(-1)
         p_nat = jnp.broadcast_to(pos_nat[:, None], other.shape).reshape(-1)
         p_other = pos_other.reshape(-1)
-
-        def ga(dth):
-            return jax.grad(lambda y: prog.lift(y, dth, eps0, nat=nat_pieces)[0])(x)
 
         def column(s, g, po, pn):
             tangent = []
@@ -308,7 +307,7 @@ class KinkAnalysis:
                 e = (piece == po).astype(self.dtype) - (piece == pn).astype(self.dtype)
                 t = jnp.where(row[:, None], e[None, :], 0.0).astype(self.dtype)
                 tangent.append(t.reshape(st.shape + (st.npieces,)))
-            return jax.jvp(ga, (dth0,), (tuple(tangent),))[1]
+            return jax.jvp(self._grad_with, (self.dth0,), (tuple(tangent),))[1]
 
         args = (site, index, p_other, p_nat)
         n, blk = site.shape[0], _COLUMN_BLOCK
