@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._controller import AbstractController
-from ._executables import call_cached, compile_seconds, last_measured, lookup
+from ._executables import accepted_options, call_cached, compile_seconds, last_measured, lookup
 from ._field import AbstractField, stationarity
 from ._status import Status
 from ._stepper import AbstractStepper
@@ -373,17 +373,9 @@ def _rung_below(width: int) -> int:
 NARROW_TAIL = True
 
 
-@functools.cache
 def _engine_compiler_options() -> tuple[tuple[str, str], ...]:
     """The options of `_DETERMINISTIC_OPTIONS` that this jaxlib accepts."""
-    accepted = []
-    for name, value in _DETERMINISTIC_OPTIONS.items():
-        try:
-            jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(0.0).compile()
-        except Exception:  # an unknown option: XLA raises at compile time
-            continue
-        accepted.append((name, value))
-    return tuple(accepted)
+    return accepted_options(tuple(_DETERMINISTIC_OPTIONS.items()))
 
 
 @functools.cache

@@ -51,7 +51,7 @@ import equinox as eqx
 import jax
 
 __all__ = ["program_identity", "current_identity", "call_cached", "lookup", "last_measured",
-           "compile_seconds", "SUBDIR", "PROBLEM_FREE_ONLY"]
+           "compile_seconds", "accepted_options", "SUBDIR", "PROBLEM_FREE_ONLY"]
 
 SUBDIR = "jaxflow-executables"
 
@@ -143,18 +143,24 @@ def _remember(key: str, compiled) -> None:
 _CPU_STORABLE = {"xla_cpu_parallel_codegen_split_count": 1}
 
 
+def accepted_options(options: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    """The `(name, value)` XLA compiler options of `options` that this jaxlib accepts
+    (checked once per process by compiling a trivial program: XLA raises on an option it
+    does not know), in their order."""
+    return tuple(item for item in options if _accepted(*item))
+
+
 @functools.cache
+def _accepted(name: str, value) -> bool:
+    try:
+        jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(0.0).compile()
+    except Exception:  # noqa: BLE001 - an option this jaxlib does not know
+        return False
+    return True
+
+
 def _storable_options_for(platform: str) -> tuple:
-    if platform != "cpu":
-        return ()
-    accepted = []
-    for name, value in _CPU_STORABLE.items():
-        try:
-            jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(0.0).compile()
-        except Exception:  # an option this jaxlib does not know
-            continue
-        accepted.append((name, value))
-    return tuple(accepted)
+    return accepted_options(tuple(_CPU_STORABLE.items())) if platform == "cpu" else ()
 
 
 def _storable_options() -> dict:

@@ -21,6 +21,10 @@ from jaxflow import problems
 from jaxflow._stepper import AbstractStepper
 from jaxflow._linalg import lu_factor, lu_solve
 
+# Whether a trajectory's arithmetic depends on its batch is a property of how XLA
+# vectorises: tested with the code generation users get (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("default_codegen")
+
 N = 2000
 T1 = 2e4
 REPORTED = np.array([0.6504092, 0.11223507, -0.5236714, 0.7368407], np.float32)

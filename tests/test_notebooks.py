@@ -43,6 +43,7 @@ def test_notebook_runs_at_small_scale(path, monkeypatch):
     # Compile time dominates at this size; cheaper XLA codegen roughly halves it.
     monkeypatch.setenv(
         "XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+        " --xla_cpu_use_fusion_emitters=false"
     )
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:

@@ -143,7 +143,9 @@ def _spawn(mode, out, cache_dir):
     env = dict(os.environ)
     env.update(
         JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4",
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        # The suite's codegen flags (conftest.py) kept: the tables are compared bit for bit.
+        XLA_FLAGS=" ".join([os.environ.get("XLA_FLAGS", ""),
+                            "--xla_force_host_platform_device_count=4"]).strip(),
         JAXFLOW_COMPILATION_CACHE=str(cache_dir),
     )
     return subprocess.Popen(

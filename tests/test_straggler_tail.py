@@ -10,6 +10,10 @@ import pytest
 import jaxflow as jf
 from jaxflow import _engine, problems
 
+# Whether a trajectory's arithmetic depends on its batch is a property of how XLA
+# vectorises: tested with the code generation users get (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("default_codegen")
+
 FIELDS = (
     "status", "steps", "rejected", "t", "x", "f", "stationarity", "path_length", "cp_norm",
     "cp_f", "cp_stat", "cp_x",
