@@ -198,14 +198,15 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
         lowered = jax.jit(flat, compiler_options=dict(compiler_options)).lower(leaves)
         hits = _persistent_cache_hits()
         compiled = lowered.compile()
-        _record(name, "compile", time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        _record(name, "compile", seconds)
         # An executable that JAX took from its persistent cache is not stored: on
         # XLA:CPU it serialises without its compiled functions, and the entry would fail
         # when run in the next process ("Function ... not found"), be compiled (taken
         # from JAX's cache) and stored broken again, in every process.
         fresh = _persistent_cache_hits() == hits
         if fresh and "custom_call" not in lowered.as_text():
-            _store(path, compiled)
+            _store(path, compiled, seconds)
         elif not fresh:
             with contextlib.suppress(OSError):  # an entry that failed: not read again
                 path.unlink(missing_ok=True)
@@ -218,10 +219,15 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
     loaded = False
     if compiled is None:
         t0 = time.perf_counter()
-        compiled = _load(path)
+        compiled, compile_s = _load(path)
         loaded = compiled is not None
         if loaded:
             _record(name, "load", time.perf_counter() - t0)
+            if compile_s is not None:
+                # What compiling it cost where it was stored: the price of its siblings
+                # that are not stored (the engine's narrower programs, `_engine._price`),
+                # as in the process that compiled it, not a default guess.
+                _record(name, "compile", compile_s)
         if compiled is None:
             compiled = compile_and_store()
         _remember(key, compiled)
@@ -339,31 +345,34 @@ def _persistent_cache_hits() -> int:
 
 
 def _load(path: Path):
-    """The executable stored at `path`, or None (missing, unreadable, or not loadable
-    here: then it is compiled anew and overwritten)."""
+    """`(executable, compile seconds)` stored at `path`, or `(None, None)` (missing,
+    unreadable, or not loadable here: then it is compiled anew and overwritten)."""
     from jax.experimental.serialize_executable import deserialize_and_load
 
     try:
         data = path.read_bytes()
     except OSError:
-        return None
+        return None, None
     try:
-        payload, in_tree, out_tree = pickle.loads(data)
+        (payload, in_tree, out_tree), meta = pickle.loads(data)
         # On the default device only (as compiled), not on every device of the backend.
         device = jax.config.jax_default_device or jax.devices()[0]
-        return deserialize_and_load(payload, in_tree, out_tree, backend=device.client,
-                                    execution_devices=[device])
+        compiled = deserialize_and_load(payload, in_tree, out_tree, backend=device.client,
+                                        execution_devices=[device])
+        seconds = meta.get("compile_s")
+        return compiled, float(seconds) if isinstance(seconds, (int, float)) else None
     except Exception:  # a truncated or foreign entry: recompile
-        return None
+        return None, None
 
 
-def _store(path: Path, compiled) -> None:
-    """Writes the executable atomically (a crash leaves no partial entry); failures to
-    serialise or write only cost the next process a compilation."""
+def _store(path: Path, compiled, compile_s: float) -> None:
+    """Writes the executable and the seconds it took to compile, atomically (a crash
+    leaves no partial entry); failures to serialise or write only cost the next process
+    a compilation."""
     from jax.experimental.serialize_executable import serialize
 
     try:
-        data = pickle.dumps(serialize(compiled))
+        data = pickle.dumps((serialize(compiled), {"compile_s": float(compile_s)}))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(data)
