@@ -20,11 +20,14 @@ never found, so it is never used. An entry that cannot be read, loaded or run is
 compiled anew (and rewritten). Results are bit for bit those of the traced program
 (`tests/test_executables.py`).
 
-Programs with custom calls (LAPACK kernels such as `eigh` on CPU, host callbacks) are
-never stored: reloaded with `jax.experimental.serialize_executable` they crash the process
-when run (measured: a float32 `eigh` of 4x4 Hessians on CPU, jax 0.10.2). The engine's own
-linear algebra is unrolled (`jaxflow._linalg`), so its programs have none unless a
-problem or a wrapped diffrax solver brings one.
+Programs whose only custom calls are LAPACK kernels (XLA:CPU's `eigh`, Cholesky, LU:
+the engine's linear algebra above 12 variables, `jaxflow._linalg`, and the report's
+Hessian eigenvalues) are stored too. jaxlib initialises LAPACK when it lowers such a call,
+and a process that only loads one would run it uninitialised (a segmentation fault,
+measured with a float32 `eigh` on CPU, jax 0.10.2), so before loading anything this
+module has jaxlib set LAPACK up when an entry calls it (`_prepare_lapack`).
+Programs with any other custom call (host callbacks, a problem's foreign kernels) are
+never stored.
 
 Only calls made inside `program_identity(...)` use this cache (a scan's chunks of a
 built-in problem, on the default device); every other call compiles as usual. Like JAX's own cache, the directory
@@ -41,6 +44,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -205,8 +209,10 @@ def call_cached(fn: Callable, args: tuple, *, static: Mapping, compiler_options:
         # when run in the next process ("Function ... not found"), be compiled (taken
         # from JAX's cache) and stored broken again, in every process.
         fresh = _persistent_cache_hits() == hits
-        if fresh and "custom_call" not in lowered.as_text():
-            _store(path, compiled, seconds)
+        text = lowered.as_text()
+        if fresh and _storable(text):
+            _store(path, compiled, {"compile_s": seconds,
+                                    "lapack": bool(_CUSTOM_CALL.search(text))})
         elif not fresh:
             with contextlib.suppress(OSError):  # an entry that failed: not read again
                 path.unlink(missing_ok=True)
@@ -344,6 +350,31 @@ def _persistent_cache_hits() -> int:
     return getattr(_HITS, "n", 0)
 
 
+_CUSTOM_CALL = re.compile(r"custom_call\s*@\"?([\w.$-]+)")
+
+
+def _storable(text: str) -> bool:
+    """Whether a lowered program (StableHLO text) may be stored: no custom calls other
+    than LAPACK's (`_prepare_lapack` makes those safe to load)."""
+    return all(t.startswith("lapack_") for t in _CUSTOM_CALL.findall(text))
+
+
+@functools.cache
+def _prepare_lapack() -> None:
+    """jaxlib sets LAPACK up when it lowers a LAPACK call (`jaxlib.lapack.
+    prepare_lapack_call`): called directly, or else by lowering (not compiling or
+    running) a 2x2 Cholesky factorisation (0.16 s in a new process)."""
+    try:
+        import numpy as np
+        from jaxlib import lapack
+
+        lapack.prepare_lapack_call("potrf_ffi", np.dtype(np.float32))
+    except Exception:  # noqa: BLE001 - another jaxlib: the public way
+        with contextlib.suppress(Exception):  # no LAPACK here: nothing stored needs it
+            jax.jit(jax.numpy.linalg.cholesky).lower(
+                jax.ShapeDtypeStruct((2, 2), jax.numpy.float32))
+
+
 def _load(path: Path):
     """`(executable, compile seconds)` stored at `path`, or `(None, None)` (missing,
     unreadable, or not loadable here: then it is compiled anew and overwritten)."""
@@ -355,6 +386,8 @@ def _load(path: Path):
         return None, None
     try:
         (payload, in_tree, out_tree), meta = pickle.loads(data)
+        if meta.get("lapack"):
+            _prepare_lapack()
         # On the default device only (as compiled), not on every device of the backend.
         device = jax.config.jax_default_device or jax.devices()[0]
         compiled = deserialize_and_load(payload, in_tree, out_tree, backend=device.client,
@@ -365,14 +398,14 @@ def _load(path: Path):
         return None, None
 
 
-def _store(path: Path, compiled, compile_s: float) -> None:
-    """Writes the executable and the seconds it took to compile, atomically (a crash
-    leaves no partial entry); failures to serialise or write only cost the next process
-    a compilation."""
+def _store(path: Path, compiled, meta: dict) -> None:
+    """Writes the executable and `meta` (the seconds it took to compile, whether it calls
+    LAPACK) atomically (a crash leaves no partial entry); failures to serialise or write
+    only cost the next process a compilation."""
     from jax.experimental.serialize_executable import serialize
 
     try:
-        data = pickle.dumps((serialize(compiled), {"compile_s": float(compile_s)}))
+        data = pickle.dumps((serialize(compiled), meta))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(data)

@@ -138,8 +138,8 @@ from jaxflow import _executables
 stored = []
 _store = _executables._store
 _executables._store = lambda path, *a: (stored.append(path.name), _store(path, *a))
-jf.scan("matrix-completion", 128, out=sys.argv[2], compilation_cache=sys.argv[1], t1=50.0,
-        chunk_size=64, progress=None)
+jf.scan(sys.argv[3] if len(sys.argv) > 3 else "matrix-completion", 128, out=sys.argv[2],
+        compilation_cache=sys.argv[1], t1=50.0, chunk_size=64, progress=None)
 print("LOWERED", sum(lowered.count(f"jit({p})") for p in ("_started", "_start", "_run")),
       "STORED", len(stored))
 """
@@ -168,6 +168,30 @@ def test_stored_engine_runs_in_another_process(tmp_path):
     assert int(runs[0][0]) >= 1 and int(runs[0][2]) >= 1  # compiled and stored
     assert runs[1] == ["0", "STORED", "0"], runs  # loaded and run: nothing compiled or stored
     assert int(runs[2][0]) >= 1 and runs[2][2] == "0", runs  # from JAX's cache: not stored
+
+
+def test_stored_lapack_engine_runs_in_another_process(tmp_path):
+    # Deep linear (d = 24) factorises its Newton matrices with LAPACK (`jaxflow._linalg`
+    # above 12 variables): such executables are stored too, and a process that only loads
+    # them has LAPACK set up first (run uninitialised, they crashed the process).
+    import pickle
+    import subprocess
+    import sys
+
+    cache = tmp_path / "xla"
+    runs = []
+    for out in ("a", "b"):
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(cache), str(tmp_path / out), "deep-linear"],
+            capture_output=True, text=True, timeout=300,
+            env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(proc.stdout.split("LOWERED")[-1].split())
+    assert int(runs[0][0]) >= 1 and int(runs[0][2]) >= 1, runs  # compiled and stored
+    assert runs[1] == ["0", "STORED", "0"], runs  # loaded and run: nothing compiled
+    metas = [pickle.loads(p.read_bytes())[1] for p in _bins(cache)]
+    assert any(m["lapack"] for m in metas) and all(m["compile_s"] > 0 for m in metas)
+    _same(jf.load(tmp_path / "b").to_numpy(), jf.load(tmp_path / "a").to_numpy())
 
 
 def test_lookup_finds_what_call_cached_would_use(tmp_path, monkeypatch):
