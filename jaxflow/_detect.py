@@ -105,7 +105,7 @@ import numpy as np
 
 from ._compact import blocks as _blocks
 from ._compact import compact as _compact
-from ._executables import accepted_options, call_cached
+from ._executables import call_cached
 from ._status import Status, status_counts
 
 __all__ = ["classify", "classify_arrays", "Classification", "DetectorOptions"]
@@ -793,32 +793,13 @@ def _window_size(ts, tail_decades) -> int | None:
     return most + 1
 
 
-# XLA:CPU's fusion emitters build an MLIR module per fusion, and the classification is
-# ~200 small fusions of per-trajectory scalars: without them it compiles in about 3/4 of
-# the time (Intel Xeon, 2 cores: 1.67 -> 1.28 s for 1024 rows, 2.93 -> 2.26 s for a
-# chunk of 10^4), with the same run time and bit for bit the same verdicts on Example
-# 1.1. The engine keeps them: without, its compilation halves but it runs slower
-# (Example 1.1, 10^4 starts: 0.26-0.32 s against 0.22-0.24 s). Stored executables (a
-# scan's, `jaxflow._executables`) keep them too: they are compiled as one object file
-# (`xla_cpu_parallel_codegen_split_count=1`), and then the classification of a chunk
-# compiled in 2.68 s without the emitters against 2.33 s with them.
-_CLASSIFY_OPTIONS = (("xla_cpu_use_fusion_emitters", False),)
-
-
-@functools.cache
-def _classify_options() -> tuple:
-    """`_CLASSIFY_OPTIONS` where the platform is a CPU and this jaxlib knows them."""
-    if jax.default_backend() != "cpu":
-        return ()
-    return accepted_options(_CLASSIFY_OPTIONS)
-
-
-@functools.cache
-def _classify_arrays():
-    """The jitted classification (created on first use: its options are checked by
-    compiling)."""
-    return jax.jit(_classify_batch, static_argnames=("window", "blocked"),
-                   compiler_options=dict(_classify_options()))
+# One program for every path (the classification of a scan's chunk is the same program,
+# stored, `jaxflow._executables`): its verdicts and statistics must not depend on which
+# path computed them. Without XLA:CPU's fusion emitters it compiled faster in a process
+# (1.67 -> 1.28 s for 1024 rows) but slower as a stored executable, which is compiled as
+# one object file (2.33 -> 2.68 s for a chunk of 10^4), and with the emitters on one path
+# only, `deceleration` differed in the last bit for a few rows: not done.
+_classify_arrays = jax.jit(_classify_batch, static_argnames=("window", "blocked"))
 
 
 def classify_arrays(
@@ -900,7 +881,7 @@ def classify_arrays(
         static={"fn": "classify", "window": window}, compiler_options={}, problem_free=True,
     )
     if out is None:
-        out = _classify_arrays()(*args, window=window)
+        out = _classify_arrays(*args, window=window)
     return Classification(**{k: v if n_pad == n else v[:n] for k, v in out.items()})
 
 

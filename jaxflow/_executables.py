@@ -24,8 +24,8 @@ Programs whose only custom calls are LAPACK kernels (XLA:CPU's `eigh`, Cholesky,
 the engine's linear algebra above 12 variables, `jaxflow._linalg`, and the report's
 Hessian eigenvalues) are stored too. jaxlib initialises LAPACK when it lowers such a call,
 and a process that only loads one would run it uninitialised (a segmentation fault,
-measured with a float32 `eigh` on CPU, jax 0.10.2), so before loading anything this
-module has jaxlib set LAPACK up when an entry calls it (`_prepare_lapack`).
+measured with a float32 `eigh` on CPU, jax 0.10.2), so before loading an entry that
+calls LAPACK this module has jaxlib set it up (`_prepare_lapack`).
 Programs with any other custom call (host callbacks, a problem's foreign kernels) are
 never stored.
 

@@ -186,9 +186,9 @@ def test_classify_cost_is_one_program():
 
     _, _, res = catalogue_run()
     jf.classify(res)
-    size = _classify_arrays()._cache_size()
+    size = _classify_arrays._cache_size()
     jf.classify(res, margin=9.0, recent_growth=0.5)
-    assert _classify_arrays()._cache_size() == size
+    assert _classify_arrays._cache_size() == size
     assert jax.tree.leaves(jf.DetectorOptions(margin=9.0))  # a pytree of traced thresholds
 
 

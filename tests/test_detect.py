@@ -288,11 +288,11 @@ def test_direct_and_blocked_classification_agree():
 def test_no_recompilation_for_similar_batches(quartic):
     _, res = quartic
     jf.classify(res[:2])
-    size = _classify_arrays()._cache_size()
+    size = _classify_arrays._cache_size()
     c3 = jf.classify(res)
     jf.classify(res[:1])
     jf.classify(res, escape_growth=0.1)  # thresholds are traced, not static
-    assert _classify_arrays()._cache_size() == size
+    assert _classify_arrays._cache_size() == size
     # Row i's verdict does not depend on the batch it came in.
     c2 = jf.classify(res[1:])
     for k in ("status", "growth_exponent", "limit_value"):
