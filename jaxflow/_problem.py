@@ -234,7 +234,8 @@ class Problem:
         if dim is not None:
             if not isinstance(dim, (int, np.integer)) or dim <= 0:
                 raise ValueError(f"Problem: `dim` must be a positive integer, got {dim!r}.")
-            example = jnp.zeros((int(dim),), dtype=jnp.result_type(float))
+            # A host array: `jnp.zeros` would compile two small programs in every process.
+            example = np.zeros((int(dim),), dtype=jnp.result_type(float))
         leaves, treedef = jax.tree_util.tree_flatten(example)
         if not leaves:
             raise ValueError("Problem: `example` has no array leaves.")

@@ -212,9 +212,8 @@ def problem_fingerprint(problem: Problem, dtype) -> str:
     Detects a changed objective (or a worker running other code) without pickling it.
     """
     import jax
-    import jax.numpy as jnp
 
-    closed = jax.make_jaxpr(problem.f_flat)(jnp.zeros((problem.dim,), dtype))
+    closed = jax.make_jaxpr(problem.f_flat)(jax.ShapeDtypeStruct((problem.dim,), dtype))
     h = hashlib.sha256(str(closed.jaxpr).encode())
     for c in closed.consts:
         a = np.asarray(c)

@@ -310,7 +310,8 @@ def deep_linear(
                 f"got shape {y.shape}."
             )
     rank_x = int(np.linalg.matrix_rank(x))
-    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    # Cast on the host (an eager cast would compile a program in every process).
+    xj, yj = (jnp.asarray(np.asarray(a, jnp.result_type(float))) for a in (x, y))
 
     def f(ws):
         dtype = ws[0].dtype  # the data in the starts' dtype (float32 runs stay float32)
@@ -326,7 +327,8 @@ def deep_linear(
     proj = np.linalg.pinv(x) @ x
     sv = np.linalg.svd(y @ proj, compute_uv=False)
     inf = 0.5 * (float(np.sum((y - y @ proj) ** 2)) + float(np.sum(sv[h:] ** 2)))
-    example = [jnp.zeros((widths[i + 1], widths[i])) for i in range(depth)]
+    example = [np.zeros((widths[i + 1], widths[i]), jnp.result_type(float))
+               for i in range(depth)]
     return Problem(
         f, example=example, sampler=Normal(0.0, init_scale), name=name,
         global_infimum=inf,
