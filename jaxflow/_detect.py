@@ -659,32 +659,52 @@ def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt,
     rows_in = (cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status)
     # Only trajectories that ran long enough for a tail (as `_tail` decides it) get
     # statistics: most of a scan converges early and keeps its engine status whatever its
-    # checkpoints say. The statistics are cheap (~0.4 us a row on a 2-core CPU) and
-    # computed for every row in one pass. (Compacting the rows with a tail and computing
-    # theirs in blocks ran 4 ms faster per 10^4 rows of Example 1.1, but its loop made
-    # the program 0.5 s slower to compile.)
+    # checkpoints say.
     _, _, long_enough = _tail_span(ts, x_norm, f, stat, t, opt)
-    stats, anchors = jax.vmap(lambda *r: _tail(ts, *r, opt))(*rows_in)
+
+    def models_of(*rows):
+        series = jax.vmap(lambda *r: _series(ts, *r, window))(*rows)
+        # Trajectories on the minor axis: the sums over points vectorise across them.
+        return _models(jax.tree.map(lambda a: a.T, series), opt)
+
     # The tail models cost ~100x the rest; only trajectories whose verdict can depend on
     # them get them (HORIZON, ESCAPED, MAX_STEPS, and CONVERGED ones that grew like an
     # escape); the others get NaN.
-    need = stats["needs_models"] & long_enough
-    series = jax.vmap(lambda *r: _series(ts, *r, window))(
-        cp_norm, cp_f, cp_stat, x_norm, f, t, anchors)
     if blocked:
-        # The rows that need the models, compacted, `_block(n)` at a time: a scan that
-        # mostly converges pays for a few blocks.
+        # Rows with a tail gathered to the front (compacted order c1), those that need
+        # the models compacted again (order c2), each processed `_block(n)` at a time:
+        # a scan that mostly converges pays for a few blocks.
+        order1, count1, slot1 = _compact(long_enough)
+        stats, anchors = _blocks(
+            jax.vmap(lambda *r: _tail(ts, *r, opt)),
+            lambda k: jax.tree.map(lambda a: a[order1[k]], rows_in), count1, n, _block(n),
+        )
+        need = stats["needs_models"] & (jnp.arange(n) < count1)
+        order2, count2, slot2 = _compact(need)
+
+        def models_at(k):
+            c = order2[k]
+            r = order1[c]
+            return (cp_norm[r], cp_f[r], cp_stat[r], x_norm[r], f[r], t[r],
+                    jax.tree.map(lambda a: a[c], anchors))
+
         # Trajectories that reached the horizon with every checkpoint of their tail
         # window (most of those that need models in a scan) have the same points `u`
         # and weights: they share one basis (the rates' `expm1` and centring, half the
-        # models' cost). Whether a row shares is decided by its own series alone; the
-        # sharing rows come first, so blocks are all sharing but one.
+        # models' cost). Whether a row shares is decided by its own series alone.
+        size = _block(n)
+        series = _blocks(jax.vmap(lambda *r: _series(ts, *r, window)), models_at, count2, n,
+                         size)
         tmpl = _template_series(ts, opt, window, cp_norm.dtype)
+        in_c2 = jnp.arange(n) < count2
         shares = (jnp.all(series["u"] == tmpl["u"], axis=1)
-                  & jnp.all(series["w"] == tmpl["w"], axis=1))
+                  & jnp.all(series["w"] == tmpl["w"], axis=1) & in_c2)
         basis = _centred_basis(tmpl["u"][:, None], tmpl["w"][:, None])
-        order, count, slot = _compact(need, (~shares).astype(jnp.int32))
-        junk = jnp.arange(n, dtype=count.dtype) >= count  # compacted positions past the rows that need models
+        # The sharing rows first, then the others: blocks are all sharing but one.
+        order3, count3, slot3 = _compact(shares)
+        order4, _, slot4 = _compact(~shares & in_c2)
+        order = jnp.where(jnp.arange(n) < count3, order3,
+                          order4[jnp.clip(jnp.arange(n) - count3, 0, n - 1)])
 
         def models_block(fit, sh):
             # A row's basis is the template's if it shares, else its own: decided per
@@ -699,18 +719,23 @@ def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt,
             return _models(fit, opt, (dphi, spp))
 
         def fits_at(k):
-            # Rows from `count` on are junk: marked sharing, so they cost nothing.
-            r = order[k]
-            return jax.tree.map(lambda a: a[r].T, series), shares[r] | junk[k]
+            # Rows from `count2` on are junk: marked sharing, so they cost nothing.
+            j = order[k]
+            return (jax.tree.map(lambda a: a[j].T, series), shares[j] | ~in_c2[k])
 
-        models = _blocks(models_block, fits_at, count, n, _block(n))
+        models = _blocks(models_block, fits_at, count2, n, size)
+        back2 = jnp.clip(jnp.where(shares, slot3, count3 + slot4), 0, n - 1)
+        models = jax.tree.map(lambda m: m[back2], models)
         models = jax.tree.map(
-            lambda m: jnp.where(need, m[jnp.clip(slot, 0, n - 1)], jnp.nan), models
+            lambda m: jnp.where(need, m[jnp.clip(slot2, 0, n - 1)], jnp.nan), models
         )
+        back = jnp.clip(slot1, 0, n - 1)
     else:
-        # Trajectories on the minor axis: the sums over points vectorise across them.
-        models = _models(jax.tree.map(lambda a: a.T, series), opt)
+        stats, anchors = jax.vmap(lambda *r: _tail(ts, *r, opt))(*rows_in)
+        need = stats["needs_models"] & long_enough
+        models = models_of(cp_norm, cp_f, cp_stat, x_norm, f, t, anchors)
         models = jax.tree.map(lambda m: jnp.where(need, m, jnp.nan), models)
+        back = jnp.arange(n)
     verdict = jax.vmap(lambda s_, m_: _verdict(s_, m_, opt))(stats, models)
 
     # Rows without a tail: what `_verdict` says without evidence (HORIZON -> UNDECIDED,
@@ -721,7 +746,7 @@ def _classify_batch(ts, cp_norm, cp_f, cp_stat, x_norm, f, stat, t, status, opt,
         growth_exponent=nan, log_growth=jnp.zeros_like(long_enough), limit_value=f,
         malgrange=x_norm * stat, deceleration=nan, velocity_exponent=nan, value_exponent=nan,
     )
-    return jax.tree.map(lambda v, d: jnp.where(long_enough, v, d), verdict, fallback)
+    return jax.tree.map(lambda v, d: jnp.where(long_enough, v[back], d), verdict, fallback)
 
 
 def _as_array(v, dtype, on_host: bool):
