@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._problem import Problem, Uniform
-from ._registry import check_int, check_real, register
+from ._registry import check_int, check_real, on_device, register, zeros
 
 
 def _cosine_data(n_samples, teacher_v, teacher_w, x_max, seed, name):
@@ -86,14 +86,14 @@ def cosine_network(
     v_max = check_real(v_max, "v_max", name, positive=True)
     w_max = check_real(w_max, "w_max", name, positive=True)
     x, y = _cosine_data(n_samples, teacher_v, teacher_w, x_max, seed, name)
-    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    xj, yj = on_device(x), on_device(y)
 
     def base_loss(p):
         dtype = p["w"].dtype  # the data in the starts' dtype (float32 runs stay float32)
         pred = jnp.cos(jnp.outer(xj.astype(dtype), p["w"])) @ p["v"]
         return 0.5 * jnp.mean((pred - yj.astype(dtype)) ** 2)
 
-    example = {"v": jnp.zeros((width,)), "w": jnp.zeros((width,))}
+    example = {"v": zeros((width,)), "w": zeros((width,))}
     bounds = {"v": np.full(width, v_max), "w": np.full(width, w_max)}
     facts = {
         "equation": "Sohl-Dickstein & Kawaguchi (2019), (1)" if extra_neuron
@@ -108,7 +108,7 @@ def cosine_network(
             u = p["a"] * jnp.exp(p["b"])
             return base_loss(p) * (1.0 + (u - 1.0) ** 2) + lam * p["a"] ** 2
 
-        example = {**example, "a": jnp.zeros(()), "b": jnp.zeros(())}
+        example = {**example, "a": zeros(()), "b": zeros(())}
         bounds = {**bounds, "a": np.ones(()), "b": np.ones(())}
         facts.update(
             lam=lam,

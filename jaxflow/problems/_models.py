@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._problem import Problem, Uniform
-from ._registry import check_box, check_int, check_real, register
+from ._registry import check_box, check_int, check_real, on_device, register, zeros
 
 _PATTERNS = ("random", "bidiagonal")
 _TARGETS = ("gaussian", "ones")
@@ -106,11 +106,11 @@ def matrix_completion_nxn(
         mask = ((i == j) | (i == j + 1)).astype(np.float64)
     else:
         mask = (rng.uniform(size=(n, n)) < rate).astype(np.float64)
-    mj, maskj = jnp.asarray(m), jnp.asarray(mask)
+    mj, maskj = on_device(m), on_device(mask)
     if layout == "auto":
         layout = "sparse" if 30 * mask.sum() < n * n else "dense"
-    rows, cols = (jnp.asarray(a, jnp.int32) for a in np.nonzero(mask))
-    observed = jnp.asarray(m[np.nonzero(mask)])
+    rows, cols = (on_device(a, np.int32) for a in np.nonzero(mask))
+    observed = on_device(m[np.nonzero(mask)])
 
     def f(p):
         dtype = p["X"].dtype  # the data follow the run's dtype (float32 or float64)
@@ -121,7 +121,7 @@ def matrix_completion_nxn(
         return 0.5 * jnp.sum(res * res)
 
     return Problem(
-        f, example={"X": jnp.zeros((n, r)), "Y": jnp.zeros((n, r))},
+        f, example={"X": zeros((n, r)), "Y": zeros((n, r))},
         sampler=Uniform(low, high), name=name,
         global_infimum=0.0 if rank_m <= r else None,
         facts={
@@ -218,24 +218,24 @@ def mlp(
     ]
     x = rng.normal(size=(n_samples, widths[0]))
     out = np.asarray(mlp_apply(jax.tree.map(jnp.asarray, teacher), jnp.asarray(x), activation))
-    xj = jnp.asarray(x)
+    xj = on_device(x)
     if loss == "squared":
         y = out
-        yj = jnp.asarray(y)
+        yj = on_device(y)
 
         def f(params):
             res = mlp_apply(params, xj, activation) - yj.astype(params[0]["w"].dtype)
             return 0.5 * jnp.sum(res * res) / n_samples
     else:
         y = np.where(out[:, 0] >= 0, 1.0, -1.0)
-        yj = jnp.asarray(y)
+        yj = on_device(y)
 
         def f(params):
             margin = yj.astype(params[0]["w"].dtype) * mlp_apply(params, xj, activation)[:, 0]
             return jnp.mean(jnp.logaddexp(0.0, -margin))
 
     example = [
-        {"b": jnp.zeros((fan_out,)), "w": jnp.zeros((fan_in, fan_out))}
+        {"b": zeros((fan_out,)), "w": zeros((fan_in, fan_out))}
         for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True)
     ]
     teacher_flat = np.concatenate(

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._problem import Problem, Uniform
-from ._registry import check_box, check_int, register
+from ._registry import check_box, check_int, on_device, register, zeros
 
 _DATA = ("random", "example-4-3")
 
@@ -69,7 +69,7 @@ def one_hidden_sigmoid(
         rng = np.random.default_rng(seed)
         x = rng.normal(size=(m, d))
         y = rng.normal(size=m)
-    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    xj, yj = on_device(x), on_device(y)
 
     def f(p):
         hid = _sigmoid(xj.astype(p["W"].dtype) @ p["W"].T)  # (m, k)
@@ -79,7 +79,7 @@ def one_hidden_sigmoid(
     paper = data == "example-4-3" and k == 1
     inf = 0.5 if paper else (0.0 if attained else None)
     return Problem(
-        f, example={"W": jnp.zeros((k, d)), "v": jnp.zeros((k,))},
+        f, example={"W": zeros((k, d)), "v": zeros((k,))},
         sampler=Uniform(low, high), name=name, global_infimum=inf,
         facts={
             "equation": "(4.9)" if paper else "Section 4.2 (open question)",

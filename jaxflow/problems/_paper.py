@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._problem import Normal, Problem, Uniform
-from ._registry import check_box, check_int, check_real, register
+from ._registry import check_box, check_int, check_real, on_device, register, zeros
 
 
 def _sigmoid(z):
@@ -125,8 +125,8 @@ def sigmoid_two_points(
     x1, y1, x2, y2 = (check_real(v, k, name) for k, v in
                       (("x1", x1), ("y1", y1), ("x2", x2), ("y2", y2)))
     low, high = check_box(low, high, name)
-    xs = jnp.array([x1, x2])
-    ys = jnp.array([y1, y2])
+    xs = on_device([x1, x2])
+    ys = on_device([y1, y2])
 
     def f(w):
         # The data in the starts' dtype: float32 runs stay float32 with x64 on.
@@ -310,8 +310,7 @@ def deep_linear(
                 f"got shape {y.shape}."
             )
     rank_x = int(np.linalg.matrix_rank(x))
-    # Cast on the host (an eager cast would compile a program in every process).
-    xj, yj = (jnp.asarray(np.asarray(a, jnp.result_type(float))) for a in (x, y))
+    xj, yj = on_device(x), on_device(y)
 
     def f(ws):
         dtype = ws[0].dtype  # the data in the starts' dtype (float32 runs stay float32)
@@ -327,8 +326,7 @@ def deep_linear(
     proj = np.linalg.pinv(x) @ x
     sv = np.linalg.svd(y @ proj, compute_uv=False)
     inf = 0.5 * (float(np.sum((y - y @ proj) ** 2)) + float(np.sum(sv[h:] ** 2)))
-    example = [np.zeros((widths[i + 1], widths[i]), jnp.result_type(float))
-               for i in range(depth)]
+    example = [zeros((widths[i + 1], widths[i])) for i in range(depth)]
     return Problem(
         f, example=example, sampler=Normal(0.0, init_scale), name=name,
         global_infimum=inf,
@@ -462,7 +460,7 @@ def matrix_sensing(
     b = np.einsum("kij,ij->k", a, mstar)
     avec = a.reshape(m, n1 * n2)
     c = float(np.linalg.eigvalsh(avec.T @ avec / m)[0]) if m >= n1 * n2 else 0.0
-    aj, bj = jnp.asarray(a), jnp.asarray(b)
+    aj, bj = on_device(a), on_device(b)
 
     def f(p):
         z = p["X"] @ p["Y"].T
@@ -472,7 +470,7 @@ def matrix_sensing(
         )
 
     return Problem(
-        f, example={"X": jnp.zeros((n1, r)), "Y": jnp.zeros((n2, r))},
+        f, example={"X": zeros((n1, r)), "Y": zeros((n2, r))},
         sampler=Normal(0.0, init_scale), name=name,
         global_infimum=0.0 if rank_m <= r else None,
         facts={
@@ -516,14 +514,14 @@ def nonsmooth_factorization(
     init_scale = check_real(init_scale, "init_scale", name, positive=True)
     rng = _rng(seed, name)
     mm = rng.normal(size=(m, rank_m)) @ rng.normal(size=(rank_m, n))
-    mj = jnp.asarray(mm)
+    mj = on_device(mm)
 
     def f(p):
         return jnp.sum(jnp.abs(p["X"] @ p["Y"].T - mj.astype(p["X"].dtype)))
 
     rank_one = (r, rank_m) == (1, 1)
     return Problem(
-        f, example={"X": jnp.zeros((m, r)), "Y": jnp.zeros((n, r))},
+        f, example={"X": zeros((m, r)), "Y": zeros((n, r))},
         sampler=Normal(0.0, init_scale), name=name,
         global_infimum=0.0 if rank_m <= r else None,
         nonsmooth=True,

@@ -1,4 +1,4 @@
-"""Name -> problem factory, and the parameter checks the factories share."""
+"""Name -> problem factory, and the parameter checks and data helpers the factories share."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .._json import jsonable
@@ -170,3 +172,19 @@ def check_box(low, high, problem: str) -> tuple[float, float]:
             f"{problem}: need low < high for the uniform sampler, got [{low}, {high}]."
         )
     return low, high
+
+
+def on_device(a, dtype=None) -> jax.Array:
+    """Host data (numpy arrays, lists) as a device array, copied without compiling anything.
+
+    `jnp.asarray` of a numpy array runs a small compiled conversion program, a few
+    hundredths of a second in every new process (jax 0.10), which a repeated scan pays
+    before it starts; `jax.device_put` copies. Float64 data become float32 when x64 is off,
+    rounded to nearest, as `jnp.asarray` rounds them."""
+    return jax.device_put(np.asarray(a, dtype))
+
+
+def zeros(shape) -> np.ndarray:
+    """An `example` leaf: zeros of shape `shape` in JAX's default float dtype, on the host
+    (`jnp.zeros` compiles a program)."""
+    return np.zeros(shape, jnp.result_type(float))
