@@ -290,16 +290,17 @@ def test_midpoint_error_estimate_takes_fewer_steps_and_keeps_the_invariant():
 A_SPD = np.array([[3.0, 1.0, 0.0], [1.0, 2.0, -0.5], [0.0, -0.5, 0.7]])
 
 
-@pytest.mark.parametrize("dense_max", [64, 0], ids=["dense", "matrix-free"])
+@pytest.mark.parametrize("dense_max, krylov_dim", [(64, 4), (0, 3), (0, 0)],
+                         ids=["dense", "matrix-free-gmres", "matrix-free-fixed-point"])
 @pytest.mark.parametrize("kind", ["linear", "nonlinear"])
-def test_midpoint_estimate_is_the_local_error_to_leading_order(kind, dense_max):
+def test_midpoint_estimate_is_the_local_error_to_leading_order(kind, dense_max, krylov_dim):
     r"""One `ProxLinear(estimate="midpoint")` step of a smooth field (the implicit midpoint
     rule): the error it reports is the step's true local error $z - x(h)$ to leading order,
     $-\tfrac{h^3}{12}G'G'G + \tfrac{h^3}{24}G''(G, G)$, checked against the exact flow (a
     matrix exponential; a float64 DOP853 solve at rtol 1e-13), with the dense Jacobian and
-    matrix-free (Jacobian-vector products, fixed-point iterations: `dense_max=0`). An
-    estimate that only bounds the error (a norm of $G'$ times the Euler-midpoint
-    difference) is not parallel to it and fails."""
+    matrix-free (Jacobian-vector products; the midpoint equation solved by GMRES or by
+    fixed-point iterations: `dense_max=0`). An estimate that only bounds the error (a
+    norm of $G'$ times the Euler-midpoint difference) is not parallel to it and fails."""
     from jaxflow._field_choice import field_for
 
     if kind == "linear":
@@ -322,7 +323,7 @@ def test_midpoint_estimate_is_the_local_error_to_leading_order(kind, dense_max):
 
     p = jf.Problem(f, dim=3)
     field = field_for(p)
-    stepper = jf.ProxLinear(estimate="midpoint", dense_max=dense_max)
+    stepper = jf.ProxLinear(estimate="midpoint", dense_max=dense_max, krylov_dim=krylov_dim)
     x0 = np.array([0.8, -0.5, 0.3])
     x = jnp.asarray(x0)
     rels = []
@@ -332,6 +333,30 @@ def test_midpoint_estimate_is_the_local_error_to_leading_order(kind, dense_max):
         rels.append(np.linalg.norm(np.asarray(err) - true) / np.linalg.norm(true))
         assert rels[-1] < 10 * h, (h, rels)
     assert rels[1] < 0.6 * rels[0], rels  # O(h) relative: the next order's term
+
+
+@pytest.mark.parametrize("krylov_dim, solved", [(3, True), (0, False)],
+                         ids=["gmres", "fixed-point"])
+def test_matrix_free_midpoint_step_solved_beyond_the_fixed_point_limit(krylov_dim, solved):
+    r"""Matrix-free `ProxLinear` (`dense_max=0`) on $f = \tfrac12 x^TAx$ with
+    $\tfrac h2\lambda_{\max}(A) = 15$: simplified Newton with GMRES solves the midpoint
+    equation exactly (GMRES(3) is exact in $d = 3$, and one Newton iteration is exact for a
+    linear field), $z = (I + \tfrac h2 A)^{-1}(I - \tfrac h2 A)x$, the Cayley transform;
+    fixed-point iterations diverge there (which is what bounded the steps by the
+    curvature), so the same check fails for them."""
+    from jaxflow._field_choice import field_for
+
+    a = 100.0 * A_SPD
+    p = jf.Problem(lambda x: 0.5 * x @ (jnp.asarray(a) @ x), dim=3)
+    field = field_for(p)
+    h = 0.3 / np.linalg.eigvalsh(A_SPD)[-1]  # (h/2) * lambda_max(a) = 15
+    x0 = np.array([0.8, -0.5, 0.3])
+    stepper = jf.ProxLinear(dense_max=0, krylov_dim=krylov_dim)
+    x = jnp.asarray(x0)
+    z = np.asarray(stepper.step(field, x, p.f_flat(x), field.velocity(x), jnp.asarray(h), None)[0])
+    cayley = np.linalg.solve(np.eye(3) + 0.5 * h * a, (np.eye(3) - 0.5 * h * a) @ x0)
+    close = np.allclose(z, cayley, rtol=1e-10, atol=1e-12)
+    assert close == solved, (z, cayley)
 
 
 # --------------------------------------------------------------------------- field=

@@ -58,6 +58,7 @@ import jax.scipy.linalg  # noqa: F401
 from .._compact import MIN_BLOCK, on_rows
 from .._nonsmooth.qp import box_method
 from .base import AbstractStepper
+from .krylov import gmres
 
 __all__ = ["ProxLinear"]
 
@@ -73,8 +74,13 @@ def _fixed_budget_qp(options, slots: int) -> bool:
 class ProxLinear(AbstractStepper):
     r"""Prox-linear step with an implicit-midpoint correction for nonsmooth fields.
 
-    `newton_iters` simplified Newton iterations solve the midpoint equation (with the
-    exact Jacobian $\partial G$ for $d \le$ `dense_max`, fixed-point iterations above).
+    `newton_iters` simplified Newton iterations solve the midpoint equation, with the
+    exact Jacobian $\partial G$ for $d \le$ `dense_max`; above, matrix-free: $I +
+    \tfrac h2\partial G(x)$ applied by Jacobian-vector products and solved by
+    `krylov_dim` steps of GMRES (`krylov_dim=0`: `newton_iters + 2` fixed-point
+    iterations, which converge only while $\tfrac h2\|\partial G\| < 1$ and so bound the
+    step by the curvature: on a ReLU network with $d = 865$, 16 starts to $t = 10$ took
+    295.5 steps in the median and 1848 rejections with them, 109.5 and 174 with GMRES(4)).
     `estimate="euler"` (default) controls the Euler-midpoint difference, which also
     bounds the drift off kink manifolds (stays within ~`rtol`); `estimate="midpoint"`
     controls the midpoint point's own leading error term, $-\tfrac{h^3}{12}G'G'G +
@@ -101,6 +107,7 @@ class ProxLinear(AbstractStepper):
     estimate: str = "euler"
     compact_qp: bool = True
     few_kinks: int = 16
+    krylov_dim: int = 4
 
     def __check_init__(self):
         if self.estimate not in ("euler", "midpoint"):
@@ -110,6 +117,10 @@ class ProxLinear(AbstractStepper):
         if not (isinstance(self.few_kinks, int) and self.few_kinks >= 0):
             raise ValueError(
                 f"ProxLinear(few_kinks=...) must be an integer >= 0, got {self.few_kinks!r}."
+            )
+        if not (isinstance(self.krylov_dim, int) and self.krylov_dim >= 0):
+            raise ValueError(
+                f"ProxLinear(krylov_dim=...) must be an integer >= 0, got {self.krylov_dim!r}."
             )
 
     @property
@@ -180,6 +191,17 @@ class ProxLinear(AbstractStepper):
             for _ in range(self.newton_iters):
                 r = z - x + h * g(0.5 * (x + z))
                 z = z - jax.scipy.linalg.lu_solve(lu, r)
+        elif self.krylov_dim > 0:
+            # Simplified Newton with I + (h/2) dG(x) applied matrix-free (Jacobian-vector
+            # products of G) and solved by `krylov_dim` steps of GMRES: the fixed-point
+            # iteration below converges only while (h/2)||dG|| < 1, which bounds the
+            # step by the curvature instead of the accuracy.
+            _, dg_at_x = jax.linearize(g, x)
+            z_prev = z
+            for _ in range(self.newton_iters):
+                r = z - x + h * g(0.5 * (x + z))
+                delta, _ = gmres(lambda u: u + (0.5 * h) * dg_at_x(u), r, self.krylov_dim)
+                z_prev, z = z, z - delta
         else:
             z_prev = z
             for _ in range(self.newton_iters + 2):
@@ -189,8 +211,8 @@ class ProxLinear(AbstractStepper):
         err = z - x_e
         if self.estimate == "midpoint" and d > self.dense_max:
             # The same leading term matrix-free (one Jacobian-vector product of G, by
-            # linearity of G' in its argument), plus the fixed-point iteration's last
-            # correction, which bounds its own error where it contracts.
+            # linearity of G' in its argument), plus the iteration's last correction,
+            # which bounds its own error where it contracts.
             lead = jax.jvp(g, (x,), (-(h / 6.0) * err - (h / 12.0) * (z - x),))[1]
             err = lead + (h / 12.0) * (v1 - v_step) + (z - z_prev)
         if self.estimate == "midpoint" and d <= self.dense_max:
