@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import time
 
 import equinox as eqx
@@ -48,6 +47,7 @@ import numpy as np
 from ._controller import AbstractController
 from ._executables import accepted_options, call_cached, compile_seconds, last_measured, lookup
 from ._field import AbstractField, stationarity
+from ._memory import lane_memory_budget as _lane_memory_budget
 from ._status import Status
 from ._stepper import AbstractStepper
 
@@ -578,23 +578,6 @@ def _narrower_width(width: int, active: int) -> int:
 # six stages and residuals, the engine's per-lane state, and the temporaries of the
 # Hessian-vector products.
 _VECTORS_PER_LANE = 80
-
-
-def _lane_memory_budget(backend: str) -> int:
-    """Bytes the lanes' working memory may take: a quarter of the device's memory (of the
-    host's on CPU), at least 256 MiB."""
-    total = None
-    if backend != "cpu":
-        try:
-            total = jax.devices()[0].memory_stats()["bytes_limit"]
-        except Exception:  # noqa: BLE001 - not every backend reports its memory
-            total = None
-    if total is None:
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            total = 8 * 2**30
-    return max(total // 4, 2**28)
 
 
 def default_lanes(

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._memory import lane_memory_budget
 from .._problem import Problem
 from .certificates import Exactness
 from .field import NO_KINKS, MinNormField, MinNormResult, minnorm_field_of
@@ -60,17 +61,35 @@ def _vmapped(fn, xs):
     return jax.vmap(fn)(xs)
 
 
-def _run_rows(fn, xs, rows: np.ndarray) -> dict:
-    """`vmap(fn)` on `xs[rows]`, padded to a few bucket sizes (8, 64, 512 per call) so
-    that varying counts reuse compiled programs."""
+# Vectors of length d a row holds beyond its kinks' pieces (the point, gradients, the QP's
+# small arrays): a margin, as the engine's lanes count theirs.
+_VECTORS_PER_ROW = 16
+
+
+def _run_rows(fn, xs, rows: np.ndarray, max_rows: int = 512) -> dict:
+    """`vmap(fn)` on `xs[rows]`, at most `max_rows` per call, padded to a few bucket sizes
+    (8, 64, 512 per call, and `max_rows`) so that varying counts reuse compiled programs."""
+    buckets = sorted({b for b in (8, 64, 512) if b < max_rows} | {max_rows})
     outs = []
-    for start in range(0, len(rows), 512):
-        part = rows[start : start + 512]
-        size = next(b for b in (8, 64, 512) if b >= len(part))
+    for start in range(0, len(rows), max_rows):
+        part = rows[start : start + max_rows]
+        size = next(b for b in buckets if b >= len(part))
         padded = np.concatenate([part, np.full(size - len(part), part[0])])
         out = _vmapped(fn, xs[jnp.asarray(padded)])
         outs.append({k: np.asarray(v)[: len(part)] for k, v in out.items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def _rows_per_call(field: MinNormField, xs) -> int:
+    """Rows of one batched call: 512, or fewer (a power of two, at least 8) when their
+    working memory, counted per row as the engine counts a lane's (the kinks' pieces,
+    `MinNormField.vectors_per_lane`, in float64 vectors of length d), would exceed
+    `jaxflow._memory.lane_memory_budget`. Without the cap, 640 points of a ReLU network
+    with d = 865 and 48,000 kinks asked for 26 GiB at once (~51 MB a row)."""
+    d = int(xs.shape[-1])
+    per_row = (_VECTORS_PER_ROW + int(field.vectors_per_lane())) * d * 8
+    fit = lane_memory_budget(jax.default_backend()) // max(per_row, 1)
+    return int(min(512, max(8, 2 ** int(np.log2(max(fit, 1))))))
 
 
 class _TracedStages:
@@ -91,9 +110,12 @@ class _TracedStages:
 
 class _EagerStages:
     """Stages on concrete arrays: a stage is compiled and run only when some point needs
-    it, on those rows only."""
+    it, on those rows only, at most `max_rows` at a time."""
 
     xp = np
+
+    def __init__(self, max_rows: int = 512):
+        self.max_rows = max_rows
 
     def tie_counts(self, field: MinNormField, xs):
         return tuple(np.array(a) for a in _tie_counts(field, xs))
@@ -101,7 +123,7 @@ class _EagerStages:
     def run(self, fn, xs, mask, res: dict) -> dict:
         rows = np.nonzero(mask)[0]
         if rows.size:
-            out = _run_rows(fn, xs, rows)
+            out = _run_rows(fn, xs, rows, self.max_rows)
             for key in res:
                 if key in out:
                     res[key][rows] = out[key]
@@ -153,7 +175,8 @@ def _traced(field: MinNormField, xs, chunk: int) -> dict:
 
 
 def _eager(field: MinNormField, xs) -> dict:
-    return {k: jnp.asarray(v) for k, v in _drive(field, xs, _EagerStages()).items()}
+    stages = _EagerStages(_rows_per_call(field, xs))
+    return {k: jnp.asarray(v) for k, v in _drive(field, xs, stages).items()}
 
 
 def minnorm_subgradient(problem, x, **options) -> MinNormResult:
