@@ -202,6 +202,19 @@ def box_reference_l1(z, mm, m, n, r, tol=1e-9):
     return g0 + jac @ ref.x, int(act.sum())
 
 
+def _l1_factorization_problem(m, n, r):
+    """||XY^T - M||_1 with the data M part of the input (stop_gradient), so that one
+    compiled program serves points with different M: `(f, problem)`."""
+
+    def f(z):
+        x = z[: m * r].reshape(m, r)
+        y = z[m * r : (m + n) * r].reshape(n, r)
+        mm = jax.lax.stop_gradient(z[(m + n) * r :].reshape(m, n))
+        return jnp.sum(jnp.abs(x @ y.T - mm))
+
+    return f, jf.Problem(f, dim=(m + n) * r + m * n, nonsmooth=True)
+
+
 def test_l1_factorization_matches_bvls_batched():
     """minnorm_subgradient on ||XY^T - M||_1 at 30 points with 2-6 zero residuals each,
     one batch: error <= 1e-8 relative, flags certify equality with the Clarke set."""
@@ -213,15 +226,7 @@ def test_l1_factorization_matches_bvls_batched():
     pts = np.array(pts)
     ms = np.array(ms)
 
-    # One problem whose data M is part of the input (stop_gradient), so one compiled
-    # program serves all points.
-    def f(z):
-        x = z[: m * r].reshape(m, r)
-        y = z[m * r : (m + n) * r].reshape(n, r)
-        mm = jax.lax.stop_gradient(z[(m + n) * r :].reshape(m, n))
-        return jnp.sum(jnp.abs(x @ y.T - mm))
-
-    problem = jf.Problem(f, dim=(m + n) * r + m * n, nonsmooth=True)
+    f, problem = _l1_factorization_problem(m, n, r)
     zs = np.concatenate([pts, ms.reshape(30, -1)], axis=1)
     res = jf.minnorm_subgradient(problem, jnp.asarray(zs))
     for i in range(30):
@@ -253,13 +258,7 @@ def test_batched_minnorm_subgradient_sizes_its_calls_by_memory(monkeypatch):
     )
     pts, ms = np.array(pts), np.array(ms)
 
-    def f(z):
-        x = z[: m * r].reshape(m, r)
-        y = z[m * r : (m + n) * r].reshape(n, r)
-        mm = jax.lax.stop_gradient(z[(m + n) * r :].reshape(m, n))
-        return jnp.sum(jnp.abs(x @ y.T - mm))
-
-    problem = jf.Problem(f, dim=(m + n) * r + m * n, nonsmooth=True)
+    _, problem = _l1_factorization_problem(m, n, r)
     field = jf.MinNormField.for_problem(problem)
     d = problem.dim
     per_row = (subgradient._VECTORS_PER_ROW + field.vectors_per_lane()) * d * 8
