@@ -76,8 +76,9 @@ def _run_rows(fn, xs, rows: np.ndarray, max_rows: int = 512) -> dict:
         size = next(b for b in buckets if b >= len(part))
         padded = np.concatenate([part, np.full(size - len(part), part[0])])
         out = _vmapped(fn, xs[jnp.asarray(padded)])
-        outs.append({k: np.asarray(v)[: len(part)] for k, v in out.items()})
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        # Outputs may be pytrees (a pass's selection is a tuple of arrays): leaf by leaf.
+        outs.append(jax.tree.map(lambda a, k=len(part): np.asarray(a)[:k], out))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
 
 
 def _rows_per_call(field: MinNormField, xs) -> int:
