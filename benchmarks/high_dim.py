@@ -200,6 +200,8 @@ def main():
                     help="ProxLinear error estimates to run, e.g. euler,midpoint")
     ap.add_argument("--relu-default-only", action="store_true",
                     help="only the default ProxLinear (not the QP over all slots)")
+    ap.add_argument("--few-kinks", default="16",
+                    help="ProxLinear(few_kinks=...) tiers of the relu case, e.g. 16,64")
     ap.add_argument("--ncross", type=int, default=32, help="starts at d = 240 and 480")
     ap.add_argument("--max-steps-10000", type=int, default=65536,
                     help="step budget at d = 10^4 (a few steps measure cost and memory)")
@@ -288,9 +290,13 @@ def main():
         widths = [int(w) for w in args.relu_widths.split(",")]
         p = problems.get("mlp", widths=widths, activation="relu", n_samples=args.relu_samples)
         x0 = p.sample(jax.random.key(0), args.nrelu, jnp.float32)
-        solvers = [("ProxLinear() (few_kinks=16)" if e == "euler" else
-                    f"ProxLinear(estimate={e!r}) (few_kinks=16)", jf.ProxLinear(estimate=e))
-                   for e in args.relu_estimates.split(",")]
+        tiers = tuple(int(t) for t in args.few_kinks.split(","))
+        tag = ",".join(str(t) for t in tiers)
+        solvers = [
+            (("ProxLinear()" if e == "euler" else f"ProxLinear(estimate={e!r})")
+             + f" (few_kinks={tag})", jf.ProxLinear(estimate=e, few_kinks=tiers))
+            for e in args.relu_estimates.split(",")
+        ]
         if not args.relu_default_only:
             solvers.append(("ProxLinear(few_kinks=0)", jf.ProxLinear(few_kinks=0)))
         for label, solver in solvers:
@@ -332,6 +338,8 @@ def main():
         name += f"-n{args.nrelu}"  # the larger network's runs have 16 starts unless named
     if "relu" in cases and args.t1_relu != 1.0:
         name += f"-t{args.t1_relu:g}"
+    if "relu" in cases and args.few_kinks != "16":
+        name += "-tiers" + args.few_kinks.replace(",", "-")
     if "step_cost" in cases and args.step_lanes != 4:
         name += f"-lanes{args.step_lanes}"
     write_results(name, {

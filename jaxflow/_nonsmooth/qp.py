@@ -65,17 +65,20 @@ class QPSolution(eqx.Module):
 
 
 # --------------------------------------------------------------------------- helpers
-def _lipschitz(m):
-    r"""$\|M\|_2^2$ for a 2-D matrix (the Lipschitz constant of $y \mapsto M^T(g + My)$)."""
+def _lipschitz(m, gram=None):
+    r"""$\|M\|_2^2$ for a 2-D matrix (the Lipschitz constant of $y \mapsto M^T(g + My)$);
+    `gram`: $M^TM$ when it is at hand (used when it is the smaller product)."""
     d, n = m.shape
     small = min(d, n)
+    if gram is not None and d <= n:
+        gram = None
     if small <= _EIG_MAX:
-        g = m @ m.T if d <= n else m.T @ m
+        g = gram if gram is not None else (m @ m.T if d <= n else m.T @ m)
         lmax = jnp.linalg.eigvalsh(g)[-1]
         # eigvalsh is accurate to ~eps * ||G||: pad by that so 1/L stays a safe step.
         lmax = lmax + 8 * jnp.finfo(m.dtype).eps * jnp.sum(jnp.abs(g))
     else:
-        g = m @ m.T if d <= n else m.T @ m
+        g = gram if gram is not None else (m @ m.T if d <= n else m.T @ m)
         u = jnp.ones((g.shape[0],), m.dtype) / math.sqrt(g.shape[0])
 
         def it(_, u):
@@ -145,10 +148,22 @@ def _ridge(dtype):
 def _box_gap(jm, g0, w, lin, s):
     v = g0 + jm @ s
     q = jm.T @ v + lin
-    return v, jnp.maximum(jnp.vdot(q, s) + jnp.sum(w * jnp.abs(q)), 0.0)
+    return v, _box_gap_of(q, w, s)
 
 
-def _box_polish(jm, g0, w, lin, s, step, rounds: int = 10):
+def _box_gap_of(q, w, s):
+    """The box QP's duality gap at `s` from its gradient `q` there."""
+    return jnp.maximum(jnp.vdot(q, s) + jnp.sum(w * jnp.abs(q)), 0.0)
+
+
+def _normal_equations(jm, g0):
+    r"""$(J^TJ, J^Tg_0)$: the box objective's gradient is $J^Tg_0 + J^TJs + c$, which costs
+    $O(k^2)$ per evaluation instead of $O(dk)$ (for the $k \le d$ slots of a network
+    with $d$ weights: FISTA's iterations, the polish and the active set's)."""
+    return jm.T @ jm, jm.T @ g0
+
+
+def _box_polish(jm, g0, w, lin, s, step, rounds: int = 10, normal=None):
     r"""Active-set Newton steps from the FISTA point (kept only if they lower the gap).
 
     Each round guesses the optimal face from a projected-gradient step
@@ -157,13 +172,16 @@ def _box_polish(jm, g0, w, lin, s, step, rounds: int = 10):
     that minimiser as far as the box allows — the objective decreases along the
     segment, as in Lawson–Hanson's inner loop. FISTA finds the face long before it
     resolves the free coordinates, so one or two rounds recover machine precision.
+    `normal`: `_normal_equations(jm, g0)` when at hand.
     """
-    h_full = jm.T @ jm
+    h_full, b = _normal_equations(jm, g0) if normal is None else normal
+
+    def grad(s):
+        return b + h_full @ s + lin
 
     def one_round(_, carry):
         s, best, best_gap = carry
-        v = g0 + jm @ s
-        y = s - step * (jm.T @ v + lin)
+        y = s - step * grad(s)
         lower = (y <= -w) & (w > 0)
         upper = (y >= w) & (w > 0)
         free = (w > 0) & ~lower & ~upper
@@ -172,7 +190,7 @@ def _box_polish(jm, g0, w, lin, s, step, rounds: int = 10):
         h = h_full * ff[:, None] * ff[None, :]
         scale = jnp.trace(h) / jnp.maximum(jnp.sum(ff), 1.0) + jnp.finfo(jm.dtype).tiny
         h = h + jnp.diag(jnp.where(free, _ridge(jm.dtype) * scale, 1.0))
-        rhs = -(jm.T @ (g0 + jm @ s_fix) + lin) * ff
+        rhs = -grad(s_fix) * ff
         sol = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(h), rhs)
         target = jnp.where(free, sol, s_fix)
         # Largest step toward the face minimiser that stays in the box.
@@ -184,11 +202,11 @@ def _box_polish(jm, g0, w, lin, s, step, rounds: int = 10):
         )
         alpha = jnp.clip(jnp.min(room), 0.0, 1.0)
         s = jnp.clip(s + alpha * dlt, -w, w)
-        gap = _box_gap(jm, g0, w, lin, s)[1]
+        gap = _box_gap_of(grad(s), w, s)
         better = gap < best_gap
         return s, jnp.where(better, s, best), jnp.where(better, gap, best_gap)
 
-    init = (s, s, _box_gap(jm, g0, w, lin, s)[1])
+    init = (s, s, _box_gap_of(grad(s), w, s))
     _, best, _ = jax.lax.fori_loop(0, rounds, one_round, init)
     return best
 
@@ -227,14 +245,14 @@ def _box_active_set(jm, g0, w, lin, s, max_iter: int, unroll: bool = False):
     """
     dtype = jm.dtype
     eps = jnp.finfo(dtype).eps
-    h_full = jm.T @ jm
+    h_full, b = _normal_equations(jm, g0)
     fixed = w <= 0
     s = jnp.clip(s, -w, w)
     lower = fixed | (s <= -w)
     upper = ~fixed & (s >= w) & ~lower
     # Multipliers count as having the right sign up to rounding of the gradient.
     tol = 64 * eps * (
-        jnp.max(jnp.abs(jm.T @ g0)) + jnp.max(jnp.abs(lin)) + jnp.max(jnp.sum(jnp.abs(h_full), 1))
+        jnp.max(jnp.abs(b)) + jnp.max(jnp.abs(lin)) + jnp.max(jnp.sum(jnp.abs(h_full), 1))
         * jnp.max(w) + jnp.finfo(dtype).tiny
     )
 
@@ -247,7 +265,7 @@ def _box_active_set(jm, g0, w, lin, s, max_iter: int, unroll: bool = False):
         bound = lower | upper
         s_fix = jnp.where(fixed, 0.0, jnp.where(lower, -w, jnp.where(upper, w, s)))
         s = s_fix  # bound coordinates exactly at their bounds
-        dlt = _face_step(h_full, jm.T @ (g0 + jm @ s) + lin, ~bound, unroll)
+        dlt = _face_step(h_full, b + h_full @ s + lin, ~bound, unroll)
         room = jnp.where(
             dlt > 0,
             (w - s) / jnp.where(dlt > 0, dlt, 1.0),
@@ -264,7 +282,7 @@ def _box_active_set(jm, g0, w, lin, s, max_iter: int, unroll: bool = False):
         upper_b = upper | (hit & (dlt > 0))
         s_new = jnp.where(hit, jnp.where(dlt < 0, -w, w), s_new)
         # Face minimiser reached: release the most violated bound, or stop.
-        q = jm.T @ (g0 + jm @ s_new) + lin
+        q = b + h_full @ s_new + lin
         viol = jnp.where(lower & ~fixed, -q, jnp.where(upper, q, -jnp.inf))
         j_rel = jnp.argmax(viol)
         release = ~blocked & (viol[j_rel] > tol)
@@ -315,6 +333,9 @@ def box_minnorm(
     trace time (for up to `jaxflow._linalg.UNROLL_MAX_DIM` coordinates; about twice as fast
     under `vmap`, about half a second more to compile: for QPs solved at every step).
 
+    With $k \le d$ the iterations work on the normal equations ($J^TJ$ and $J^Tg_0$,
+    formed once), $O(k^2)$ each instead of $O(dk)$; the active set always does.
+
     **Returns:** `QPSolution(y=s, v=g0 + J s, gap)` with the gap
     $\langle q, s\rangle + \sum_i w_i|q_i|$, $q = J^T v + c$.
     """
@@ -338,9 +359,13 @@ def box_minnorm(
         raise ValueError(
             f"box_minnorm: method must be 'auto', 'active_set' or 'fista', got {method!r}."
         )
-    step = 1.0 / _lipschitz(jm)
+    d = jm.shape[0]
+    normal = _normal_equations(jm, g0) if k <= d else None
+    step = 1.0 / _lipschitz(jm, None if normal is None else normal[0])
 
     def grad(s):
+        if normal is not None:
+            return normal[1] + normal[0] @ s + lin
         return jm.T @ (g0 + jm @ s) + lin
 
     def proj(s):
@@ -349,7 +374,7 @@ def box_minnorm(
     s = jnp.zeros_like(w) if s0 is None else jnp.asarray(s0, jac.dtype)
     s = _fista(grad, proj, s, step, iterations)
     if polish:
-        s = _box_polish(jm, g0, w, lin, s, step)
+        s = _box_polish(jm, g0, w, lin, s, step, normal=normal)
     v, gap = _box_gap(jm, g0, w, lin, s)
     return QPSolution(y=s, v=v, gap=gap)
 
