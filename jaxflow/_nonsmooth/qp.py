@@ -67,11 +67,9 @@ class QPSolution(eqx.Module):
 # --------------------------------------------------------------------------- helpers
 def _lipschitz(m, gram=None):
     r"""$\|M\|_2^2$ for a 2-D matrix (the Lipschitz constant of $y \mapsto M^T(g + My)$);
-    `gram`: $M^TM$ when it is at hand (used when it is the smaller product)."""
+    `gram`: $M^TM$ when it is at hand (callers pass it when it is not the larger product)."""
     d, n = m.shape
     small = min(d, n)
-    if gram is not None and d <= n:
-        gram = None
     if small <= _EIG_MAX:
         g = gram if gram is not None else (m @ m.T if d <= n else m.T @ m)
         lmax = jnp.linalg.eigvalsh(g)[-1]
