@@ -85,6 +85,27 @@ def test_mlp_teacher_is_a_global_minimum(activation, getkey):
         _fd_grad_check(p, x)
 
 
+def test_mlp_data_do_not_depend_on_the_process():
+    """The targets are the teacher's outputs in float64 whatever JAX's x64 flag: a
+    process with float32 defaults (a scan's worker) builds the same problem data."""
+    import subprocess
+    import sys
+
+    kw = dict(widths="3,5,2", activation="sigmoid", n_samples=40, seed=1)
+    p = problems.get("mlp", **kw)
+    code = ("import sys, jax; jax.config.update('jax_enable_x64', False)\n"
+            "from jaxflow import problems\n"
+            f"sys.stdout.buffer.write(problems.get('mlp', **{kw!r}).data['y'].tobytes())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    y32 = np.frombuffer(out.stdout, np.float64).reshape(p.data["y"].shape)
+    assert p.data["y"].dtype == np.float64
+    np.testing.assert_array_equal(y32, p.data["y"])
+    # The sigmoid as 1 / (1 + e^-z), the teacher layer by layer, in numpy.
+    w = jax.tree.map(np.asarray, p.unravel(jnp.asarray(p.data["teacher"])))
+    h = 1.0 / (1.0 + np.exp(-(p.data["x"] @ w[0]["w"] + w[0]["b"])))
+    np.testing.assert_allclose(p.data["y"], h @ w[1]["w"] + w[1]["b"], rtol=1e-13, atol=1e-15)
+
+
 def test_mlp_logistic_loss(getkey):
     p = problems.get("mlp", widths=[2, 4, 1], activation="tanh", loss="logistic",
                      n_samples=30)

@@ -25,6 +25,14 @@ _ACTIVATIONS = {
     "relu": lambda z: jnp.maximum(z, 0.0),
     "cosine": jnp.cos,
 }
+# The same activations in numpy float64, for the teacher's outputs: the data of a problem
+# must not depend on the process (JAX's x64 flag, the backend's matmul precision).
+_NP_ACTIVATIONS = {
+    "sigmoid": lambda z: 0.5 * (1.0 + np.tanh(0.5 * z)),
+    "tanh": np.tanh,
+    "relu": lambda z: np.maximum(z, 0.0),
+    "cosine": np.cos,
+}
 _LOSSES = ("squared", "logistic")
 
 
@@ -168,6 +176,19 @@ def mlp_apply(params, x, activation):
     return h
 
 
+def _teacher_outputs(teacher, x, activation) -> np.ndarray:
+    """`mlp_apply` of the teacher in numpy float64: the targets are the same in every
+    process (with JAX's float32 default they were rounded to float32, and on a GPU by
+    its reduced-precision matmuls, so one problem had other data on another machine)."""
+    act = _NP_ACTIVATIONS[activation]
+    h = np.asarray(x, np.float64)
+    for k, layer in enumerate(teacher):
+        h = h @ np.asarray(layer["w"], np.float64) + np.asarray(layer["b"], np.float64)
+        if k < len(teacher) - 1:
+            h = act(h)
+    return h
+
+
 @register("mlp")
 def mlp(
     widths: str | Sequence[int] = "8,32,1",
@@ -217,7 +238,7 @@ def mlp(
         for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True)
     ]
     x = rng.normal(size=(n_samples, widths[0]))
-    out = np.asarray(mlp_apply(jax.tree.map(jnp.asarray, teacher), jnp.asarray(x), activation))
+    out = _teacher_outputs(teacher, x, activation)
     xj = on_device(x)
     if loss == "squared":
         y = out
