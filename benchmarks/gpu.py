@@ -16,12 +16,27 @@ including compilation.
     python benchmarks/gpu.py               # on a GPU machine (about 6-8 minutes)
     python benchmarks/gpu.py --problems smooth --high-dim "" --part smooth   # one part
     python benchmarks/gpu.py --smoke       # a minute or two, on CPU
+
+A run that stops from outside leaves a trail on stderr: a timestamped line when each
+case starts, JAX's log of every compilation with its duration (`--log-compiles`), and
+every `--stacks-every` seconds the Python stack of each thread (so a case stuck inside a
+compilation can be told from one stuck in a device call).
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import logging
+import sys
 import time
+
+_T0 = time.perf_counter()
+
+
+def trail(message: str) -> None:
+    """A timestamped progress line on stderr (seconds since the script started)."""
+    print(f"[{time.perf_counter() - _T0:8.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def jaxflow_case(problem, n, t1, lanes):
@@ -94,8 +109,19 @@ def main():
                     help="throughput cases: smooth (Example 1.1), nonsmooth (||XY^T - M||_1)")
     ap.add_argument("--part", default="",
                     help="results go to gpu-PART-<machine>.json (runs split into parts)")
+    ap.add_argument("--log-compiles", action=argparse.BooleanOptionalAction, default=True,
+                    help="log every compilation and its duration to stderr (JAX's own log)")
+    ap.add_argument("--stacks-every", type=float, default=60.0,
+                    help="dump every thread's Python stack to stderr this often (0: never)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
+    if args.stacks_every > 0:
+        faulthandler.dump_traceback_later(args.stacks_every, repeat=True, file=sys.stderr)
+    if args.log_compiles:
+        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+        import jax
+
+        jax.config.update("jax_log_compiles", True)
     if args.smoke:
         args.sizes, args.budget, args.high_dim_budget = "300,1000", 120.0, 120.0
 
@@ -140,6 +166,7 @@ def main():
                 if time.perf_counter() - start > args.budget:
                     rows.append({"problem": label, "engine": kind, "n": n, "note": "skipped (time budget)"})
                     continue
+                trail(f"{label}, {kind}, n = {n}")
                 try:
                     r = jaxflow_case(problem, n, t1, args.lanes) if kind == "jaxflow" else naive_case(problem, n, t1)
                 except Exception as e:  # noqa: BLE001 - record and go on (e.g. out of memory)
@@ -150,6 +177,8 @@ def main():
                 save()
     high_dim_cases(args, high_rows, checks, save)
     save()
+    faulthandler.cancel_dump_traceback_later()
+    trail("done")
 
 
 def high_dim_cases(args, rows, checks, save):
@@ -174,6 +203,7 @@ def high_dim_cases(args, rows, checks, save):
         if time.perf_counter() - start > args.high_dim_budget:
             rows.append({"case": case, "n": n_starts, "note": "skipped (time budget)"})
             continue
+        trail(f"model size {case}: n = {n}, r = {r}, {n_starts} starts, rate {rate}")
         try:
             p, x0, r_rows, results = completion_case(
                 n, r, n_starts, 2e3, [("auto", "auto")], rate=rate)
