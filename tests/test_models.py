@@ -179,8 +179,8 @@ def _to_registry(params):
 def test_flax_model_as_example_pytree_scans_end_to_end(getkey):
     """A `flax.linen` MLP's `params` are the `example`: its flat layout (leaves sorted by
     key: `Dense_0` bias, kernel, `Dense_1` ...) is the registry `mlp`'s, so the loss, the
-    flow and the teacher carry over coordinate for coordinate. Skipped where flax is not
-    installed (it is not a dependency)."""
+    flow and the teacher carry over coordinate for coordinate. Flax is in the test extra,
+    not a jaxflow dependency (skipped where it is not installed)."""
     nn = pytest.importorskip("flax.linen")
     ref = problems.get("mlp", widths="2,3,1", activation="tanh", n_samples=20, seed=2)
     xs, ys = jnp.asarray(ref.data["x"]), jnp.asarray(ref.data["y"])
