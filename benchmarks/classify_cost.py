@@ -119,7 +119,7 @@ def main():
         "Before the restructuring: 0.42 s of classification against 0.20 s of integration "
         "per chunk of 10^4 on the same machine (ratio 2.1); with the restructured models but "
         "no basis shared among trajectories at the horizon: 10.6 ms against 187 ms (5.7 %)."
-        " Timed on one core (taskset) while other work ran on the other."
+        " Both cores of the machine, nothing else running."
     )
     write_results("classify_cost", {"args": vars(args), "rows": rows, "summary": summary},
                   table, smoke=args.smoke)
