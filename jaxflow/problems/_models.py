@@ -165,9 +165,10 @@ def _parse_widths(widths, name: str) -> tuple[int, ...]:
     return tuple(check_int(w, "widths", name) for w in widths)
 
 
-def mlp_apply(params, x, activation):
-    """The network: `activation` after every layer but the last (linear output)."""
-    act = _ACTIVATIONS[activation]
+def mlp_apply(params, x, activation, activations=_ACTIVATIONS):
+    """The network: `activation` after every layer but the last (linear output).
+    `activations=_NP_ACTIVATIONS` evaluates numpy parameters in numpy."""
+    act = activations[activation]
     h = x.astype(params[0]["w"].dtype)
     for k, layer in enumerate(params):
         h = h @ layer["w"] + layer["b"]
@@ -180,13 +181,8 @@ def _teacher_outputs(teacher, x, activation) -> np.ndarray:
     """`mlp_apply` of the teacher in numpy float64: the targets are the same in every
     process (with JAX's float32 default they were rounded to float32, and on a GPU by
     its reduced-precision matmuls, so one problem had other data on another machine)."""
-    act = _NP_ACTIVATIONS[activation]
-    h = np.asarray(x, np.float64)
-    for k, layer in enumerate(teacher):
-        h = h @ np.asarray(layer["w"], np.float64) + np.asarray(layer["b"], np.float64)
-        if k < len(teacher) - 1:
-            h = act(h)
-    return h
+    teacher = [{k: np.asarray(v, np.float64) for k, v in layer.items()} for layer in teacher]
+    return mlp_apply(teacher, np.asarray(x, np.float64), activation, _NP_ACTIVATIONS)
 
 
 @register("mlp")
