@@ -41,6 +41,13 @@ import numpy as np
 from jax._src import source_info_util
 from jax.extend import core as jcore
 
+# `jax.extend.core` exports `DropVar` in recent versions (0.10 here, not 0.8); before, only
+# the private module has it.
+try:
+    _DropVar = jcore.DropVar
+except AttributeError:  # pragma: no cover - older jax
+    from jax._src.core import DropVar as _DropVar
+
 from .._errors import JaxflowError
 
 __all__ = ["KinkProgram", "KinkSite", "Probe", "UnsupportedKinkError"]
@@ -235,7 +242,7 @@ def _relevance(jaxpr, out_rel) -> _Rel:
     info = [None] * len(jaxpr.eqns)
     for i in range(len(jaxpr.eqns) - 1, -1, -1):
         eqn = jaxpr.eqns[i]
-        outs = [v in rel for v in eqn.outvars if not isinstance(v, jcore.DropVar)]
+        outs = [v in rel for v in eqn.outvars if not isinstance(v, _DropVar)]
         if not any(outs):
             info[i] = (False, None)
             continue
@@ -245,7 +252,7 @@ def _relevance(jaxpr, out_rel) -> _Rel:
         inner = _inner(eqn)
         sub = None
         if inner is not None:
-            sub_out = [(not isinstance(v, jcore.DropVar)) and v in rel for v in eqn.outvars]
+            sub_out = [(not isinstance(v, _DropVar)) and v in rel for v in eqn.outvars]
             sub = _relevance(inner[0], sub_out)
             ins = sub.ins
         else:
@@ -292,13 +299,20 @@ class _Interpretation:
         self.src: list[str] = []
 
     def source(self, eqn) -> str:
-        """Where `eqn` was called: its own source line, else the enclosing call's."""
+        """Where `eqn` was called: its own source line, else the enclosing call's; inside
+        a call, followed by the outermost call's line. (An equation inside a call may
+        carry the source of another trace: JAX caches the jaxprs of its own jitted
+        helpers, e.g. `jnp.where` before jax 0.10, with the lines of whichever call traced
+        them first; the outermost call site always belongs to this trace.)"""
         here = _source(eqn)
-        if here.strip() and not here.startswith("<"):
+        if not here.strip() or here.startswith("<"):
+            for s in reversed(self.src):
+                if s.strip():
+                    return s
             return here
-        for s in reversed(self.src):
-            if s.strip():
-                return s
+        outer = self.src[0] if self.src else ""
+        if outer.strip() and not outer.startswith("<") and outer != here:
+            return f"{here}, inside the call at {outer}"
         return here
 
     def site(self, key, kind, shape, npieces, upstream, source) -> tuple[int, bool]:
@@ -501,7 +515,7 @@ def _eval_jaxpr(ctx, jaxpr, consts, args, rel):
         else:
             outs = _RULES.get(eqn.primitive.name, _generic_rule)(ctx, eqn, ins, sub)
         for v, o in zip(eqn.outvars, outs, strict=True):
-            if not isinstance(v, jcore.DropVar):
+            if not isinstance(v, _DropVar):
                 env[v] = o
     return [read(v) for v in jaxpr.outvars]
 

@@ -82,7 +82,9 @@ def gmres(matvec, b, dim: int):
 
     basis, hess = jax.lax.fori_loop(0, dim, arnoldi, (basis, hess))
     rhs = jnp.zeros((dim + 1,), dtype).at[0].set(beta)
-    z = jnp.linalg.lstsq(hess, rhs)[0]
+    # A zero right-hand side leaves H zero, whose least-squares solution is z = 0 (some jax
+    # versions' SVD-based lstsq return NaN for an all-zero matrix).
+    z = jnp.where(nonzero, jnp.linalg.lstsq(hess, rhs)[0], 0.0)
     y = z @ basis[:dim]
     residual = (rhs - hess @ z) @ basis
     return y, residual
