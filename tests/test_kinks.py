@@ -176,6 +176,34 @@ def test_unsupported_primitives_raise_with_name(fun, prim):
     assert f"`{prim}`" in msg and "fallback='bundle'" in msg and "test_kinks.py" in msg
 
 
+def test_locations_inside_a_call_end_with_the_outermost_call_site():
+    """A kink or an unsupported primitive inside a jitted helper is located at its own
+    line and at the line of this trace that called the helper (older jax caches the
+    jaxprs of its own helpers with the lines of another trace)."""
+    import inspect
+
+    @jax.jit
+    def helper(z):
+        return jnp.abs(z), jnp.sign(z[0])
+
+    def f(x):
+        a, s = helper(x)
+        return jnp.sum(a) * s
+
+    line = inspect.getsourcelines(f)[1] + 1  # the line that calls helper
+    with pytest.raises(UnsupportedKinkError) as info:
+        KinkProgram(f, 3, jnp.float64)
+    msg = str(info.value)
+    assert "`sign`" in msg and f"inside the call at {__file__}:{line}:" in msg, msg
+
+    def g(x):
+        return jnp.sum(helper(x)[0])
+
+    (desc,) = KinkProgram(g, 3, jnp.float64).describe()
+    g_line = inspect.getsourcelines(g)[1] + 1
+    assert ".helper)" in desc and f"inside the call at {__file__}:{g_line}:" in desc, desc
+
+
 def test_smooth_loops_and_custom_vjp_are_accepted():
     @jax.custom_vjp
     def cube(x):
