@@ -131,14 +131,13 @@ def main():
 
     import jax
 
+    import jaxflow as jf
     from jaxflow import problems
 
     from _common import markdown_table, write_results
 
     start = time.perf_counter()
     wanted = set(args.problems.split(",")) - {""}
-    import jaxflow as jf
-
     cases = [c for key, c in [
         ("smooth", ("matrix-completion", problems.get("matrix-completion"), 200.0, "auto")),
         ("nonsmooth", ("nonsmooth-factorization 10x10 r=2", problems.get(
